@@ -1,0 +1,127 @@
+//! The one error type of the stores and the one place that maps causes to gRPC codes.
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+/// What a store or service can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad request fields; each violation names its field.
+    #[error("invalid argument: {0:?}")]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A precondition (version) no longer holds.
+    #[error("aborted: {0}")]
+    Aborted(String),
+    /// A configured limit would be exceeded.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis pool: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error("redis answered unexpectedly: {0}")]
+    Protocol(String),
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+impl From<redis::ParsingError> for Error {
+    fn from(e: redis::ParsingError) -> Self {
+        Error::Protocol(e.to_string())
+    }
+}
+
+impl Error {
+    /// One bad field.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Error::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        match e {
+            Error::InvalidArgument(violations) => {
+                let summary = violations
+                    .iter()
+                    .map(|v| format!("{}: {}", v.field, v.description))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    summary,
+                    ErrorDetails::with_bad_request(violations),
+                )
+            }
+            Error::NotFound(m) => Status::not_found(m),
+            Error::Aborted(m) => Status::aborted(m),
+            Error::ResourceExhausted(m) => Status::resource_exhausted(m),
+            // Redis error text never reaches a client: it is logged here, where it is mapped.
+            Error::Redis(e) => {
+                let code = redis_code(&e);
+                tracing::warn!(error = %e, ?code, "redis command failed");
+                Status::new(code, redis_message(code))
+            }
+            Error::Pool(e) => {
+                let code = match &e {
+                    deadpool_redis::PoolError::Backend(r) => redis_code(r),
+                    _ => Code::Unavailable,
+                };
+                tracing::warn!(error = %e, ?code, "no redis connection");
+                Status::new(code, redis_message(code))
+            }
+            Error::Protocol(m) | Error::Config(m) => {
+                tracing::error!(error = %m, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+fn redis_code(e: &redis::RedisError) -> Code {
+    if e.is_timeout() {
+        Code::DeadlineExceeded
+    } else if e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+    {
+        Code::Unavailable
+    } else {
+        Code::Internal
+    }
+}
+
+fn redis_message(code: Code) -> &'static str {
+    match code {
+        Code::DeadlineExceeded => "storage did not answer in time",
+        Code::Unavailable => "storage unavailable",
+        _ => "internal error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_carries_bad_request_details() {
+        let s: Status = Error::invalid("user_id", "must not be empty").into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().contains("user_id"));
+        let details = s.get_error_details();
+        let br = details.bad_request().expect("bad request details");
+        assert_eq!(br.field_violations[0].field, "user_id");
+    }
+
+    #[test]
+    fn pool_timeouts_are_unavailable() {
+        let e = Error::Pool(deadpool_redis::PoolError::Timeout(
+            deadpool_redis::TimeoutType::Wait,
+        ));
+        let s: Status = e.into();
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(!s.message().contains("Timeout"));
+    }
+}

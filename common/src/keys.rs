@@ -1,0 +1,102 @@
+//! The Redis key schema. No other module formats a key.
+//!
+//! | key                                  | type   | TTL                         | owner        |
+//! |--------------------------------------|--------|-----------------------------|--------------|
+//! | `P:presence:{u:UID}`                 | ZSET   | until the last lease ends   | presence-svc |
+//! | `P:seen:{u:UID}`                     | STRING | last-seen retention (30 d)  | presence-svc |
+//! | `P:online:{b:N}`                     | ZSET   | none                        | presence-svc |
+//! | `P:online:{b:N}:ids`                 | ZSET   | none                        | presence-svc |
+//! | `P:profile:{u:UID}`                  | HASH   | none                        | profile-svc  |
+//!
+//! `P` is the configurable prefix (default `push`). `presence` holds the user's sessions
+//! (member = session id, score = lease expiry in ms). `online:{b:N}` is bucket N of the
+//! online index (member = user id, score = the user's latest lease expiry) and
+//! `online:{b:N}:ids` the same members with score 0, so a page walk can go in id order
+//! (`ZRANGE BYLEX`), which heartbeats do not reorder. Users are spread over the buckets
+//! by a stable hash of their id, so no single key is hot.
+//!
+//! Per-user keys carry the `{u:UID}` hash tag so everything of one user shares a Redis
+//! Cluster slot; a bucket's two keys share the `{b:N}` tag. Ids are validated to contain
+//! no `{`, `}` or whitespace, so they cannot break a tag.
+
+/// Builds every key under one prefix.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A user's sessions (ZSET session id → lease expiry ms).
+    pub fn sessions(&self, user_id: &str) -> String {
+        format!("{}:presence:{{u:{user_id}}}", self.prefix)
+    }
+
+    /// When the user was last seen (STRING, ms since the epoch).
+    pub fn last_seen(&self, user_id: &str) -> String {
+        format!("{}:seen:{{u:{user_id}}}", self.prefix)
+    }
+
+    /// Online-index bucket `n` by expiry (ZSET user id → latest lease expiry ms).
+    pub fn online_by_expiry(&self, bucket: u32) -> String {
+        format!("{}:online:{{b:{bucket}}}", self.prefix)
+    }
+
+    /// Online-index bucket `n` by id (ZSET user id → 0, for lexicographic paging).
+    pub fn online_by_id(&self, bucket: u32) -> String {
+        format!("{}:online:{{b:{bucket}}}:ids", self.prefix)
+    }
+
+    /// A user's profile (HASH).
+    pub fn profile(&self, user_id: &str) -> String {
+        format!("{}:profile:{{u:{user_id}}}", self.prefix)
+    }
+}
+
+/// The online-index bucket of a user: FNV-1a of the id, stable across processes,
+/// versions and machines (unlike `std`'s randomly seeded hasher).
+pub fn bucket_of(user_id: &str, buckets: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in user_id.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % u64::from(buckets.max(1))) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_keys_share_one_hash_tag() {
+        let k = Keys::new("push");
+        assert_eq!(k.sessions("alice"), "push:presence:{u:alice}");
+        assert_eq!(k.last_seen("alice"), "push:seen:{u:alice}");
+        assert_eq!(k.profile("alice"), "push:profile:{u:alice}");
+        assert_eq!(k.online_by_expiry(3), "push:online:{b:3}");
+        assert_eq!(k.online_by_id(3), "push:online:{b:3}:ids");
+    }
+
+    #[test]
+    fn buckets_are_stable_and_spread() {
+        // Pinned: a change would strand users in the wrong bucket after an upgrade.
+        assert_eq!(bucket_of("alice", 16), bucket_of("alice", 16));
+        assert_eq!(bucket_of("", 16), (0xcbf2_9ce4_8422_2325u64 % 16) as u32);
+        let mut counts = [0u32; 16];
+        for i in 0..16_000 {
+            counts[bucket_of(&format!("user-{i}"), 16) as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800 && c < 1200), "{counts:?}");
+        assert_eq!(bucket_of("x", 0), 0);
+    }
+}

@@ -1,0 +1,29 @@
+//! Plumbing shared by every service of the push system.
+//!
+//! Layout:
+//! - [`keys`]: the Redis key schema; every key is built there and nowhere else.
+//! - [`config`]: command-line/env argument groups that several binaries flatten in.
+//! - [`redis`]: the pooled Redis connections and their health probe.
+//! - [`validate`]: id, length and batch checks that collect `google.rpc.BadRequest` violations.
+//! - [`error`]: the one error type of the stores and its one mapping to `tonic::Status`.
+//! - [`health`]: a watcher that turns `grpc.health.v1` SERVING / NOT_SERVING.
+//! - [`server`]: reflection (v1 and v1alpha) and the per-RPC tracing span.
+//! - [`telemetry`]: tracing subscriber set-up (`RUST_LOG`, `LOG_FORMAT`).
+//! - [`shutdown`]: SIGTERM / SIGINT as a future.
+//! - [`time`]: conversions between Redis millisecond clocks and protobuf types.
+
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod keys;
+pub mod redis;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+pub mod time;
+pub mod validate;
+
+pub use error::Error;
+
+/// The error a server's `serve` ends with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,108 @@
+//! What every gRPC server of the system mounts besides its own service.
+use std::{future::Future, time::Duration};
+
+use tonic::codegen::http;
+use tonic_reflection::server::{v1, v1alpha};
+
+use crate::Error;
+
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(push_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Reflection v1 and v1alpha (older grpcurl only speaks v1alpha), serving every
+/// package of the system plus `grpc.health.v1`.
+pub fn reflection() -> Result<
+    (
+        v1::ServerReflectionServer<impl v1::ServerReflection>,
+        v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>,
+    ),
+    Error,
+> {
+    let v1 = reflection_builder()
+        .build_v1()
+        .map_err(|e| Error::Config(format!("reflection v1: {e}")))?;
+    let v1alpha = reflection_builder()
+        .build_v1alpha()
+        .map_err(|e| Error::Config(format!("reflection v1alpha: {e}")))?;
+    Ok((v1, v1alpha))
+}
+
+/// The span of one RPC, named by its method path.
+pub fn rpc_span(req: &http::Request<()>) -> tracing::Span {
+    tracing::info_span!("rpc", method = %req.uri().path())
+}
+
+/// Runs `server` (which stops accepting when its shutdown future completes and then
+/// drains in-flight calls), but gives up draining `grace` after `started` fires, so a
+/// stuck call cannot keep a terminating pod alive forever.
+pub async fn drain_with_grace<S, E>(
+    server: S,
+    started: tokio::sync::oneshot::Receiver<()>,
+    grace: Duration,
+) -> Result<(), E>
+where
+    S: Future<Output = Result<(), E>>,
+{
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r,
+        _ = async {
+            if started.await.is_err() {
+                // The shutdown future was dropped without firing: the server ended on its own.
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(?grace, "shutdown grace period over; abandoning in-flight calls");
+            Ok(())
+        }
+    }
+}
+
+/// Accepts on an already bound listener (tests bind `127.0.0.1:0`) with TCP_NODELAY,
+/// since pushes are small writes that must not wait for Nagle.
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// Runs one gRPC server of the system: health (driven by `probe` every
+/// `health_interval`), reflection v1 + v1alpha, a tracing span per RPC, and whatever
+/// `add` mounts. When `shutdown` completes, health turns NOT_SERVING (so load balancers
+/// stop sending), the listener closes, and in-flight calls get `shutdown_grace` to finish.
+pub async fn run<P, F>(
+    name: &'static str,
+    listener: tokio::net::TcpListener,
+    args: &crate::config::ServeArgs,
+    probe: P,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    add: impl FnOnce(tonic::transport::server::Router) -> tonic::transport::server::Router,
+) -> Result<(), crate::BoxError>
+where
+    P: FnMut() -> F + Send + 'static,
+    F: Future<Output = bool> + Send,
+{
+    use crate::health;
+
+    let (reporter, health_service) = health::health_reporter();
+    let watcher = health::spawn_watcher(reporter.clone(), vec![name], args.health_interval, probe);
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let signal = async move {
+        shutdown.await;
+        watcher.abort();
+        health::set_all(&reporter, &[name], health::ServingStatus::NotServing).await;
+        let _ = started_tx.send(());
+    };
+    tracing::info!(addr = %listener.local_addr()?, service = name, "listening");
+    let router = tonic::transport::Server::builder()
+        .trace_fn(rpc_span)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    let running = add(router).serve_with_incoming_shutdown(incoming(listener), signal);
+    drain_with_grace(running, started_rx, args.shutdown_grace).await?;
+    Ok(())
+}

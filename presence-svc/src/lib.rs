@@ -1,0 +1,77 @@
+//! presence-svc: who is online, as leases in Redis.
+//!
+//! Layout:
+//! - [`config`]: flags and environment.
+//! - [`store`]: every Redis command (Lua scripts that read Redis `TIME`).
+//! - [`service`]: the `presence.v1.Presence` implementation (validate → store → convert).
+//! - [`token`]: ListOnlineUsers page tokens.
+//! - [`serve`]: runs the gRPC server with health, reflection and the expiry sweeper.
+
+pub mod config;
+pub mod service;
+pub mod store;
+pub mod token;
+
+use std::future::Future;
+
+use push_common::{BoxError, keys::Keys, redis, server};
+use push_proto::presence::v1::presence_server::PresenceServer;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+/// The name health reports under (besides "").
+pub const SERVICE_NAME: &str = "presence.v1.Presence";
+
+/// Serves presence on `listener` until `shutdown` completes, then reports NOT_SERVING,
+/// stops accepting and drains in-flight calls (at most `shutdown_grace`).
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), BoxError> {
+    let pool = redis::pool(&config.redis)?;
+    let store = store::Store::new(
+        pool.clone(),
+        Keys::new(&config.redis.key_prefix),
+        config.online_buckets,
+    );
+
+    // Expired users leave the index by themselves for readers (scores are compared with
+    // now); the sweeper only keeps the index from growing. Any number of replicas may
+    // sweep at once: each batch is one atomic script.
+    let sweeper = {
+        let store = store.clone();
+        let every = config.sweep_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match store.sweep_all().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(swept = n, "expired users swept"),
+                    Err(e) => tracing::debug!(error = %e, "sweep skipped"),
+                }
+            }
+        })
+    };
+
+    let timeout = config.redis.timeout;
+    let probe = move || {
+        let pool = pool.clone();
+        async move { redis::ping(&pool, timeout).await }
+    };
+    let service = PresenceServer::new(service::PresenceService::new(store, config.clone()));
+    let result = server::run(
+        SERVICE_NAME,
+        listener,
+        &config.serve,
+        probe,
+        shutdown,
+        |r| r.add_service(service),
+    )
+    .await;
+    sweeper.abort();
+    result
+}

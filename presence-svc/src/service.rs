@@ -1,0 +1,230 @@
+//! `presence.v1.Presence`: validate → store → convert.
+use std::time::Duration;
+
+use push_common::{
+    Error,
+    time::{ms_to_timestamp, proto_duration},
+    validate::Violations,
+};
+use push_proto::presence::v1::{self as pb, presence_server::Presence};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    config::Config,
+    store::{Store, TouchOutcome, Touched},
+    token::PageToken,
+};
+
+/// Default and maximum page sizes of ListOnlineUsers (AIP-158: larger asks are coerced).
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// The Presence service.
+#[derive(Clone)]
+pub struct PresenceService {
+    store: Store,
+    config: Config,
+}
+
+impl PresenceService {
+    pub fn new(store: Store, config: Config) -> Self {
+        Self { store, config }
+    }
+
+    /// The lease asked for, or the default; out of bounds is a violation.
+    fn ttl(&self, v: &mut Violations, ttl: Option<&prost_types::Duration>) -> Duration {
+        let Some(d) = ttl else {
+            return self.config.default_ttl;
+        };
+        match proto_duration(d) {
+            Some(d) if d >= self.config.min_ttl && d <= self.config.max_ttl => d,
+            _ => {
+                let (min, max) = (self.config.min_ttl, self.config.max_ttl);
+                v.add("ttl", format!("must be between {min:?} and {max:?}"));
+                self.config.default_ttl
+            }
+        }
+    }
+
+    /// Login (`login`) or Heartbeat of one session.
+    async fn touch(
+        &self,
+        user: &str,
+        session: &str,
+        ttl: Option<&prost_types::Duration>,
+        login: bool,
+    ) -> Result<(pb::Session, Touched), Error> {
+        let mut v = Violations::new();
+        v.id("user_id", user);
+        v.id("session_id", session);
+        let ttl = self.ttl(&mut v, ttl);
+        v.check()?;
+        let c = &self.config;
+        let outcome = self
+            .store
+            .touch(
+                user,
+                session,
+                ttl,
+                c.last_seen_retention,
+                c.max_sessions_per_user,
+                login,
+            )
+            .await?;
+        match outcome {
+            TouchOutcome::Touched(t) => {
+                let s = pb::Session {
+                    session_id: session.to_owned(),
+                    expire_time: Some(ms_to_timestamp(t.expire_ms)),
+                };
+                Ok((s, t))
+            }
+            TouchOutcome::NoSuchSession => Err(Error::NotFound(format!(
+                "session {session:?} of user {user:?} has expired or never existed; Login again"
+            ))),
+            TouchOutcome::TooManySessions(n) => Err(Error::ResourceExhausted(format!(
+                "user {user:?} already has {n} live sessions (max_sessions_per_user)"
+            ))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Presence for PresenceService {
+    async fn login(
+        &self,
+        req: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let r = req.into_inner();
+        let (session, t) = self
+            .touch(&r.user_id, &r.session_id, r.ttl.as_ref(), true)
+            .await?;
+        Ok(Response::new(pb::LoginResponse {
+            session: Some(session),
+            user_came_online: t.came_online,
+            session_count: t.session_count as i32,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = req.into_inner();
+        let (session, _) = self
+            .touch(&r.user_id, &r.session_id, r.ttl.as_ref(), false)
+            .await?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            session: Some(session),
+        }))
+    }
+
+    async fn logout(
+        &self,
+        req: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        v.id("user_id", &r.user_id);
+        v.id("session_id", &r.session_id);
+        v.check()?;
+        let (found, left) = self
+            .store
+            .logout(&r.user_id, &r.session_id, self.config.last_seen_retention)
+            .await?;
+        Ok(Response::new(pb::LogoutResponse {
+            session_found: found,
+            user_online: left > 0,
+            session_count: left as i32,
+        }))
+    }
+
+    async fn get_presence(
+        &self,
+        req: Request<pb::GetPresenceRequest>,
+    ) -> Result<Response<pb::GetPresenceResponse>, Status> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        v.ids("user_ids", &r.user_ids, self.config.max_batch);
+        v.check()?;
+        let states = self.store.get(&r.user_ids).await?;
+        let presences = r
+            .user_ids
+            .into_iter()
+            .zip(states)
+            .map(|(user_id, s)| pb::UserPresence {
+                user_id,
+                online: !s.sessions.is_empty(),
+                last_seen_time: s.last_seen_ms.map(ms_to_timestamp),
+                sessions: s
+                    .sessions
+                    .into_iter()
+                    .map(|(session_id, e)| pb::Session {
+                        session_id,
+                        expire_time: Some(ms_to_timestamp(e)),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::GetPresenceResponse { presences }))
+    }
+
+    async fn list_online_users(
+        &self,
+        req: Request<pb::ListOnlineUsersRequest>,
+    ) -> Result<Response<pb::ListOnlineUsersResponse>, Status> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        if r.page_size < 0 {
+            v.add("page_size", "must not be negative");
+        }
+        let buckets = self.store.buckets();
+        let token = match PageToken::decode(&r.page_token, buckets) {
+            Ok(t) => t,
+            Err(why) => {
+                v.add("page_token", why);
+                PageToken::start()
+            }
+        };
+        v.check()?;
+        let want = match r.page_size {
+            0 => DEFAULT_PAGE,
+            n => (n as usize).min(MAX_PAGE),
+        };
+        // Walk buckets in order and each bucket in id order; the cursor is the last id
+        // scanned, so heartbeats (which change scores, not ids) cannot reorder the walk.
+        let PageToken {
+            mut bucket,
+            mut after,
+        } = token;
+        let mut user_ids = Vec::with_capacity(want);
+        while user_ids.len() < want && bucket < buckets {
+            let asked = want - user_ids.len();
+            let (last, scanned, online) = self.store.page(bucket, &after, asked).await?;
+            user_ids.extend(online);
+            if scanned < asked {
+                bucket += 1;
+                after.clear();
+            } else {
+                after = last;
+            }
+        }
+        let next_page_token = if bucket < buckets {
+            PageToken { bucket, after }.encode(buckets)
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListOnlineUsersResponse {
+            user_ids,
+            next_page_token,
+        }))
+    }
+
+    async fn count_online_users(
+        &self,
+        _req: Request<pb::CountOnlineUsersRequest>,
+    ) -> Result<Response<pb::CountOnlineUsersResponse>, Status> {
+        let online_users = self.store.count().await?;
+        Ok(Response::new(pb::CountOnlineUsersResponse { online_users }))
+    }
+}

@@ -1,0 +1,50 @@
+//! profile-svc: one small profile per user, in a Redis HASH.
+//!
+//! Layout:
+//! - [`config`]: flags and environment.
+//! - [`store`]: every Redis command (versioned writes as Lua scripts, batch reads pipelined).
+//! - [`service`]: the `profile.v1.Profile` implementation (validate → store → convert).
+//! - [`serve`]: runs the gRPC server with health and reflection.
+
+pub mod config;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+
+use push_common::{BoxError, keys::Keys, redis, server};
+use push_proto::profile::v1::profile_server::ProfileServer;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+/// The name health reports under (besides "").
+pub const SERVICE_NAME: &str = "profile.v1.Profile";
+
+/// Serves profiles on `listener` until `shutdown` completes, then reports NOT_SERVING,
+/// stops accepting and drains in-flight calls (at most `shutdown_grace`).
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), BoxError> {
+    let pool = redis::pool(&config.redis)?;
+    let store = store::Store::new(pool.clone(), Keys::new(&config.redis.key_prefix));
+
+    let timeout = config.redis.timeout;
+    let probe = move || {
+        let pool = pool.clone();
+        async move { redis::ping(&pool, timeout).await }
+    };
+    let service = ProfileServer::new(service::ProfileService::new(store, config.clone()));
+    let result = server::run(
+        SERVICE_NAME,
+        listener,
+        &config.serve,
+        probe,
+        shutdown,
+        |r| r.add_service(service),
+    )
+    .await;
+    result
+}

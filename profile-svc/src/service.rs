@@ -1,0 +1,375 @@
+//! `profile.v1.Profile`: validate → store → convert.
+use std::collections::HashMap;
+
+use push_common::{Error, time::ms_to_timestamp, validate::Violations};
+use push_proto::profile::v1::{self as pb, profile_server::Profile};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    config::Config,
+    store::{ATTR, FIELD, Hash, Patch, Store},
+};
+
+const MAX_DISPLAY_NAME: usize = 256;
+const MAX_AVATAR_URL: usize = 2048;
+const MAX_ADDRESS: usize = 1024;
+const MAX_ATTRIBUTE_KEY: usize = 64;
+
+/// The well-known string fields: (mask path, HASH field without prefix).
+const WELL_KNOWN: [&str; 3] = ["display_name", "avatar_url", "address"];
+
+/// The Profile service.
+#[derive(Clone)]
+pub struct ProfileService {
+    store: Store,
+    config: Config,
+}
+
+impl ProfileService {
+    pub fn new(store: Store, config: Config) -> Self {
+        Self { store, config }
+    }
+
+    /// Checks every field of `p` (attributes only when `attributes` is set).
+    fn check_profile(&self, v: &mut Violations, p: &pb::UserProfile, attributes: bool) {
+        v.id("profile.user_id", &p.user_id);
+        v.text(
+            "profile.display_name",
+            &p.display_name,
+            MAX_DISPLAY_NAME,
+            false,
+        );
+        v.text("profile.avatar_url", &p.avatar_url, MAX_AVATAR_URL, false);
+        if !p.avatar_url.is_empty()
+            && (!(p.avatar_url.starts_with("https://") || p.avatar_url.starts_with("http://"))
+                || p.avatar_url.chars().any(char::is_whitespace))
+        {
+            v.add(
+                "profile.avatar_url",
+                "must be an http:// or https:// URL without spaces",
+            );
+        }
+        v.text("profile.address", &p.address, MAX_ADDRESS, true);
+        if p.version < 0 {
+            v.add("profile.version", "must not be negative");
+        }
+        if attributes {
+            if p.attributes.len() > self.config.max_attributes {
+                let (n, max) = (p.attributes.len(), self.config.max_attributes);
+                v.add(
+                    "profile.attributes",
+                    format!("must have at most {max} entries, got {n}"),
+                );
+            }
+            for (k, val) in &p.attributes {
+                self.check_attribute(v, k, Some(val));
+            }
+        }
+    }
+
+    fn check_attribute(&self, v: &mut Violations, key: &str, value: Option<&String>) {
+        if let Some(why) = attribute_key_problem(key) {
+            v.add("profile.attributes", format!("key {key:?} {why}"));
+            return;
+        }
+        let Some(value) = value else { return };
+        let field = format!("profile.attributes[{key:?}]");
+        if value.len() > self.config.max_attribute_bytes {
+            let max = self.config.max_attribute_bytes;
+            v.add(
+                field,
+                format!("must be at most {max} bytes, got {}", value.len()),
+            );
+        } else {
+            v.text(&field, value, usize::MAX, true);
+        }
+    }
+}
+
+/// Why `key` is not a valid attribute key, if it is not.
+fn attribute_key_problem(key: &str) -> Option<&'static str> {
+    if key.is_empty() || key.len() > MAX_ATTRIBUTE_KEY {
+        Some("must be 1 to 64 characters")
+    } else if !key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        Some("may only contain A-Z a-z 0-9 . _ -")
+    } else {
+        None
+    }
+}
+
+/// The HASH fields of a whole profile (empty values are left out: empty means unset).
+fn hash_fields(p: &pb::UserProfile) -> Vec<(String, String)> {
+    let well_known = [&p.display_name, &p.avatar_url, &p.address];
+    let mut out: Vec<(String, String)> = WELL_KNOWN
+        .iter()
+        .zip(well_known)
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (format!("{FIELD}{k}"), v.clone()))
+        .collect();
+    out.extend(
+        p.attributes
+            .iter()
+            .map(|(k, v)| (format!("{ATTR}{k}"), v.clone())),
+    );
+    out
+}
+
+/// A stored HASH → the message.
+fn from_hash(user_id: &str, hash: Hash) -> pb::UserProfile {
+    let mut p = pb::UserProfile {
+        user_id: user_id.to_owned(),
+        ..Default::default()
+    };
+    let mut attributes = HashMap::new();
+    for (k, v) in hash {
+        match k.as_str() {
+            "v" => p.version = v.parse().unwrap_or_default(),
+            "ct" => p.create_time = v.parse().ok().map(ms_to_timestamp),
+            "ut" => p.update_time = v.parse().ok().map(ms_to_timestamp),
+            "f:display_name" => p.display_name = v,
+            "f:avatar_url" => p.avatar_url = v,
+            "f:address" => p.address = v,
+            _ => {
+                if let Some(a) = k.strip_prefix(ATTR) {
+                    attributes.insert(a.to_owned(), v);
+                }
+            }
+        }
+    }
+    p.attributes = attributes;
+    p
+}
+
+/// Translates an update mask into HASH changes, or violations.
+fn patch(v: &mut Violations, p: &pb::UserProfile, paths: &[String]) -> Patch {
+    let mut patch = Patch::default();
+    if paths.is_empty() {
+        v.add("update_mask", "must list at least one path (or \"*\")");
+        return patch;
+    }
+    let all = paths.iter().any(|s| s == "*");
+    let set_field = |patch: &mut Patch, name: &str, value: &str| {
+        let field = format!("{FIELD}{name}");
+        if value.is_empty() {
+            patch.delete.push(field);
+        } else {
+            patch.set.push((field, value.to_owned()));
+        }
+    };
+    for path in paths {
+        match path.as_str() {
+            "*" => {}
+            "display_name" if !all => set_field(&mut patch, path, &p.display_name),
+            "avatar_url" if !all => set_field(&mut patch, path, &p.avatar_url),
+            "address" if !all => set_field(&mut patch, path, &p.address),
+            "attributes" => patch.clear_attributes = true,
+            "display_name" | "avatar_url" | "address" => {}
+            other => match other.strip_prefix("attributes.") {
+                Some(key) if attribute_key_problem(key).is_none() => {
+                    let field = format!("{ATTR}{key}");
+                    match p.attributes.get(key) {
+                        Some(val) => patch.set.push((field, val.clone())),
+                        None => patch.delete.push(field),
+                    }
+                }
+                _ => v.add(
+                    "update_mask",
+                    format!(
+                        "unknown path {other:?}; expected display_name, avatar_url, address, \
+                         attributes, attributes.KEY or *"
+                    ),
+                ),
+            },
+        }
+    }
+    if all {
+        set_field(&mut patch, "display_name", &p.display_name);
+        set_field(&mut patch, "avatar_url", &p.avatar_url);
+        set_field(&mut patch, "address", &p.address);
+        patch.clear_attributes = true;
+    }
+    if patch.clear_attributes {
+        // The whole map replaces the stored one.
+        patch.set.retain(|(f, _)| !f.starts_with(ATTR));
+        patch.delete.retain(|f| !f.starts_with(ATTR));
+        patch.set.extend(
+            p.attributes
+                .iter()
+                .map(|(k, val)| (format!("{ATTR}{k}"), val.clone())),
+        );
+    }
+    patch
+}
+
+#[tonic::async_trait]
+impl Profile for ProfileService {
+    async fn put_profile(
+        &self,
+        req: Request<pb::PutProfileRequest>,
+    ) -> Result<Response<pb::PutProfileResponse>, Status> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let Some(p) = r.profile else {
+            v.add("profile", "is required");
+            return Err(v.check().unwrap_err().into());
+        };
+        self.check_profile(&mut v, &p, true);
+        v.check()?;
+        let hash = self
+            .store
+            .put(&p.user_id, p.version, hash_fields(&p))
+            .await?;
+        Ok(Response::new(pb::PutProfileResponse {
+            profile: Some(from_hash(&p.user_id, hash)),
+        }))
+    }
+
+    async fn update_profile(
+        &self,
+        req: Request<pb::UpdateProfileRequest>,
+    ) -> Result<Response<pb::UpdateProfileResponse>, Status> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let Some(p) = r.profile else {
+            v.add("profile", "is required");
+            return Err(v.check().unwrap_err().into());
+        };
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let replaces_map = paths.iter().any(|s| s == "attributes" || s == "*");
+        self.check_profile(&mut v, &p, replaces_map);
+        if !replaces_map {
+            for key in paths.iter().filter_map(|s| s.strip_prefix("attributes.")) {
+                self.check_attribute(&mut v, key, p.attributes.get(key));
+            }
+        }
+        let patch = patch(&mut v, &p, &paths);
+        v.check()?;
+        let hash = self
+            .store
+            .update(&p.user_id, p.version, self.config.max_attributes, patch)
+            .await?;
+        Ok(Response::new(pb::UpdateProfileResponse {
+            profile: Some(from_hash(&p.user_id, hash)),
+        }))
+    }
+
+    async fn get_profile(
+        &self,
+        req: Request<pb::GetProfileRequest>,
+    ) -> Result<Response<pb::GetProfileResponse>, Status> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        v.id("user_id", &r.user_id);
+        v.check()?;
+        let hash = self
+            .store
+            .get(std::slice::from_ref(&r.user_id))
+            .await?
+            .pop()
+            .unwrap_or_default();
+        if hash.is_empty() {
+            return Err(Error::NotFound(format!("user {:?} has no profile", r.user_id)).into());
+        }
+        Ok(Response::new(pb::GetProfileResponse {
+            profile: Some(from_hash(&r.user_id, hash)),
+        }))
+    }
+
+    async fn batch_get_profiles(
+        &self,
+        req: Request<pb::BatchGetProfilesRequest>,
+    ) -> Result<Response<pb::BatchGetProfilesResponse>, Status> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        v.ids("user_ids", &r.user_ids, self.config.max_batch);
+        v.check()?;
+        let hashes = self.store.get(&r.user_ids).await?;
+        let mut out = pb::BatchGetProfilesResponse::default();
+        for (user, hash) in r.user_ids.into_iter().zip(hashes) {
+            if hash.is_empty() {
+                out.missing_user_ids.push(user);
+            } else {
+                out.profiles.push(from_hash(&user, hash));
+            }
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn delete_profile(
+        &self,
+        req: Request<pb::DeleteProfileRequest>,
+    ) -> Result<Response<pb::DeleteProfileResponse>, Status> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        v.id("user_id", &r.user_id);
+        if r.version < 0 {
+            v.add("version", "must not be negative");
+        }
+        v.check()?;
+        self.store.delete(&r.user_id, r.version).await?;
+        Ok(Response::new(pb::DeleteProfileResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile() -> pb::UserProfile {
+        pb::UserProfile {
+            user_id: "u".into(),
+            display_name: "Ann".into(),
+            attributes: [("lang".to_string(), "en".to_string())].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn mask_paths_become_field_changes() {
+        let mut v = Violations::new();
+        let p = patch(
+            &mut v,
+            &profile(),
+            &[
+                "display_name".into(),
+                "address".into(),
+                "attributes.lang".into(),
+                "attributes.gone".into(),
+            ],
+        );
+        assert!(v.is_empty());
+        assert_eq!(patch_sets(&p), ["f:display_name=Ann", "a:lang=en"]);
+        assert_eq!(p.delete, ["f:address", "a:gone"]);
+        assert!(!p.clear_attributes);
+    }
+
+    #[test]
+    fn whole_map_and_star_replace_attributes() {
+        let mut v = Violations::new();
+        let p = patch(&mut v, &profile(), &["*".into()]);
+        assert!(v.is_empty());
+        assert!(p.clear_attributes);
+        assert_eq!(patch_sets(&p), ["f:display_name=Ann", "a:lang=en"]);
+        assert_eq!(p.delete, ["f:avatar_url", "f:address"]);
+    }
+
+    #[test]
+    fn unknown_and_empty_masks_are_violations() {
+        for paths in [
+            vec![],
+            vec!["version".to_string()],
+            vec!["attributes.a b".to_string()],
+        ] {
+            let mut v = Violations::new();
+            patch(&mut v, &profile(), &paths);
+            assert!(!v.is_empty(), "{paths:?}");
+        }
+    }
+
+    fn patch_sets(p: &Patch) -> Vec<String> {
+        p.set.iter().map(|(k, v)| format!("{k}={v}")).collect()
+    }
+}

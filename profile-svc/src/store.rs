@@ -1,0 +1,204 @@
+//! Every Redis command of profile-svc, behind typed methods.
+//!
+//! A profile is one HASH (`Keys::profile`): `v` the version, `ct`/`ut` create and
+//! update times (ms, Redis `TIME`), `f:NAME` the well-known fields and `a:KEY` the free
+//! attributes, so attribute keys can never collide with our own fields. Writes are Lua
+//! scripts, so the version check and the write are one atomic step.
+use deadpool_redis::Pool;
+use push_common::{Error, keys::Keys, redis::conn};
+use redis::Script;
+
+/// Prefix of well-known fields in the HASH.
+pub const FIELD: &str = "f:";
+/// Prefix of free attributes in the HASH.
+pub const ATTR: &str = "a:";
+
+/// Replace the whole profile. KEYS: profile. ARGV: expected version (0 = any), then
+/// field/value pairs. Returns {0, version, hash} or {-1, current version}.
+const PUT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+local expected = tonumber(ARGV[1])
+if expected ~= 0 and expected ~= cur then return {-1, cur, {}} end
+local ct = redis.call('HGET', KEYS[1], 'ct') or now
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', cur + 1, 'ct', ct, 'ut', now, unpack(ARGV, 2))
+return {0, cur + 1, redis.call('HGETALL', KEYS[1])}
+";
+
+/// Partial update. KEYS: profile. ARGV: expected version (0 = any), max attributes,
+/// '1' to drop every attribute first, number of sets N, N field/value pairs, then the
+/// fields to delete. Returns {0, version, hash}, {-1, current version} on a version
+/// conflict, {-2, 0} when there is no profile, {-3, count} when the attributes would
+/// exceed the limit; nothing is written unless the answer is 0.
+const UPDATE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-2, 0, {}} end
+local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+local expected = tonumber(ARGV[1])
+if expected ~= 0 and expected ~= cur then return {-1, cur, {}} end
+local fields = redis.call('HKEYS', KEYS[1])
+local attrs, n = {}, 0
+if ARGV[3] ~= '1' then
+  for _, f in ipairs(fields) do
+    if string.sub(f, 1, 2) == 'a:' then attrs[f] = true; n = n + 1 end
+  end
+end
+local nsets = tonumber(ARGV[4])
+local sets = {}
+for i = 0, nsets - 1 do
+  local f = ARGV[5 + 2 * i]
+  sets[#sets + 1] = f
+  sets[#sets + 1] = ARGV[6 + 2 * i]
+  if string.sub(f, 1, 2) == 'a:' and not attrs[f] then attrs[f] = true; n = n + 1 end
+end
+local dels = {}
+for i = 5 + 2 * nsets, #ARGV do
+  dels[#dels + 1] = ARGV[i]
+  if attrs[ARGV[i]] then attrs[ARGV[i]] = nil; n = n - 1 end
+end
+if n > tonumber(ARGV[2]) then return {-3, n, {}} end
+if ARGV[3] == '1' then
+  for _, f in ipairs(fields) do
+    if string.sub(f, 1, 2) == 'a:' then redis.call('HDEL', KEYS[1], f) end
+  end
+end
+if #dels > 0 then redis.call('HDEL', KEYS[1], unpack(dels)) end
+redis.call('HSET', KEYS[1], 'v', cur + 1, 'ut', now, unpack(sets))
+return {0, cur + 1, redis.call('HGETALL', KEYS[1])}
+";
+
+/// Delete. KEYS: profile. ARGV: expected version (0 = any).
+/// Returns {0, version}, {-1, current version} on a version conflict, {-2, 0} when
+/// there is no profile.
+const DELETE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-2, 0} end
+local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+local expected = tonumber(ARGV[1])
+if expected ~= 0 and expected ~= cur then return {-1, cur} end
+redis.call('DEL', KEYS[1])
+return {0, cur}
+";
+
+/// A profile as stored: the raw HASH fields.
+pub type Hash = Vec<(String, String)>;
+
+/// A partial update, already translated to HASH fields.
+#[derive(Debug, Default)]
+pub struct Patch {
+    /// Drop every attribute before applying `set`/`delete`.
+    pub clear_attributes: bool,
+    pub set: Vec<(String, String)>,
+    pub delete: Vec<String>,
+}
+
+/// Typed access to profiles.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    keys: Keys,
+    put: Script,
+    update: Script,
+    delete: Script,
+}
+
+impl Store {
+    pub fn new(pool: Pool, keys: Keys) -> Self {
+        Self {
+            pool,
+            keys,
+            put: Script::new(PUT),
+            update: Script::new(UPDATE),
+            delete: Script::new(DELETE),
+        }
+    }
+
+    /// Replaces the profile with `fields`; `expected` 0 means unconditionally.
+    #[tracing::instrument(skip(self, fields), err)]
+    pub async fn put(
+        &self,
+        user: &str,
+        expected: i64,
+        fields: Vec<(String, String)>,
+    ) -> Result<Hash, Error> {
+        let mut inv = self.put.key(self.keys.profile(user));
+        inv.arg(expected);
+        for (f, v) in fields {
+            inv.arg(f).arg(v);
+        }
+        let mut c = conn(&self.pool).await?;
+        let (code, version, hash): (i64, i64, Hash) = inv.invoke_async(&mut *c).await?;
+        outcome(user, code, version, hash)
+    }
+
+    /// Applies `patch` to an existing profile.
+    #[tracing::instrument(skip(self, patch), err)]
+    pub async fn update(
+        &self,
+        user: &str,
+        expected: i64,
+        max_attributes: usize,
+        patch: Patch,
+    ) -> Result<Hash, Error> {
+        let mut inv = self.update.key(self.keys.profile(user));
+        inv.arg(expected)
+            .arg(max_attributes)
+            .arg(if patch.clear_attributes { "1" } else { "0" })
+            .arg(patch.set.len());
+        for (f, v) in patch.set {
+            inv.arg(f).arg(v);
+        }
+        for f in patch.delete {
+            inv.arg(f);
+        }
+        let mut c = conn(&self.pool).await?;
+        let (code, n, hash): (i64, i64, Hash) = inv.invoke_async(&mut *c).await?;
+        if code == -3 {
+            return Err(Error::invalid(
+                "profile.attributes",
+                format!(
+                    "the profile would have {n} attributes, more than the limit of {max_attributes}"
+                ),
+            ));
+        }
+        outcome(user, code, n, hash)
+    }
+
+    /// Profiles of many users in one round trip (a pipeline of HGETALL); an empty hash
+    /// means there is no profile.
+    #[tracing::instrument(skip(self, users), fields(users = users.len()), err)]
+    pub async fn get(&self, users: &[String]) -> Result<Vec<Hash>, Error> {
+        let mut pipe = redis::pipe();
+        for u in users {
+            pipe.cmd("HGETALL").arg(self.keys.profile(u));
+        }
+        let mut c = conn(&self.pool).await?;
+        Ok(pipe.query_async(&mut *c).await?)
+    }
+
+    /// Deletes a profile; `expected` 0 means unconditionally.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn delete(&self, user: &str, expected: i64) -> Result<(), Error> {
+        let mut c = conn(&self.pool).await?;
+        let (code, version): (i64, i64) = self
+            .delete
+            .key(self.keys.profile(user))
+            .arg(expected)
+            .invoke_async(&mut *c)
+            .await?;
+        outcome(user, code, version, Vec::new()).map(drop)
+    }
+}
+
+fn outcome(user: &str, code: i64, version: i64, hash: Hash) -> Result<Hash, Error> {
+    match code {
+        0 => Ok(hash),
+        -1 => Err(Error::Aborted(format!(
+            "profile of {user:?} is at version {version}, not the version given; re-read and retry"
+        ))),
+        -2 => Err(Error::NotFound(format!("user {user:?} has no profile"))),
+        other => Err(Error::Protocol(format!("profile script returned {other}"))),
+    }
+}

@@ -1,0 +1,76 @@
+//! Channels to the internal services and the forwarding of one call.
+use std::time::Duration;
+
+use prost::Message;
+use tonic::{
+    Request, Response, Status,
+    transport::{Channel, Endpoint},
+};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::config::Config;
+
+/// A lazily connected channel: the gateway starts (NOT_SERVING) before its
+/// dependencies and reconnects by itself when they come back.
+pub fn channel(url: &str, config: &Config) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| format!("{url}: {e}"))?
+        .connect_timeout(config.connect_timeout)
+        .timeout(config.rpc_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_lazy())
+}
+
+/// True when `service` on `channel` reports SERVING within `timeout`.
+pub async fn serving(channel: Channel, service: &str, timeout: Duration) -> bool {
+    let mut client = HealthClient::new(channel);
+    let mut req = Request::new(HealthCheckRequest {
+        service: service.to_owned(),
+    });
+    req.set_timeout(timeout);
+    matches!(
+        tokio::time::timeout(timeout, client.check(req)).await,
+        Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
+    )
+}
+
+/// Re-encodes a message as its wire-identical counterpart in another package
+/// (`push.v1.X` ↔ `presence.v1.X` / `profile.v1.X`). The test `contract_pairs_match`
+/// proves every pair used here has the same fields, numbers and types.
+pub fn transcode<A: Message, B: Message + Default>(a: &A) -> Result<B, Status> {
+    B::decode(a.encode_to_vec().as_slice()).map_err(|e| {
+        tracing::error!(error = %e, "public and internal contracts disagree");
+        Status::internal("internal error")
+    })
+}
+
+/// Forwards one public call to an internal service: the request is transcoded, the
+/// caller's deadline (grpc-timeout) travels along, and the internal status comes back
+/// with its code, message and details intact (NOT_FOUND stays NOT_FOUND, UNAVAILABLE
+/// stays UNAVAILABLE), without the internal service's other headers.
+pub async fn forward<A, B, C, D, F, Fut>(req: Request<A>, call: F) -> Result<Response<D>, Status>
+where
+    A: Message,
+    B: Message + Default,
+    C: Message,
+    D: Message + Default,
+    F: FnOnce(Request<B>) -> Fut,
+    Fut: Future<Output = Result<Response<C>, Status>>,
+{
+    let mut inner = Request::new(transcode::<A, B>(req.get_ref())?);
+    if let Some(t) = req.metadata().get("grpc-timeout") {
+        inner.metadata_mut().insert("grpc-timeout", t.clone());
+    }
+    match call(inner).await {
+        Ok(resp) => Ok(Response::new(transcode::<C, D>(resp.get_ref())?)),
+        Err(s) => Err(Status::with_details(
+            s.code(),
+            s.message(),
+            s.details().to_vec().into(),
+        )),
+    }
+}

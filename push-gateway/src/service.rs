@@ -1,0 +1,209 @@
+//! `push.v1.PushGateway`: the one public contract, composed from the internal services.
+use push_proto::{
+    presence::v1::presence_client::PresenceClient,
+    profile::v1::profile_client::ProfileClient,
+    push::v1::{self as pb, push_gateway_server::PushGateway},
+};
+use tonic::{Request, Response, Status, transport::Channel};
+
+use crate::downstream::forward;
+
+/// The gateway service: presence calls go to presence-svc, profile calls to profile-svc.
+#[derive(Clone)]
+pub struct Gateway {
+    presence: PresenceClient<Channel>,
+    profile: ProfileClient<Channel>,
+}
+
+impl Gateway {
+    pub fn new(presence: Channel, profile: Channel) -> Self {
+        Self {
+            presence: PresenceClient::new(presence),
+            profile: ProfileClient::new(profile),
+        }
+    }
+}
+
+// Each method forwards to the internal method of the same name (see `forward`).
+#[tonic::async_trait]
+impl PushGateway for Gateway {
+    async fn login(
+        &self,
+        req: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let mut c = self.presence.clone();
+        forward(req, |r| async move { c.login(r).await }).await
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let mut c = self.presence.clone();
+        forward(req, |r| async move { c.heartbeat(r).await }).await
+    }
+
+    async fn logout(
+        &self,
+        req: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let mut c = self.presence.clone();
+        forward(req, |r| async move { c.logout(r).await }).await
+    }
+
+    async fn get_presence(
+        &self,
+        req: Request<pb::GetPresenceRequest>,
+    ) -> Result<Response<pb::GetPresenceResponse>, Status> {
+        let mut c = self.presence.clone();
+        forward(req, |r| async move { c.get_presence(r).await }).await
+    }
+
+    async fn list_online_users(
+        &self,
+        req: Request<pb::ListOnlineUsersRequest>,
+    ) -> Result<Response<pb::ListOnlineUsersResponse>, Status> {
+        let mut c = self.presence.clone();
+        forward(req, |r| async move { c.list_online_users(r).await }).await
+    }
+
+    async fn count_online_users(
+        &self,
+        req: Request<pb::CountOnlineUsersRequest>,
+    ) -> Result<Response<pb::CountOnlineUsersResponse>, Status> {
+        let mut c = self.presence.clone();
+        forward(req, |r| async move { c.count_online_users(r).await }).await
+    }
+
+    async fn put_profile(
+        &self,
+        req: Request<pb::PutProfileRequest>,
+    ) -> Result<Response<pb::PutProfileResponse>, Status> {
+        let mut c = self.profile.clone();
+        forward(req, |r| async move { c.put_profile(r).await }).await
+    }
+
+    async fn update_profile(
+        &self,
+        req: Request<pb::UpdateProfileRequest>,
+    ) -> Result<Response<pb::UpdateProfileResponse>, Status> {
+        let mut c = self.profile.clone();
+        forward(req, |r| async move { c.update_profile(r).await }).await
+    }
+
+    async fn get_profile(
+        &self,
+        req: Request<pb::GetProfileRequest>,
+    ) -> Result<Response<pb::GetProfileResponse>, Status> {
+        let mut c = self.profile.clone();
+        forward(req, |r| async move { c.get_profile(r).await }).await
+    }
+
+    async fn batch_get_profiles(
+        &self,
+        req: Request<pb::BatchGetProfilesRequest>,
+    ) -> Result<Response<pb::BatchGetProfilesResponse>, Status> {
+        let mut c = self.profile.clone();
+        forward(req, |r| async move { c.batch_get_profiles(r).await }).await
+    }
+
+    async fn delete_profile(
+        &self,
+        req: Request<pb::DeleteProfileRequest>,
+    ) -> Result<Response<pb::DeleteProfileResponse>, Status> {
+        let mut c = self.profile.clone();
+        forward(req, |r| async move { c.delete_profile(r).await }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use prost_types::{DescriptorProto, FileDescriptorSet};
+
+    /// Every public message the gateway transcodes, with its internal package.
+    const PAIRS: [(&str, &str); 22] = [
+        ("LoginRequest", "presence"),
+        ("LoginResponse", "presence"),
+        ("HeartbeatRequest", "presence"),
+        ("HeartbeatResponse", "presence"),
+        ("LogoutRequest", "presence"),
+        ("LogoutResponse", "presence"),
+        ("GetPresenceRequest", "presence"),
+        ("GetPresenceResponse", "presence"),
+        ("ListOnlineUsersRequest", "presence"),
+        ("ListOnlineUsersResponse", "presence"),
+        ("CountOnlineUsersRequest", "presence"),
+        ("CountOnlineUsersResponse", "presence"),
+        ("PutProfileRequest", "profile"),
+        ("PutProfileResponse", "profile"),
+        ("UpdateProfileRequest", "profile"),
+        ("UpdateProfileResponse", "profile"),
+        ("GetProfileRequest", "profile"),
+        ("GetProfileResponse", "profile"),
+        ("BatchGetProfilesRequest", "profile"),
+        ("BatchGetProfilesResponse", "profile"),
+        ("DeleteProfileRequest", "profile"),
+        ("DeleteProfileResponse", "profile"),
+    ];
+
+    fn message<'a>(fds: &'a FileDescriptorSet, package: &str, name: &str) -> &'a DescriptorProto {
+        fds.file
+            .iter()
+            .filter(|f| f.package() == package)
+            .flat_map(|f| &f.message_type)
+            .find(|m| m.name() == name)
+            .unwrap_or_else(|| panic!("{package}.{name} is not in the descriptor set"))
+    }
+
+    /// Transcoding is only sound while each public message has exactly the fields
+    /// (number, name, type, cardinality, message type) of its internal twin.
+    #[test]
+    fn contract_pairs_match() {
+        let fds = FileDescriptorSet::decode(push_proto::FILE_DESCRIPTOR_SET).unwrap();
+        for (name, pkg) in PAIRS {
+            let public = message(&fds, "push.v1", name);
+            let internal = message(&fds, &format!("{pkg}.v1"), name);
+            let shape = |m: &DescriptorProto| {
+                let mut f: Vec<_> = m
+                    .field
+                    .iter()
+                    .map(|f| {
+                        (
+                            f.number(),
+                            f.name().to_owned(),
+                            f.r#type(),
+                            f.label(),
+                            f.type_name().to_owned(),
+                        )
+                    })
+                    .collect();
+                f.sort();
+                f
+            };
+            assert_eq!(
+                shape(public),
+                shape(internal),
+                "push.v1.{name} differs from {pkg}.v1.{name}"
+            );
+        }
+    }
+
+    /// And every RPC of the public service is covered by the list above.
+    #[test]
+    fn every_rpc_is_paired() {
+        let fds = FileDescriptorSet::decode(push_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let svc = fds
+            .file
+            .iter()
+            .flat_map(|f| &f.service)
+            .find(|s| s.name() == "PushGateway")
+            .unwrap();
+        for m in &svc.method {
+            for t in [m.input_type(), m.output_type()] {
+                let name = t.trim_start_matches(".push.v1.");
+                assert!(PAIRS.iter().any(|(n, _)| *n == name), "{t} is not paired");
+            }
+        }
+    }
+}
