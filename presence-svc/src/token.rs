@@ -30,7 +30,7 @@ impl PageToken {
             return Ok(Self::start());
         }
         let bad = || "is not a token returned by this service".to_string();
-        if token.len() % 2 != 0 || token.len() > 512 {
+        if !token.len().is_multiple_of(2) || token.len() > 512 {
             return Err(bad());
         }
         let bytes = (0..token.len())

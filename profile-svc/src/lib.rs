@@ -37,7 +37,7 @@ pub async fn serve(
         async move { redis::ping(&pool, timeout).await }
     };
     let service = ProfileServer::new(service::ProfileService::new(store, config.clone()));
-    let result = server::run(
+    server::run(
         SERVICE_NAME,
         listener,
         &config.serve,
@@ -45,6 +45,5 @@ pub async fn serve(
         shutdown,
         |r| r.add_service(service),
     )
-    .await;
-    result
+    .await
 }

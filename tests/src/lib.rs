@@ -1,1 +1,323 @@
-//! placeholder
+//! End-to-end test harness: a real `redis-server` per test, and the real services
+//! in-process on `127.0.0.1:0`.
+//!
+//! - [`RedisServer`] spawns `redis-server` (no persistence) on a unix socket in a fresh
+//!   temp dir, can stop and restart it on the same socket, and kills it on drop.
+//! - [`App`] starts presence-svc, profile-svc and push-gateway against it and hands out
+//!   clients. Each service stops when the `App` drops.
+//!
+//! Set `TEST_LOG=1` to see the services' logs.
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use push_proto::{
+    presence::v1::presence_client::PresenceClient, profile::v1::profile_client::ProfileClient,
+    push::v1::push_gateway_client::PushGatewayClient,
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+/// A `redis-server` owned by one test.
+pub struct RedisServer {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a fresh server; panics with a hint when `redis-server` is missing.
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "push-tests-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        let mut server = Self { dir, child: None };
+        server.restart();
+        server
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("redis.sock")
+    }
+
+    /// The URL services connect with.
+    pub fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket().display())
+    }
+
+    /// A plain client for assertions on the data (DBSIZE, key scans).
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("redis client")
+    }
+
+    /// Kills the server (as a crash would).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(self.socket());
+    }
+
+    /// (Re)starts the server on the same socket and waits until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let child = Command::new(&bin)
+            .args(["--port", "0", "--unixsocket"])
+            .arg(self.socket())
+            .args([
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {bin} ({e}); run ./scripts/test.sh, which installs it")
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = self.client().get_connection()
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not come up");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Number of keys in the database.
+    pub fn dbsize(&self) -> i64 {
+        let mut c = self.client().get_connection().expect("redis connection");
+        redis::cmd("DBSIZE").query(&mut c).expect("DBSIZE")
+    }
+
+    /// Every key, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        let mut c = self.client().get_connection().expect("redis connection");
+        let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).expect("KEYS");
+        keys.sort();
+        keys
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A service running in-process; stopped (gracefully) on drop.
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Sends the shutdown signal and waits for the server to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn spawn<F, Fut>(serve: F) -> Running
+where
+    F: FnOnce(TcpListener, oneshot::Receiver<()>) -> Fut,
+    Fut: Future<Output = Result<(), push_common::BoxError>> + Send + 'static,
+{
+    init_logs();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel();
+    let fut = serve(listener, rx);
+    let task = tokio::spawn(async move {
+        if let Err(e) = fut.await {
+            panic!("service failed: {e}");
+        }
+    });
+    Running {
+        addr,
+        stop: Some(tx),
+        task,
+    }
+}
+
+fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        push_common::telemetry::init();
+    }
+}
+
+async fn stopped(rx: oneshot::Receiver<()>) {
+    let _ = rx.await;
+}
+
+/// Common flags: fast health probes and a short drain so tests do not wait.
+const FAST: [&str; 4] = ["--health-interval", "100ms", "--shutdown-grace", "1s"];
+
+/// Starts presence-svc; `extra` are more flags (e.g. `--min-ttl 50ms`).
+pub async fn presence(redis_url: &str, extra: &[&str]) -> Running {
+    let mut args = vec![
+        "presence-svc",
+        "--listen",
+        "127.0.0.1:0",
+        "--redis-url",
+        redis_url,
+    ];
+    args.extend(FAST);
+    args.extend(extra);
+    let config = presence_svc::Config::parse_from(args);
+    spawn(|l, rx| presence_svc::serve(l, config, stopped(rx))).await
+}
+
+/// Starts profile-svc.
+pub async fn profile(redis_url: &str, extra: &[&str]) -> Running {
+    let mut args = vec![
+        "profile-svc",
+        "--listen",
+        "127.0.0.1:0",
+        "--redis-url",
+        redis_url,
+    ];
+    args.extend(FAST);
+    args.extend(extra);
+    let config = profile_svc::Config::parse_from(args);
+    spawn(|l, rx| profile_svc::serve(l, config, stopped(rx))).await
+}
+
+/// Starts push-gateway in front of the given internal services.
+pub async fn gateway(presence_url: &str, profile_url: &str, extra: &[&str]) -> Running {
+    let mut args = vec![
+        "push-gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--presence-url",
+        presence_url,
+        "--profile-url",
+        profile_url,
+        "--rpc-timeout",
+        "3s",
+    ];
+    args.extend(FAST);
+    args.extend(extra);
+    let config = push_gateway::Config::parse_from(args);
+    spawn(|l, rx| push_gateway::serve(l, config, stopped(rx))).await
+}
+
+/// A whole system on one fresh Redis.
+pub struct App {
+    pub redis: RedisServer,
+    pub presence: Running,
+    pub profile: Running,
+    pub gateway: Running,
+}
+
+impl App {
+    /// Starts everything; `presence_flags` tune presence (short TTLs for expiry tests).
+    pub async fn start(presence_flags: &[&str]) -> Self {
+        let redis = RedisServer::start();
+        let presence = presence(&redis.url(), presence_flags).await;
+        let profile = profile(&redis.url(), &[]).await;
+        let gateway = gateway(&presence.url(), &profile.url(), &[]).await;
+        let app = Self {
+            redis,
+            presence,
+            profile,
+            gateway,
+        };
+        wait_health(app.gateway.addr, "", ServingStatus::Serving).await;
+        app
+    }
+
+    pub async fn gateway_client(&self) -> PushGatewayClient<Channel> {
+        Self::gateway_client_at(self.gateway.addr).await
+    }
+
+    pub async fn gateway_client_at(addr: SocketAddr) -> PushGatewayClient<Channel> {
+        PushGatewayClient::new(channel(addr).await)
+    }
+
+    pub async fn presence_client(&self) -> PresenceClient<Channel> {
+        PresenceClient::new(channel(self.presence.addr).await)
+    }
+
+    pub async fn profile_client(&self) -> ProfileClient<Channel> {
+        ProfileClient::new(channel(self.profile.addr).await)
+    }
+}
+
+/// A connected channel to a loopback server.
+pub async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// The health of `service` at `addr` (None when the call itself fails).
+pub async fn health(addr: SocketAddr, service: &str) -> Option<ServingStatus> {
+    let mut c = HealthClient::new(channel(addr).await);
+    let r = c
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .ok()?;
+    ServingStatus::try_from(r.get_ref().status).ok()
+}
+
+/// Waits (up to 15 s) until `service` at `addr` reports `want`; panics otherwise.
+pub async fn wait_health(addr: SocketAddr, service: &str, want: ServingStatus) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = health(addr, service).await;
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} {service:?}: health stayed {got:?}, wanted {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

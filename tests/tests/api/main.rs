@@ -1,0 +1,7 @@
+//! One integration-test binary (one link) with a module per area.
+mod gateway;
+mod health;
+mod helpers;
+mod presence;
+mod profile;
+mod validation;
