@@ -41,9 +41,15 @@ where
                     ServingStatus::NotServing
                 };
                 if ok {
-                    tracing::info!("dependencies reachable: SERVING");
+                    tracing::info!(
+                        service = services.first(),
+                        "dependencies reachable: SERVING"
+                    );
                 } else {
-                    tracing::warn!("a dependency is unreachable: NOT_SERVING");
+                    tracing::warn!(
+                        service = services.first(),
+                        "a dependency is unreachable: NOT_SERVING"
+                    );
                 }
                 set_all(&reporter, &services, status).await;
                 last = Some(ok);

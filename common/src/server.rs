@@ -6,25 +6,35 @@ use tonic_reflection::server::{v1, v1alpha};
 
 use crate::Error;
 
-fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+/// Reflection lists only what a server really mounts (`service`, health, reflection), but
+/// can describe every type it may send, including `google.rpc.BadRequest` in error
+/// details, so grpcurl prints those too.
+fn reflection_builder(service: &str) -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(push_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(service)
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
+        .with_service_name("grpc.reflection.v1alpha.ServerReflection")
 }
 
-/// Reflection v1 and v1alpha (older grpcurl only speaks v1alpha), serving every
-/// package of the system plus `grpc.health.v1`.
-pub fn reflection() -> Result<
+/// Reflection v1 and v1alpha (older grpcurl only speaks v1alpha) for a server that
+/// mounts `service`.
+pub fn reflection(
+    service: &str,
+) -> Result<
     (
         v1::ServerReflectionServer<impl v1::ServerReflection>,
         v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>,
     ),
     Error,
 > {
-    let v1 = reflection_builder()
+    let v1 = reflection_builder(service)
         .build_v1()
         .map_err(|e| Error::Config(format!("reflection v1: {e}")))?;
-    let v1alpha = reflection_builder()
+    let v1alpha = reflection_builder(service)
         .build_v1alpha()
         .map_err(|e| Error::Config(format!("reflection v1alpha: {e}")))?;
     Ok((v1, v1alpha))
@@ -88,7 +98,7 @@ where
 
     let (reporter, health_service) = health::health_reporter();
     let watcher = health::spawn_watcher(reporter.clone(), vec![name], args.health_interval, probe);
-    let (reflection_v1, reflection_v1alpha) = reflection()?;
+    let (reflection_v1, reflection_v1alpha) = reflection(name)?;
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let signal = async move {
         shutdown.await;
