@@ -11,19 +11,11 @@ pub fn duration(s: &str) -> Result<Duration, String> {
 #[derive(clap::Args, Clone, Debug)]
 pub struct RedisArgs {
     /// Redis URL: `redis://HOST:PORT/DB`, `rediss://` for TLS, or `redis+unix:///PATH`.
-    #[arg(
-        long = "redis-url",
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
+    #[arg(long = "redis-url", env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub url: String,
 
     /// Pooled connections per process (each is multiplexed).
-    #[arg(
-        long = "redis-pool-size",
-        env = "REDIS_POOL_SIZE",
-        default_value_t = 16
-    )]
+    #[arg(long = "redis-pool-size", env = "REDIS_POOL_SIZE", default_value_t = 16)]
     pub pool_size: usize,
 
     /// Timeout to connect to Redis, to get a pooled connection and for each reply.

@@ -16,6 +16,9 @@ pub enum Error {
     /// A configured limit would be exceeded.
     #[error("resource exhausted: {0}")]
     ResourceExhausted(String),
+    /// A dependency (other than a Redis command) is unreachable.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("redis pool: {0}")]
@@ -43,20 +46,14 @@ impl From<Error> for Status {
     fn from(e: Error) -> Status {
         match e {
             Error::InvalidArgument(violations) => {
-                let summary = violations
-                    .iter()
-                    .map(|v| format!("{}: {}", v.field, v.description))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                Status::with_error_details(
-                    Code::InvalidArgument,
-                    summary,
-                    ErrorDetails::with_bad_request(violations),
-                )
+                let summary =
+                    violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ");
+                Status::with_error_details(Code::InvalidArgument, summary, ErrorDetails::with_bad_request(violations))
             }
             Error::NotFound(m) => Status::not_found(m),
             Error::Aborted(m) => Status::aborted(m),
             Error::ResourceExhausted(m) => Status::resource_exhausted(m),
+            Error::Unavailable(m) => Status::unavailable(m),
             // Redis error text never reaches a client: it is logged here, where it is mapped.
             Error::Redis(e) => {
                 let code = redis_code(&e);
@@ -82,11 +79,7 @@ impl From<Error> for Status {
 fn redis_code(e: &redis::RedisError) -> Code {
     if e.is_timeout() {
         Code::DeadlineExceeded
-    } else if e.is_io_error()
-        || e.is_connection_refusal()
-        || e.is_connection_dropped()
-        || e.is_unrecoverable_error()
-    {
+    } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_unrecoverable_error() {
         Code::Unavailable
     } else {
         Code::Internal
@@ -117,9 +110,7 @@ mod tests {
 
     #[test]
     fn pool_timeouts_are_unavailable() {
-        let e = Error::Pool(deadpool_redis::PoolError::Timeout(
-            deadpool_redis::TimeoutType::Wait,
-        ));
+        let e = Error::Pool(deadpool_redis::PoolError::Timeout(deadpool_redis::TimeoutType::Wait));
         let s: Status = e.into();
         assert_eq!(s.code(), Code::Unavailable);
         assert!(!s.message().contains("Timeout"));

@@ -35,21 +35,11 @@ where
             tick.tick().await;
             let ok = probe().await;
             if last != Some(ok) {
-                let status = if ok {
-                    ServingStatus::Serving
-                } else {
-                    ServingStatus::NotServing
-                };
+                let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
                 if ok {
-                    tracing::info!(
-                        service = services.first(),
-                        "dependencies reachable: SERVING"
-                    );
+                    tracing::info!(service = services.first(), "dependencies reachable: SERVING");
                 } else {
-                    tracing::warn!(
-                        service = services.first(),
-                        "a dependency is unreachable: NOT_SERVING"
-                    );
+                    tracing::warn!(service = services.first(), "a dependency is unreachable: NOT_SERVING");
                 }
                 set_all(&reporter, &services, status).await;
                 last = Some(ok);

@@ -15,6 +15,10 @@
 //! (`ZRANGE BYLEX`), which heartbeats do not reorder. Users are spread over the buckets
 //! by a stable hash of their id, so no single key is hot.
 //!
+//! Group members are a ZSET with every score 0, so `ListGroupMembers` pages in id order
+//! with `ZRANGE BYLEX` (a SET's SSCAN cursor may repeat members). The probe channel is
+//! each gateway replica's own, to check its Pub/Sub connection end to end.
+//!
 //! Per-user keys carry the `{u:UID}` hash tag so everything of one user shares a Redis
 //! Cluster slot; a bucket's two keys share the `{b:N}` tag. Ids are validated to contain
 //! no `{`, `}` or whitespace, so they cannot break a tag.
@@ -27,9 +31,7 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self {
-            prefix: prefix.into(),
-        }
+        Self { prefix: prefix.into() }
     }
 
     pub fn prefix(&self) -> &str {
@@ -60,6 +62,36 @@ impl Keys {
     pub fn profile(&self, user_id: &str) -> String {
         format!("{}:profile:{{u:{user_id}}}", self.prefix)
     }
+
+    /// A group's members (ZSET user id → 0).
+    pub fn group_members(&self, group_id: &str) -> String {
+        format!("{}:group:{{g:{group_id}}}:members", self.prefix)
+    }
+
+    /// The groups of a user (SET of group ids).
+    pub fn user_groups(&self, user_id: &str) -> String {
+        format!("{}:groups:{{u:{user_id}}}", self.prefix)
+    }
+
+    /// The broadcast channel.
+    pub fn channel_all(&self) -> String {
+        format!("{}:ch:all", self.prefix)
+    }
+
+    /// A user's channel: their messages and membership changes.
+    pub fn channel_user(&self, user_id: &str) -> String {
+        format!("{}:ch:{{u:{user_id}}}", self.prefix)
+    }
+
+    /// A group's channel.
+    pub fn channel_group(&self, group_id: &str) -> String {
+        format!("{}:ch:{{g:{group_id}}}", self.prefix)
+    }
+
+    /// A gateway replica's own probe channel.
+    pub fn channel_probe(&self, replica: &str) -> String {
+        format!("{}:ch:probe:{replica}", self.prefix)
+    }
 }
 
 /// The online-index bucket of a user: FNV-1a of the id, stable across processes,
@@ -85,6 +117,11 @@ mod tests {
         assert_eq!(k.profile("alice"), "push:profile:{u:alice}");
         assert_eq!(k.online_by_expiry(3), "push:online:{b:3}");
         assert_eq!(k.online_by_id(3), "push:online:{b:3}:ids");
+        assert_eq!(k.user_groups("alice"), "push:groups:{u:alice}");
+        assert_eq!(k.group_members("g1"), "push:group:{g:g1}:members");
+        assert_eq!(k.channel_user("alice"), "push:ch:{u:alice}");
+        assert_eq!(k.channel_group("g1"), "push:ch:{g:g1}");
+        assert_eq!(k.channel_all(), "push:ch:all");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`server`]: reflection (v1 and v1alpha) and the per-RPC tracing span.
 //! - [`telemetry`]: tracing subscriber set-up (`RUST_LOG`, `LOG_FORMAT`).
 //! - [`shutdown`]: SIGTERM / SIGINT as a future.
+//! - [`token`]: hex encoding of opaque page tokens.
 //! - [`time`]: conversions between Redis millisecond clocks and protobuf types.
 
 pub mod config;
@@ -21,6 +22,7 @@ pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;
+pub mod token;
 pub mod validate;
 
 pub use error::Error;

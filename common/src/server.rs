@@ -31,12 +31,9 @@ pub fn reflection(
     ),
     Error,
 > {
-    let v1 = reflection_builder(service)
-        .build_v1()
-        .map_err(|e| Error::Config(format!("reflection v1: {e}")))?;
-    let v1alpha = reflection_builder(service)
-        .build_v1alpha()
-        .map_err(|e| Error::Config(format!("reflection v1alpha: {e}")))?;
+    let v1 = reflection_builder(service).build_v1().map_err(|e| Error::Config(format!("reflection v1: {e}")))?;
+    let v1alpha =
+        reflection_builder(service).build_v1alpha().map_err(|e| Error::Config(format!("reflection v1alpha: {e}")))?;
     Ok((v1, v1alpha))
 }
 

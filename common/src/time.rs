@@ -6,10 +6,7 @@ use prost_types::Timestamp;
 
 /// Milliseconds since the Unix epoch → protobuf `Timestamp`.
 pub fn ms_to_timestamp(ms: i64) -> Timestamp {
-    Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
+    Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 /// A protobuf `Duration` → std, or `None` when it is negative or out of range.
@@ -34,15 +31,9 @@ mod tests {
 
     #[test]
     fn rejects_negative_durations() {
-        let d = prost_types::Duration {
-            seconds: -1,
-            nanos: 0,
-        };
+        let d = prost_types::Duration { seconds: -1, nanos: 0 };
         assert_eq!(proto_duration(&d), None);
-        let d = prost_types::Duration {
-            seconds: 2,
-            nanos: 500_000_000,
-        };
+        let d = prost_types::Duration { seconds: 2, nanos: 500_000_000 };
         assert_eq!(proto_duration(&d), Some(Duration::from_millis(2500)));
     }
 }

@@ -14,18 +14,12 @@ pub fn id_problem(id: &str) -> Option<String> {
         return Some("must not be empty".into());
     }
     if id.len() > MAX_ID_LEN {
-        return Some(format!(
-            "must be at most {MAX_ID_LEN} bytes, got {}",
-            id.len()
-        ));
+        return Some(format!("must be at most {MAX_ID_LEN} bytes, got {}", id.len()));
     }
-    if let Some(c) = id.chars().find(|c| {
-        !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '+' | '=' | '-'))
-    }) {
-        return Some(format!(
-            "may only contain A-Z a-z 0-9 . _ : @ + = -, found {:?}",
-            c
-        ));
+    if let Some(c) =
+        id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '+' | '=' | '-')))
+    {
+        return Some(format!("may only contain A-Z a-z 0-9 . _ : @ + = -, found {:?}", c));
     }
     None
 }
@@ -60,10 +54,7 @@ impl Violations {
         if values.is_empty() {
             self.add(field, "must list at least one id");
         } else if values.len() > max {
-            self.add(
-                field,
-                format!("must list at most {max} ids, got {}", values.len()),
-            );
+            self.add(field, format!("must list at most {max} ids, got {}", values.len()));
         } else {
             for (i, v) in values.iter().enumerate() {
                 self.id(&format!("{field}[{i}]"), v);
@@ -76,13 +67,9 @@ impl Violations {
     pub fn text(&mut self, field: &str, value: &str, max_chars: usize, multiline: bool) {
         let n = value.chars().count();
         if n > max_chars {
-            self.add(
-                field,
-                format!("must be at most {max_chars} characters, got {n}"),
-            );
-        } else if let Some(c) = value
-            .chars()
-            .find(|c| c.is_control() && !(multiline && matches!(c, '\n' | '\r' | '\t')))
+            self.add(field, format!("must be at most {max_chars} characters, got {n}"));
+        } else if let Some(c) =
+            value.chars().find(|c| c.is_control() && !(multiline && matches!(c, '\n' | '\r' | '\t')))
         {
             self.add(field, format!("must not contain control character {:?}", c));
         }
@@ -90,11 +77,7 @@ impl Violations {
 
     /// Ok when nothing was found, else INVALID_ARGUMENT listing every violation.
     pub fn check(self) -> Result<(), Error> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::InvalidArgument(self.0))
-        }
+        if self.0.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(self.0)) }
     }
 }
 
@@ -111,17 +94,7 @@ mod tests {
 
     #[test]
     fn rejects_ids_that_could_break_a_key() {
-        for id in [
-            "",
-            "a b",
-            "a{b",
-            "a}b",
-            "a\0b",
-            "tab\t",
-            "ünï",
-            "\u{202e}x",
-            &"x".repeat(MAX_ID_LEN + 1),
-        ] {
+        for id in ["", "a b", "a{b", "a}b", "a\0b", "tab\t", "ünï", "\u{202e}x", &"x".repeat(MAX_ID_LEN + 1)] {
             assert!(id_problem(id).is_some(), "{id:?}");
         }
     }
@@ -132,9 +105,7 @@ mod tests {
         v.ids("user_ids", &["ok".into(), "".into(), "b{".into()], 10);
         v.text("display_name", "a\u{7}", 10, false);
         v.text("address", "line 1\nline 2", 100, true);
-        let Err(Error::InvalidArgument(list)) = v.check() else {
-            panic!("expected violations")
-        };
+        let Err(Error::InvalidArgument(list)) = v.check() else { panic!("expected violations") };
         let fields: Vec<_> = list.iter().map(|f| f.field.as_str()).collect();
         assert_eq!(fields, ["user_ids[1]", "user_ids[2]", "display_name"]);
     }
@@ -144,9 +115,7 @@ mod tests {
         let mut v = Violations::new();
         v.ids("user_ids", &[], 10);
         v.ids("other", &vec!["a".to_string(); 11], 10);
-        let Err(Error::InvalidArgument(list)) = v.check() else {
-            panic!()
-        };
+        let Err(Error::InvalidArgument(list)) = v.check() else { panic!() };
         assert_eq!(list.len(), 2);
     }
 }

@@ -4,11 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 use push_common::config::{RedisArgs, ServeArgs, duration};
 
 #[derive(clap::Parser, Clone, Debug)]
-#[command(
-    name = "presence-svc",
-    version,
-    about = "Presence: user sessions as leases in Redis"
-)]
+#[command(name = "presence-svc", version, about = "Presence: user sessions as leases in Redis")]
 pub struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "PRESENCE_LISTEN", default_value = "0.0.0.0:50061")]

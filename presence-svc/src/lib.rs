@@ -31,11 +31,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
     let pool = redis::pool(&config.redis)?;
-    let store = store::Store::new(
-        pool.clone(),
-        Keys::new(&config.redis.key_prefix),
-        config.online_buckets,
-    );
+    let store = store::Store::new(pool.clone(), Keys::new(&config.redis.key_prefix), config.online_buckets);
 
     // Expired users leave the index by themselves for readers (scores are compared with
     // now); the sweeper only keeps the index from growing. Any number of replicas may
@@ -63,15 +59,7 @@ pub async fn serve(
         async move { redis::ping(&pool, timeout).await }
     };
     let service = PresenceServer::new(service::PresenceService::new(store, config.clone()));
-    let result = server::run(
-        SERVICE_NAME,
-        listener,
-        &config.serve,
-        probe,
-        shutdown,
-        |r| r.add_service(service),
-    )
-    .await;
+    let result = server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, |r| r.add_service(service)).await;
     sweeper.abort();
     result
 }

@@ -60,23 +60,11 @@ impl PresenceService {
         let ttl = self.ttl(&mut v, ttl);
         v.check()?;
         let c = &self.config;
-        let outcome = self
-            .store
-            .touch(
-                user,
-                session,
-                ttl,
-                c.last_seen_retention,
-                c.max_sessions_per_user,
-                login,
-            )
-            .await?;
+        let outcome =
+            self.store.touch(user, session, ttl, c.last_seen_retention, c.max_sessions_per_user, login).await?;
         match outcome {
             TouchOutcome::Touched(t) => {
-                let s = pb::Session {
-                    session_id: session.to_owned(),
-                    expire_time: Some(ms_to_timestamp(t.expire_ms)),
-                };
+                let s = pb::Session { session_id: session.to_owned(), expire_time: Some(ms_to_timestamp(t.expire_ms)) };
                 Ok((s, t))
             }
             TouchOutcome::NoSuchSession => Err(Error::NotFound(format!(
@@ -91,14 +79,9 @@ impl PresenceService {
 
 #[tonic::async_trait]
 impl Presence for PresenceService {
-    async fn login(
-        &self,
-        req: Request<pb::LoginRequest>,
-    ) -> Result<Response<pb::LoginResponse>, Status> {
+    async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
         let r = req.into_inner();
-        let (session, t) = self
-            .touch(&r.user_id, &r.session_id, r.ttl.as_ref(), true)
-            .await?;
+        let (session, t) = self.touch(&r.user_id, &r.session_id, r.ttl.as_ref(), true).await?;
         Ok(Response::new(pb::LoginResponse {
             session: Some(session),
             user_came_online: t.came_online,
@@ -106,32 +89,19 @@ impl Presence for PresenceService {
         }))
     }
 
-    async fn heartbeat(
-        &self,
-        req: Request<pb::HeartbeatRequest>,
-    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = req.into_inner();
-        let (session, _) = self
-            .touch(&r.user_id, &r.session_id, r.ttl.as_ref(), false)
-            .await?;
-        Ok(Response::new(pb::HeartbeatResponse {
-            session: Some(session),
-        }))
+        let (session, _) = self.touch(&r.user_id, &r.session_id, r.ttl.as_ref(), false).await?;
+        Ok(Response::new(pb::HeartbeatResponse { session: Some(session) }))
     }
 
-    async fn logout(
-        &self,
-        req: Request<pb::LogoutRequest>,
-    ) -> Result<Response<pb::LogoutResponse>, Status> {
+    async fn logout(&self, req: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
         let r = req.into_inner();
         let mut v = Violations::new();
         v.id("user_id", &r.user_id);
         v.id("session_id", &r.session_id);
         v.check()?;
-        let (found, left) = self
-            .store
-            .logout(&r.user_id, &r.session_id, self.config.last_seen_retention)
-            .await?;
+        let (found, left) = self.store.logout(&r.user_id, &r.session_id, self.config.last_seen_retention).await?;
         Ok(Response::new(pb::LogoutResponse {
             session_found: found,
             user_online: left > 0,
@@ -159,10 +129,7 @@ impl Presence for PresenceService {
                 sessions: s
                     .sessions
                     .into_iter()
-                    .map(|(session_id, e)| pb::Session {
-                        session_id,
-                        expire_time: Some(ms_to_timestamp(e)),
-                    })
+                    .map(|(session_id, e)| pb::Session { session_id, expire_time: Some(ms_to_timestamp(e)) })
                     .collect(),
             })
             .collect();
@@ -193,10 +160,7 @@ impl Presence for PresenceService {
         };
         // Walk buckets in order and each bucket in id order; the cursor is the last id
         // scanned, so heartbeats (which change scores, not ids) cannot reorder the walk.
-        let PageToken {
-            mut bucket,
-            mut after,
-        } = token;
+        let PageToken { mut bucket, mut after } = token;
         let mut user_ids = Vec::with_capacity(want);
         while user_ids.len() < want && bucket < buckets {
             let asked = want - user_ids.len();
@@ -209,15 +173,9 @@ impl Presence for PresenceService {
                 after = last;
             }
         }
-        let next_page_token = if bucket < buckets {
-            PageToken { bucket, after }.encode(buckets)
-        } else {
-            String::new()
-        };
-        Ok(Response::new(pb::ListOnlineUsersResponse {
-            user_ids,
-            next_page_token,
-        }))
+        let next_page_token =
+            if bucket < buckets { PageToken { bucket, after }.encode(buckets) } else { String::new() };
+        Ok(Response::new(pb::ListOnlineUsersResponse { user_ids, next_page_token }))
     }
 
     async fn count_online_users(

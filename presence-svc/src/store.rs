@@ -171,12 +171,7 @@ impl Store {
 
     fn user_keys(&self, user: &str) -> [String; 4] {
         let b = bucket_of(user, self.buckets);
-        [
-            self.keys.sessions(user),
-            self.keys.last_seen(user),
-            self.keys.online_by_expiry(b),
-            self.keys.online_by_id(b),
-        ]
+        [self.keys.sessions(user), self.keys.last_seen(user), self.keys.online_by_expiry(b), self.keys.online_by_id(b)]
     }
 
     /// Creates (`login`) or renews a session's lease.
@@ -216,12 +211,7 @@ impl Store {
 
     /// Ends a session; returns (whether it existed, sessions left).
     #[tracing::instrument(skip(self), err)]
-    pub async fn logout(
-        &self,
-        user: &str,
-        session: &str,
-        seen_ttl: Duration,
-    ) -> Result<(bool, i64), Error> {
+    pub async fn logout(&self, user: &str, session: &str, seen_ttl: Duration) -> Result<(bool, i64), Error> {
         let mut c = conn(&self.pool).await?;
         let (removed, left): (i64, i64) = self
             .logout
@@ -241,19 +231,13 @@ impl Store {
         let mut pipe = redis::pipe();
         pipe.cmd("TIME");
         for u in users {
-            pipe.cmd("ZRANGE")
-                .arg(self.keys.sessions(u))
-                .arg(0)
-                .arg(-1)
-                .arg("WITHSCORES");
+            pipe.cmd("ZRANGE").arg(self.keys.sessions(u)).arg(0).arg(-1).arg("WITHSCORES");
             pipe.cmd("GET").arg(self.keys.last_seen(u));
         }
         let mut c = conn(&self.pool).await?;
         let mut replies: Vec<redis::Value> = pipe.query_async(&mut *c).await?;
         if replies.len() != 1 + 2 * users.len() {
-            return Err(Error::Protocol(
-                "pipeline reply has the wrong length".into(),
-            ));
+            return Err(Error::Protocol("pipeline reply has the wrong length".into()));
         }
         let (secs, micros): (i64, i64) = redis::from_redis_value(replies.remove(0))?;
         let now = secs * 1000 + micros / 1000;
@@ -263,11 +247,7 @@ impl Store {
             let sessions: Vec<(String, f64)> = redis::from_redis_value(sessions)?;
             let seen: Option<i64> = redis::from_redis_value(seen)?;
             out.push(UserState {
-                sessions: sessions
-                    .into_iter()
-                    .map(|(s, e)| (s, e as i64))
-                    .filter(|(_, e)| *e > now)
-                    .collect(),
+                sessions: sessions.into_iter().map(|(s, e)| (s, e as i64)).filter(|(_, e)| *e > now).collect(),
                 last_seen_ms: seen,
             });
         }
@@ -277,12 +257,7 @@ impl Store {
     /// One step of a page walk in `bucket` after id `after`, scanning up to `count` ids.
     /// Returns (last id scanned, ids scanned, online ids among them).
     #[tracing::instrument(skip(self), err)]
-    pub async fn page(
-        &self,
-        bucket: u32,
-        after: &str,
-        count: usize,
-    ) -> Result<(String, usize, Vec<String>), Error> {
+    pub async fn page(&self, bucket: u32, after: &str, count: usize) -> Result<(String, usize, Vec<String>), Error> {
         let mut c = conn(&self.pool).await?;
         let (last, scanned, online): (String, usize, Vec<String>) = self
             .page
@@ -298,9 +273,7 @@ impl Store {
     /// Users online now.
     #[tracing::instrument(skip(self), err)]
     pub async fn count(&self) -> Result<i64, Error> {
-        let keys: Vec<String> = (0..self.buckets)
-            .map(|b| self.keys.online_by_expiry(b))
-            .collect();
+        let keys: Vec<String> = (0..self.buckets).map(|b| self.keys.online_by_expiry(b)).collect();
         let mut c = conn(&self.pool).await?;
         Ok(self.count.key(keys).invoke_async(&mut *c).await?)
     }

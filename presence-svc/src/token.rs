@@ -2,7 +2,7 @@
 //! bound to the bucket count so a token from a differently configured deployment is
 //! rejected rather than silently skipping users. Opaque to clients (hex of a small
 //! text form), validated on the way in like any other input.
-use push_common::validate::id_problem;
+use push_common::{token, validate::id_problem};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageToken {
@@ -13,15 +13,11 @@ pub struct PageToken {
 
 impl PageToken {
     pub fn start() -> Self {
-        Self {
-            bucket: 0,
-            after: String::new(),
-        }
+        Self { bucket: 0, after: String::new() }
     }
 
     pub fn encode(&self, buckets: u32) -> String {
-        let plain = format!("v1|{buckets}|{}|{}", self.bucket, self.after);
-        plain.bytes().map(|b| format!("{b:02x}")).collect()
+        token::encode(&format!("v1|{buckets}|{}|{}", self.bucket, self.after))
     }
 
     /// The token, or a description of what is wrong with it. Empty means the start.
@@ -35,17 +31,12 @@ impl PageToken {
         }
         let bytes = (0..token.len())
             .step_by(2)
-            .map(|i| {
-                token
-                    .get(i..i + 2)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-            })
+            .map(|i| token.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
             .collect::<Option<Vec<u8>>>()
             .ok_or_else(bad)?;
         let plain = String::from_utf8(bytes).map_err(|_| bad())?;
         let mut parts = plain.splitn(4, '|');
-        let (Some("v1"), Some(b), Some(bucket), Some(after)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some("v1"), Some(b), Some(bucket), Some(after)) = (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(bad());
         };
@@ -56,10 +47,7 @@ impl PageToken {
         if bucket >= buckets || (!after.is_empty() && id_problem(after).is_some()) {
             return Err(bad());
         }
-        Ok(Self {
-            bucket,
-            after: after.to_owned(),
-        })
+        Ok(Self { bucket, after: after.to_owned() })
     }
 }
 
@@ -69,33 +57,21 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let t = PageToken {
-            bucket: 3,
-            after: "user-17".into(),
-        };
+        let t = PageToken { bucket: 3, after: "user-17".into() };
         assert_eq!(PageToken::decode(&t.encode(16), 16), Ok(t));
         assert_eq!(PageToken::decode("", 16), Ok(PageToken::start()));
     }
 
     #[test]
     fn rejects_forged_or_foreign_tokens() {
-        let t = PageToken {
-            bucket: 3,
-            after: "u".into(),
-        };
+        let t = PageToken { bucket: 3, after: "u".into() };
         assert!(PageToken::decode(&t.encode(16), 8).is_err());
-        let out_of_range = PageToken {
-            bucket: 20,
-            after: "u".into(),
-        };
+        let out_of_range = PageToken { bucket: 20, after: "u".into() };
         assert!(PageToken::decode(&out_of_range.encode(16), 16).is_err());
         for junk in ["x", "zz", "abc", "76317c", &"00".repeat(300)] {
             assert!(PageToken::decode(junk, 16).is_err(), "{junk}");
         }
-        let bad_id = PageToken {
-            bucket: 1,
-            after: "a{b".into(),
-        };
+        let bad_id = PageToken { bucket: 1, after: "a{b".into() };
         assert!(PageToken::decode(&bad_id.encode(16), 16).is_err());
     }
 }

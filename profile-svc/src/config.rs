@@ -4,11 +4,7 @@ use std::net::SocketAddr;
 use push_common::config::{RedisArgs, ServeArgs};
 
 #[derive(clap::Parser, Clone, Debug)]
-#[command(
-    name = "profile-svc",
-    version,
-    about = "Profiles: one Redis HASH per user"
-)]
+#[command(name = "profile-svc", version, about = "Profiles: one Redis HASH per user")]
 pub struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "PROFILE_LISTEN", default_value = "0.0.0.0:50062")]

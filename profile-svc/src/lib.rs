@@ -37,13 +37,5 @@ pub async fn serve(
         async move { redis::ping(&pool, timeout).await }
     };
     let service = ProfileServer::new(service::ProfileService::new(store, config.clone()));
-    server::run(
-        SERVICE_NAME,
-        listener,
-        &config.serve,
-        probe,
-        shutdown,
-        |r| r.add_service(service),
-    )
-    .await
+    server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, |r| r.add_service(service)).await
 }

@@ -33,21 +33,13 @@ impl ProfileService {
     /// Checks every field of `p` (attributes only when `attributes` is set).
     fn check_profile(&self, v: &mut Violations, p: &pb::UserProfile, attributes: bool) {
         v.id("profile.user_id", &p.user_id);
-        v.text(
-            "profile.display_name",
-            &p.display_name,
-            MAX_DISPLAY_NAME,
-            false,
-        );
+        v.text("profile.display_name", &p.display_name, MAX_DISPLAY_NAME, false);
         v.text("profile.avatar_url", &p.avatar_url, MAX_AVATAR_URL, false);
         if !p.avatar_url.is_empty()
             && (!(p.avatar_url.starts_with("https://") || p.avatar_url.starts_with("http://"))
                 || p.avatar_url.chars().any(char::is_whitespace))
         {
-            v.add(
-                "profile.avatar_url",
-                "must be an http:// or https:// URL without spaces",
-            );
+            v.add("profile.avatar_url", "must be an http:// or https:// URL without spaces");
         }
         v.text("profile.address", &p.address, MAX_ADDRESS, true);
         if p.version < 0 {
@@ -56,10 +48,7 @@ impl ProfileService {
         if attributes {
             if p.attributes.len() > self.config.max_attributes {
                 let (n, max) = (p.attributes.len(), self.config.max_attributes);
-                v.add(
-                    "profile.attributes",
-                    format!("must have at most {max} entries, got {n}"),
-                );
+                v.add("profile.attributes", format!("must have at most {max} entries, got {n}"));
             }
             for (k, val) in &p.attributes {
                 self.check_attribute(v, k, Some(val));
@@ -76,10 +65,7 @@ impl ProfileService {
         let field = format!("profile.attributes[{key:?}]");
         if value.len() > self.config.max_attribute_bytes {
             let max = self.config.max_attribute_bytes;
-            v.add(
-                field,
-                format!("must be at most {max} bytes, got {}", value.len()),
-            );
+            v.add(field, format!("must be at most {max} bytes, got {}", value.len()));
         } else {
             v.text(&field, value, usize::MAX, true);
         }
@@ -90,10 +76,7 @@ impl ProfileService {
 fn attribute_key_problem(key: &str) -> Option<&'static str> {
     if key.is_empty() || key.len() > MAX_ATTRIBUTE_KEY {
         Some("must be 1 to 64 characters")
-    } else if !key
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
+    } else if !key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
         Some("may only contain A-Z a-z 0-9 . _ -")
     } else {
         None
@@ -109,20 +92,13 @@ fn hash_fields(p: &pb::UserProfile) -> Vec<(String, String)> {
         .filter(|(_, v)| !v.is_empty())
         .map(|(k, v)| (format!("{FIELD}{k}"), v.clone()))
         .collect();
-    out.extend(
-        p.attributes
-            .iter()
-            .map(|(k, v)| (format!("{ATTR}{k}"), v.clone())),
-    );
+    out.extend(p.attributes.iter().map(|(k, v)| (format!("{ATTR}{k}"), v.clone())));
     out
 }
 
 /// A stored HASH → the message.
 fn from_hash(user_id: &str, hash: Hash) -> pb::UserProfile {
-    let mut p = pb::UserProfile {
-        user_id: user_id.to_owned(),
-        ..Default::default()
-    };
+    let mut p = pb::UserProfile { user_id: user_id.to_owned(), ..Default::default() };
     let mut attributes = HashMap::new();
     for (k, v) in hash {
         match k.as_str() {
@@ -195,11 +171,7 @@ fn patch(v: &mut Violations, p: &pb::UserProfile, paths: &[String]) -> Patch {
         // The whole map replaces the stored one.
         patch.set.retain(|(f, _)| !f.starts_with(ATTR));
         patch.delete.retain(|f| !f.starts_with(ATTR));
-        patch.set.extend(
-            p.attributes
-                .iter()
-                .map(|(k, val)| (format!("{ATTR}{k}"), val.clone())),
-        );
+        patch.set.extend(p.attributes.iter().map(|(k, val)| (format!("{ATTR}{k}"), val.clone())));
     }
     patch
 }
@@ -218,13 +190,8 @@ impl Profile for ProfileService {
         };
         self.check_profile(&mut v, &p, true);
         v.check()?;
-        let hash = self
-            .store
-            .put(&p.user_id, p.version, hash_fields(&p))
-            .await?;
-        Ok(Response::new(pb::PutProfileResponse {
-            profile: Some(from_hash(&p.user_id, hash)),
-        }))
+        let hash = self.store.put(&p.user_id, p.version, hash_fields(&p)).await?;
+        Ok(Response::new(pb::PutProfileResponse { profile: Some(from_hash(&p.user_id, hash)) }))
     }
 
     async fn update_profile(
@@ -247,13 +214,8 @@ impl Profile for ProfileService {
         }
         let patch = patch(&mut v, &p, &paths);
         v.check()?;
-        let hash = self
-            .store
-            .update(&p.user_id, p.version, self.config.max_attributes, patch)
-            .await?;
-        Ok(Response::new(pb::UpdateProfileResponse {
-            profile: Some(from_hash(&p.user_id, hash)),
-        }))
+        let hash = self.store.update(&p.user_id, p.version, self.config.max_attributes, patch).await?;
+        Ok(Response::new(pb::UpdateProfileResponse { profile: Some(from_hash(&p.user_id, hash)) }))
     }
 
     async fn get_profile(
@@ -264,18 +226,11 @@ impl Profile for ProfileService {
         let mut v = Violations::new();
         v.id("user_id", &r.user_id);
         v.check()?;
-        let hash = self
-            .store
-            .get(std::slice::from_ref(&r.user_id))
-            .await?
-            .pop()
-            .unwrap_or_default();
+        let hash = self.store.get(std::slice::from_ref(&r.user_id)).await?.pop().unwrap_or_default();
         if hash.is_empty() {
             return Err(Error::NotFound(format!("user {:?} has no profile", r.user_id)).into());
         }
-        Ok(Response::new(pb::GetProfileResponse {
-            profile: Some(from_hash(&r.user_id, hash)),
-        }))
+        Ok(Response::new(pb::GetProfileResponse { profile: Some(from_hash(&r.user_id, hash)) }))
     }
 
     async fn batch_get_profiles(
@@ -333,12 +288,7 @@ mod tests {
         let p = patch(
             &mut v,
             &profile(),
-            &[
-                "display_name".into(),
-                "address".into(),
-                "attributes.lang".into(),
-                "attributes.gone".into(),
-            ],
+            &["display_name".into(), "address".into(), "attributes.lang".into(), "attributes.gone".into()],
         );
         assert!(v.is_empty());
         assert_eq!(patch_sets(&p), ["f:display_name=Ann", "a:lang=en"]);
@@ -358,11 +308,7 @@ mod tests {
 
     #[test]
     fn unknown_and_empty_masks_are_violations() {
-        for paths in [
-            vec![],
-            vec!["version".to_string()],
-            vec!["attributes.a b".to_string()],
-        ] {
+        for paths in [vec![], vec!["version".to_string()], vec!["attributes.a b".to_string()]] {
             let mut v = Violations::new();
             patch(&mut v, &profile(), &paths);
             assert!(!v.is_empty(), "{paths:?}");

@@ -106,23 +106,12 @@ pub struct Store {
 
 impl Store {
     pub fn new(pool: Pool, keys: Keys) -> Self {
-        Self {
-            pool,
-            keys,
-            put: Script::new(PUT),
-            update: Script::new(UPDATE),
-            delete: Script::new(DELETE),
-        }
+        Self { pool, keys, put: Script::new(PUT), update: Script::new(UPDATE), delete: Script::new(DELETE) }
     }
 
     /// Replaces the profile with `fields`; `expected` 0 means unconditionally.
     #[tracing::instrument(skip(self, fields), err)]
-    pub async fn put(
-        &self,
-        user: &str,
-        expected: i64,
-        fields: Vec<(String, String)>,
-    ) -> Result<Hash, Error> {
+    pub async fn put(&self, user: &str, expected: i64, fields: Vec<(String, String)>) -> Result<Hash, Error> {
         let mut inv = self.put.key(self.keys.profile(user));
         inv.arg(expected);
         for (f, v) in fields {
@@ -135,18 +124,9 @@ impl Store {
 
     /// Applies `patch` to an existing profile.
     #[tracing::instrument(skip(self, patch), err)]
-    pub async fn update(
-        &self,
-        user: &str,
-        expected: i64,
-        max_attributes: usize,
-        patch: Patch,
-    ) -> Result<Hash, Error> {
+    pub async fn update(&self, user: &str, expected: i64, max_attributes: usize, patch: Patch) -> Result<Hash, Error> {
         let mut inv = self.update.key(self.keys.profile(user));
-        inv.arg(expected)
-            .arg(max_attributes)
-            .arg(if patch.clear_attributes { "1" } else { "0" })
-            .arg(patch.set.len());
+        inv.arg(expected).arg(max_attributes).arg(if patch.clear_attributes { "1" } else { "0" }).arg(patch.set.len());
         for (f, v) in patch.set {
             inv.arg(f).arg(v);
         }
@@ -158,9 +138,7 @@ impl Store {
         if code == -3 {
             return Err(Error::invalid(
                 "profile.attributes",
-                format!(
-                    "the profile would have {n} attributes, more than the limit of {max_attributes}"
-                ),
+                format!("the profile would have {n} attributes, more than the limit of {max_attributes}"),
             ));
         }
         outcome(user, code, n, hash)
@@ -182,12 +160,8 @@ impl Store {
     #[tracing::instrument(skip(self), err)]
     pub async fn delete(&self, user: &str, expected: i64) -> Result<(), Error> {
         let mut c = conn(&self.pool).await?;
-        let (code, version): (i64, i64) = self
-            .delete
-            .key(self.keys.profile(user))
-            .arg(expected)
-            .invoke_async(&mut *c)
-            .await?;
+        let (code, version): (i64, i64) =
+            self.delete.key(self.keys.profile(user)).arg(expected).invoke_async(&mut *c).await?;
         outcome(user, code, version, Vec::new()).map(drop)
     }
 }

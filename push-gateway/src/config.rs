@@ -1,14 +1,10 @@
 //! Configuration of push-gateway: flags with environment fallbacks.
 use std::{net::SocketAddr, time::Duration};
 
-use push_common::config::{ServeArgs, duration};
+use push_common::config::{RedisArgs, ServeArgs, duration};
 
 #[derive(clap::Parser, Clone, Debug)]
-#[command(
-    name = "push-gateway",
-    version,
-    about = "The public PushGateway gRPC service"
-)]
+#[command(name = "push-gateway", version, about = "The public PushGateway gRPC service")]
 pub struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:50051")]
@@ -30,6 +26,44 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_CONNECT_TIMEOUT", default_value = "1s", value_parser = duration)]
     pub connect_timeout: Duration,
 
+    /// Redis of the push hub (Pub/Sub), group membership and publishing.
+    #[command(flatten)]
+    pub redis: RedisArgs,
+
     #[command(flatten)]
     pub serve: ServeArgs,
+
+    /// Presence lease of a device stream; renewed every third of it while the stream is open.
+    #[arg(long, env = "GATEWAY_STREAM_LEASE", default_value = "60s", value_parser = duration)]
+    pub stream_lease: Duration,
+
+    /// Messages a device stream may have queued before it is cut off as too slow.
+    #[arg(long, env = "GATEWAY_STREAM_QUEUE_MESSAGES", default_value_t = 1024)]
+    pub stream_queue_messages: usize,
+
+    /// Bytes a device stream may have queued before it is cut off as too slow.
+    #[arg(long, env = "GATEWAY_STREAM_QUEUE_BYTES", default_value_t = 4 << 20)]
+    pub stream_queue_bytes: usize,
+
+    /// Largest payload of one pushed message.
+    #[arg(long, env = "GATEWAY_MAX_PAYLOAD_BYTES", default_value_t = 64 << 10)]
+    pub max_payload_bytes: usize,
+
+    /// Most user ids in one PushToUsers, JoinGroup or LeaveGroup.
+    #[arg(long, env = "GATEWAY_MAX_USERS_PER_CALL", default_value_t = 1000)]
+    pub max_users_per_call: usize,
+
+    /// Most groups one user may belong to.
+    #[arg(long, env = "GATEWAY_MAX_GROUPS_PER_USER", default_value_t = 1000)]
+    pub max_groups_per_user: usize,
+
+    /// How often the hub checks its Pub/Sub connection end to end (and how long a
+    /// probe may take before the connection is deemed dead and replaced).
+    #[arg(long, env = "GATEWAY_HUB_PROBE_INTERVAL", default_value = "5s", value_parser = duration)]
+    pub hub_probe_interval: Duration,
+
+    /// Tokio worker threads serving gRPC; 0 means one per core. Fan-out is cheapest per
+    /// delivery on few threads (see docs/BENCHMARKS.md).
+    #[arg(long, env = "GATEWAY_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
 }

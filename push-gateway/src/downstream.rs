@@ -6,9 +6,7 @@ use tonic::{
     Request, Response, Status,
     transport::{Channel, Endpoint},
 };
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 use crate::config::Config;
 
@@ -28,9 +26,7 @@ pub fn channel(url: &str, config: &Config) -> Result<Channel, String> {
 /// True when `service` on `channel` reports SERVING within `timeout`.
 pub async fn serving(channel: Channel, service: &str, timeout: Duration) -> bool {
     let mut client = HealthClient::new(channel);
-    let mut req = Request::new(HealthCheckRequest {
-        service: service.to_owned(),
-    });
+    let mut req = Request::new(HealthCheckRequest { service: service.to_owned() });
     req.set_timeout(timeout);
     matches!(
         tokio::time::timeout(timeout, client.check(req)).await,
@@ -67,10 +63,6 @@ where
     }
     match call(inner).await {
         Ok(resp) => Ok(Response::new(transcode::<C, D>(resp.get_ref())?)),
-        Err(s) => Err(Status::with_details(
-            s.code(),
-            s.message(),
-            s.details().to_vec().into(),
-        )),
+        Err(s) => Err(Status::with_details(s.code(), s.message(), s.details().to_vec().into())),
     }
 }

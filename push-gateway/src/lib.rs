@@ -4,17 +4,27 @@
 //! - [`config`]: flags and environment.
 //! - [`downstream`]: channels to presence-svc and profile-svc, and call forwarding
 //!   that keeps their status codes and error details.
+//! - [`push`]: push and group RPCs (validate, encode once, publish).
+//! - [`hub`]: this replica's one Pub/Sub connection and its registry of local streams.
+//! - [`queue`]: the bounded queue of one device stream, and the stream itself.
+//! - [`subscribe`]: opening a device stream and the task that keeps it in step.
+//! - [`store`]: every Redis command of the gateway.
 //! - [`service`]: the `PushGateway` implementation.
-//! - [`serve`]: runs the gRPC server; health follows both internal services.
+//! - [`serve`]: runs the gRPC server.
 
 pub mod config;
 pub mod downstream;
+pub mod hub;
+pub mod push;
+pub mod queue;
 pub mod service;
+pub mod store;
+pub mod subscribe;
 
 use std::future::Future;
 
-use push_common::{BoxError, server};
-use push_proto::push::v1::push_gateway_server::PushGatewayServer;
+use push_common::{BoxError, keys::Keys, redis, server};
+use push_proto::{presence::v1::presence_client::PresenceClient, push::v1::push_gateway_server::PushGatewayServer};
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -23,45 +33,64 @@ pub use config::Config;
 pub const SERVICE_NAME: &str = "push.v1.PushGateway";
 
 /// Serves the gateway on `listener` until `shutdown` completes. Health is SERVING only
-/// while both internal services report SERVING (which in turn needs their Redis).
+/// while both internal services report SERVING, Redis answers and the hub's Pub/Sub
+/// connection is up. On shutdown every device stream ends with UNAVAILABLE, so devices
+/// reconnect to another replica.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
-    let presence = downstream::channel(&config.presence_url, &config)
-        .map_err(|e| format!("--presence-url {e}"))?;
-    let profile = downstream::channel(&config.profile_url, &config)
-        .map_err(|e| format!("--profile-url {e}"))?;
+    let presence = downstream::channel(&config.presence_url, &config).map_err(|e| format!("--presence-url {e}"))?;
+    let profile = downstream::channel(&config.profile_url, &config).map_err(|e| format!("--profile-url {e}"))?;
+    let pool = redis::pool(&config.redis)?;
+    let keys = Keys::new(&config.redis.key_prefix);
+    let store = store::Store::new(pool.clone(), keys.clone());
+    let hub_config = hub::HubConfig {
+        url: config.redis.url.clone(),
+        connect_timeout: config.redis.timeout,
+        probe_interval: config.hub_probe_interval,
+        subscribe_timeout: config.redis.timeout * 2,
+    };
+    let (hub, hub_task) = hub::Hub::start(hub_config, pool.clone(), &keys)?;
 
     let timeout = config.connect_timeout;
-    let (p, q) = (presence.clone(), profile.clone());
+    let (p, q, h) = (presence.clone(), profile.clone(), hub.clone());
     let probe = move || {
-        let (p, q) = (p.clone(), q.clone());
+        let (p, q, h, pool) = (p.clone(), q.clone(), h.clone(), pool.clone());
         async move {
-            let (a, b) = tokio::join!(
-                downstream::serving(p, presence_svc_name(), timeout),
-                downstream::serving(q, profile_svc_name(), timeout),
+            let (a, b, c) = tokio::join!(
+                downstream::serving(p, "presence.v1.Presence", timeout),
+                downstream::serving(q, "profile.v1.Profile", timeout),
+                redis::ping(&pool, timeout),
             );
-            a && b
+            a && b && c && h.is_healthy()
         }
     };
-    let service = PushGatewayServer::new(service::Gateway::new(presence, profile));
-    server::run(
-        SERVICE_NAME,
-        listener,
-        &config.serve,
-        probe,
-        shutdown,
-        |r| r.add_service(service),
-    )
-    .await
-}
 
-fn presence_svc_name() -> &'static str {
-    "presence.v1.Presence"
-}
-
-fn profile_svc_name() -> &'static str {
-    "profile.v1.Profile"
+    let pusher = push::Pusher {
+        store: store.clone(),
+        limits: push::PushLimits {
+            max_payload_bytes: config.max_payload_bytes,
+            max_users_per_call: config.max_users_per_call,
+            max_groups_per_user: config.max_groups_per_user,
+        },
+    };
+    let streams = subscribe::Streams {
+        hub: hub.clone(),
+        store,
+        presence: PresenceClient::new(presence.clone()),
+        lease: config.stream_lease,
+        limits: queue::Limits { messages: config.stream_queue_messages, bytes: config.stream_queue_bytes },
+    };
+    let service = PushGatewayServer::new(service::Gateway::new(presence, profile, pusher, streams))
+        .max_decoding_message_size(config.max_payload_bytes + (1 << 20));
+    let closing = hub.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.close_all(tonic::Status::unavailable("the gateway is shutting down; reconnect"));
+    };
+    let result = server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, |r| r.add_service(service)).await;
+    hub_task.abort();
+    result
 }

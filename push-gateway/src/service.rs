@@ -6,47 +6,39 @@ use push_proto::{
 };
 use tonic::{Request, Response, Status, transport::Channel};
 
-use crate::downstream::forward;
+use crate::{downstream::forward, push::Pusher, queue::DeviceStream, subscribe::Streams};
 
-/// The gateway service: presence calls go to presence-svc, profile calls to profile-svc.
+/// The gateway service: presence calls go to presence-svc, profile calls to profile-svc,
+/// pushes and groups to Redis, device streams to the hub.
 #[derive(Clone)]
 pub struct Gateway {
     presence: PresenceClient<Channel>,
     profile: ProfileClient<Channel>,
+    pusher: Pusher,
+    streams: Streams,
 }
 
 impl Gateway {
-    pub fn new(presence: Channel, profile: Channel) -> Self {
-        Self {
-            presence: PresenceClient::new(presence),
-            profile: ProfileClient::new(profile),
-        }
+    pub fn new(presence: Channel, profile: Channel, pusher: Pusher, streams: Streams) -> Self {
+        Self { presence: PresenceClient::new(presence), profile: ProfileClient::new(profile), pusher, streams }
     }
 }
 
-// Each method forwards to the internal method of the same name (see `forward`).
+// Presence and profile methods forward to the internal method of the same name (see
+// `forward`); push, group and stream methods are the gateway's own.
 #[tonic::async_trait]
 impl PushGateway for Gateway {
-    async fn login(
-        &self,
-        req: Request<pb::LoginRequest>,
-    ) -> Result<Response<pb::LoginResponse>, Status> {
+    async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
         let mut c = self.presence.clone();
         forward(req, |r| async move { c.login(r).await }).await
     }
 
-    async fn heartbeat(
-        &self,
-        req: Request<pb::HeartbeatRequest>,
-    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let mut c = self.presence.clone();
         forward(req, |r| async move { c.heartbeat(r).await }).await
     }
 
-    async fn logout(
-        &self,
-        req: Request<pb::LogoutRequest>,
-    ) -> Result<Response<pb::LogoutResponse>, Status> {
+    async fn logout(&self, req: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
         let mut c = self.presence.clone();
         forward(req, |r| async move { c.logout(r).await }).await
     }
@@ -114,6 +106,55 @@ impl PushGateway for Gateway {
         let mut c = self.profile.clone();
         forward(req, |r| async move { c.delete_profile(r).await }).await
     }
+
+    type SubscribeStream = DeviceStream;
+
+    async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Result<Response<DeviceStream>, Status> {
+        Ok(Response::new(self.streams.open(req).await?))
+    }
+
+    async fn push_to_all(&self, req: Request<pb::PushToAllRequest>) -> Result<Response<pb::PushToAllResponse>, Status> {
+        Ok(Response::new(self.pusher.to_all(req.into_inner()).await?))
+    }
+
+    async fn push_to_users(
+        &self,
+        req: Request<pb::PushToUsersRequest>,
+    ) -> Result<Response<pb::PushToUsersResponse>, Status> {
+        Ok(Response::new(self.pusher.to_users(req.into_inner()).await?))
+    }
+
+    async fn push_to_group(
+        &self,
+        req: Request<pb::PushToGroupRequest>,
+    ) -> Result<Response<pb::PushToGroupResponse>, Status> {
+        Ok(Response::new(self.pusher.to_group(req.into_inner()).await?))
+    }
+
+    async fn join_group(&self, req: Request<pb::JoinGroupRequest>) -> Result<Response<pb::JoinGroupResponse>, Status> {
+        Ok(Response::new(self.pusher.join(req.into_inner()).await?))
+    }
+
+    async fn leave_group(
+        &self,
+        req: Request<pb::LeaveGroupRequest>,
+    ) -> Result<Response<pb::LeaveGroupResponse>, Status> {
+        Ok(Response::new(self.pusher.leave(req.into_inner()).await?))
+    }
+
+    async fn list_group_members(
+        &self,
+        req: Request<pb::ListGroupMembersRequest>,
+    ) -> Result<Response<pb::ListGroupMembersResponse>, Status> {
+        Ok(Response::new(self.pusher.members(req.into_inner()).await?))
+    }
+
+    async fn list_user_groups(
+        &self,
+        req: Request<pb::ListUserGroupsRequest>,
+    ) -> Result<Response<pb::ListUserGroupsResponse>, Status> {
+        Ok(Response::new(self.pusher.user_groups(req.into_inner()).await?))
+    }
 }
 
 #[cfg(test)]
@@ -168,24 +209,12 @@ mod tests {
                 let mut f: Vec<_> = m
                     .field
                     .iter()
-                    .map(|f| {
-                        (
-                            f.number(),
-                            f.name().to_owned(),
-                            f.r#type(),
-                            f.label(),
-                            f.type_name().to_owned(),
-                        )
-                    })
+                    .map(|f| (f.number(), f.name().to_owned(), f.r#type(), f.label(), f.type_name().to_owned()))
                     .collect();
                 f.sort();
                 f
             };
-            assert_eq!(
-                shape(public),
-                shape(internal),
-                "push.v1.{name} differs from {pkg}.v1.{name}"
-            );
+            assert_eq!(shape(public), shape(internal), "push.v1.{name} differs from {pkg}.v1.{name}");
         }
     }
 
@@ -193,13 +222,19 @@ mod tests {
     #[test]
     fn every_rpc_is_paired() {
         let fds = FileDescriptorSet::decode(push_proto::FILE_DESCRIPTOR_SET).unwrap();
-        let svc = fds
-            .file
-            .iter()
-            .flat_map(|f| &f.service)
-            .find(|s| s.name() == "PushGateway")
-            .unwrap();
-        for m in &svc.method {
+        let svc = fds.file.iter().flat_map(|f| &f.service).find(|s| s.name() == "PushGateway").unwrap();
+        // RPCs the gateway serves itself have no internal twin.
+        const OWN: [&str; 8] = [
+            "Subscribe",
+            "PushToAll",
+            "PushToUsers",
+            "PushToGroup",
+            "JoinGroup",
+            "LeaveGroup",
+            "ListGroupMembers",
+            "ListUserGroups",
+        ];
+        for m in svc.method.iter().filter(|m| !OWN.contains(&m.name())) {
             for t in [m.input_type(), m.output_type()] {
                 let name = t.trim_start_matches(".push.v1.");
                 assert!(PAIRS.iter().any(|(n, _)| *n == name), "{t} is not paired");

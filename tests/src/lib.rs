@@ -22,9 +22,7 @@ use push_proto::{
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 
@@ -79,22 +77,12 @@ impl RedisServer {
         let child = Command::new(&bin)
             .args(["--port", "0", "--unixsocket"])
             .arg(self.socket())
-            .args([
-                "--unixsocketperm",
-                "700",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-            ])
+            .args(["--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--dir"])
             .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run {bin} ({e}); run ./scripts/test.sh, which installs it")
-            });
+            .unwrap_or_else(|e| panic!("cannot run {bin} ({e}); run ./scripts/test.sh, which installs it"));
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -174,11 +162,7 @@ where
             panic!("service failed: {e}");
         }
     });
-    Running {
-        addr,
-        stop: Some(tx),
-        task,
-    }
+    Running { addr, stop: Some(tx), task }
 }
 
 fn init_logs() {
@@ -196,13 +180,7 @@ const FAST: [&str; 4] = ["--health-interval", "100ms", "--shutdown-grace", "1s"]
 
 /// Starts presence-svc; `extra` are more flags (e.g. `--min-ttl 50ms`).
 pub async fn presence(redis_url: &str, extra: &[&str]) -> Running {
-    let mut args = vec![
-        "presence-svc",
-        "--listen",
-        "127.0.0.1:0",
-        "--redis-url",
-        redis_url,
-    ];
+    let mut args = vec!["presence-svc", "--listen", "127.0.0.1:0", "--redis-url", redis_url];
     args.extend(FAST);
     args.extend(extra);
     let config = presence_svc::Config::parse_from(args);
@@ -211,31 +189,29 @@ pub async fn presence(redis_url: &str, extra: &[&str]) -> Running {
 
 /// Starts profile-svc.
 pub async fn profile(redis_url: &str, extra: &[&str]) -> Running {
-    let mut args = vec![
-        "profile-svc",
-        "--listen",
-        "127.0.0.1:0",
-        "--redis-url",
-        redis_url,
-    ];
+    let mut args = vec!["profile-svc", "--listen", "127.0.0.1:0", "--redis-url", redis_url];
     args.extend(FAST);
     args.extend(extra);
     let config = profile_svc::Config::parse_from(args);
     spawn(|l, rx| profile_svc::serve(l, config, stopped(rx))).await
 }
 
-/// Starts push-gateway in front of the given internal services.
-pub async fn gateway(presence_url: &str, profile_url: &str, extra: &[&str]) -> Running {
+/// Starts push-gateway on `redis_url` in front of the given internal services.
+pub async fn gateway(redis_url: &str, presence_url: &str, profile_url: &str, extra: &[&str]) -> Running {
     let mut args = vec![
         "push-gateway",
         "--listen",
         "127.0.0.1:0",
+        "--redis-url",
+        redis_url,
         "--presence-url",
         presence_url,
         "--profile-url",
         profile_url,
         "--rpc-timeout",
         "3s",
+        "--hub-probe-interval",
+        "200ms",
     ];
     args.extend(FAST);
     args.extend(extra);
@@ -254,18 +230,25 @@ pub struct App {
 impl App {
     /// Starts everything; `presence_flags` tune presence (short TTLs for expiry tests).
     pub async fn start(presence_flags: &[&str]) -> Self {
+        Self::start_with(presence_flags, &[]).await
+    }
+
+    /// Starts everything with extra flags for presence and for the gateway.
+    pub async fn start_with(presence_flags: &[&str], gateway_flags: &[&str]) -> Self {
         let redis = RedisServer::start();
         let presence = presence(&redis.url(), presence_flags).await;
         let profile = profile(&redis.url(), &[]).await;
-        let gateway = gateway(&presence.url(), &profile.url(), &[]).await;
-        let app = Self {
-            redis,
-            presence,
-            profile,
-            gateway,
-        };
+        let gateway = gateway(&redis.url(), &presence.url(), &profile.url(), gateway_flags).await;
+        let app = Self { redis, presence, profile, gateway };
         wait_health(app.gateway.addr, "", ServingStatus::Serving).await;
         app
+    }
+
+    /// Another gateway replica on the same Redis and internal services.
+    pub async fn replica(&self, gateway_flags: &[&str]) -> Running {
+        let g = gateway(&self.redis.url(), &self.presence.url(), &self.profile.url(), gateway_flags).await;
+        wait_health(g.addr, "", ServingStatus::Serving).await;
+        g
     }
 
     pub async fn gateway_client(&self) -> PushGatewayClient<Channel> {
@@ -287,22 +270,13 @@ impl App {
 
 /// A connected channel to a loopback server.
 pub async fn channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect")
+    Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("connect")
 }
 
 /// The health of `service` at `addr` (None when the call itself fails).
 pub async fn health(addr: SocketAddr, service: &str) -> Option<ServingStatus> {
     let mut c = HealthClient::new(channel(addr).await);
-    let r = c
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .ok()?;
+    let r = c.check(HealthCheckRequest { service: service.into() }).await.ok()?;
     ServingStatus::try_from(r.get_ref().status).ok()
 }
 
@@ -314,10 +288,82 @@ pub async fn wait_health(addr: SocketAddr, service: &str, want: ServingStatus) {
         if got == Some(want) {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{addr} {service:?}: health stayed {got:?}, wanted {want:?}"
-        );
+        assert!(Instant::now() < deadline, "{addr} {service:?}: health stayed {got:?}, wanted {want:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A device's open stream, read in the background into a channel.
+pub struct Device {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Result<push_proto::push::v1::Message, tonic::Status>>,
+    task: JoinHandle<()>,
+}
+
+impl Device {
+    /// Opens `Subscribe` for `user`/`device` on the gateway at `addr`; returns once the
+    /// stream is established (the gateway answered with its headers).
+    pub async fn connect(addr: SocketAddr, user: &str, device: &str) -> Result<Device, tonic::Status> {
+        let mut c = PushGatewayClient::new(channel(addr).await);
+        let req = push_proto::push::v1::SubscribeRequest { user_id: user.into(), device_id: device.into() };
+        let mut stream = c.subscribe(req).await?.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match stream.message().await {
+                    Ok(Some(item)) => {
+                        for m in item.messages {
+                            if tx.send(Ok(m)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(s) => {
+                        let _ = tx.send(Err(s));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Device { rx, task })
+    }
+
+    /// The next message (panics after 10 s, or if the stream ended with an error).
+    pub async fn next(&mut self) -> push_proto::push::v1::Message {
+        match tokio::time::timeout(Duration::from_secs(10), self.rx.recv()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(s))) => panic!("stream ended with {s:?}"),
+            Ok(None) => panic!("stream ended"),
+            Err(_) => panic!("no message within 10 s"),
+        }
+    }
+
+    /// How the stream ended: waits (up to 10 s) for its status, skipping messages.
+    pub async fn end(&mut self) -> Option<tonic::Status> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.rx.recv()).await {
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(s))) => return Some(s),
+                Ok(None) => return None,
+                Err(_) => panic!("the stream did not end within 10 s"),
+            }
+        }
+    }
+
+    /// Every message received so far, without waiting.
+    pub fn drain(&mut self) -> Vec<push_proto::push::v1::Message> {
+        let mut out = Vec::new();
+        while let Ok(Ok(m)) = self.rx.try_recv() {
+            out.push(m);
+        }
+        out
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

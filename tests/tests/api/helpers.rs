@@ -8,25 +8,16 @@ use tonic_types::StatusExt;
 pub fn assert_invalid(status: &Status, field: &str) {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     let details = status.get_error_details();
-    let br = details
-        .bad_request()
-        .unwrap_or_else(|| panic!("no BadRequest details in {status:?}"));
+    let br = details.bad_request().unwrap_or_else(|| panic!("no BadRequest details in {status:?}"));
     assert!(
         br.field_violations.iter().any(|v| v.field == field),
         "no violation for {field:?} in {:?}",
         br.field_violations
     );
-    assert!(
-        status.message().contains(field),
-        "message {:?} does not name {field}",
-        status.message()
-    );
+    assert!(status.message().contains(field), "message {:?} does not name {field}", status.message());
 }
 
 pub fn ttl(ms: u64) -> Option<prost_types::Duration> {
     let d = Duration::from_millis(ms);
-    Some(prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    })
+    Some(prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 })
 }

@@ -4,4 +4,5 @@ mod health;
 mod helpers;
 mod presence;
 mod profile;
+mod push;
 mod validation;

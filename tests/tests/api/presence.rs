@@ -10,32 +10,19 @@ use crate::helpers::ttl;
 const SHORT: &[&str] = &["--min-ttl", "50ms", "--sweep-interval", "100ms"];
 
 fn login(user: &str, session: &str, ms: u64) -> pb::LoginRequest {
-    pb::LoginRequest {
-        user_id: user.into(),
-        session_id: session.into(),
-        ttl: ttl(ms),
-    }
+    pb::LoginRequest { user_id: user.into(), session_id: session.into(), ttl: ttl(ms) }
 }
 
 async fn online(
     c: &mut pb::presence_client::PresenceClient<tonic::transport::Channel>,
     user: &str,
 ) -> pb::UserPresence {
-    let r = c
-        .get_presence(pb::GetPresenceRequest {
-            user_ids: vec![user.into()],
-        })
-        .await
-        .unwrap();
+    let r = c.get_presence(pb::GetPresenceRequest { user_ids: vec![user.into()] }).await.unwrap();
     r.into_inner().presences.remove(0)
 }
 
 async fn count(c: &mut pb::presence_client::PresenceClient<tonic::transport::Channel>) -> i64 {
-    c.count_online_users(pb::CountOnlineUsersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .online_users
+    c.count_online_users(pb::CountOnlineUsersRequest {}).await.unwrap().into_inner().online_users
 }
 
 #[tokio::test]
@@ -43,11 +30,7 @@ async fn a_lease_expires_unless_renewed() {
     let app = App::start(SHORT).await;
     let mut c = app.presence_client().await;
 
-    let r = c
-        .login(login("ann", "phone", 400))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = c.login(login("ann", "phone", 400)).await.unwrap().into_inner();
     assert!(r.user_came_online);
     assert_eq!(r.session_count, 1);
     assert!(online(&mut c, "ann").await.online);
@@ -55,11 +38,7 @@ async fn a_lease_expires_unless_renewed() {
     // Heartbeats keep it alive past the first lease.
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let hb = pb::HeartbeatRequest {
-            user_id: "ann".into(),
-            session_id: "phone".into(),
-            ttl: ttl(400),
-        };
+        let hb = pb::HeartbeatRequest { user_id: "ann".into(), session_id: "phone".into(), ttl: ttl(400) };
         c.heartbeat(hb).await.unwrap();
     }
     assert!(online(&mut c, "ann").await.online);
@@ -72,32 +51,15 @@ async fn a_lease_expires_unless_renewed() {
     assert!(p.sessions.is_empty());
     assert!(p.last_seen_time.is_some(), "last seen survives the lease");
     assert_eq!(count(&mut c).await, 0);
-    let list = c
-        .list_online_users(pb::ListOnlineUsersRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let list = c.list_online_users(pb::ListOnlineUsersRequest::default()).await.unwrap().into_inner();
     assert!(list.user_ids.is_empty());
-    let hb = pb::HeartbeatRequest {
-        user_id: "ann".into(),
-        session_id: "phone".into(),
-        ttl: None,
-    };
+    let hb = pb::HeartbeatRequest { user_id: "ann".into(), session_id: "phone".into(), ttl: None };
     assert_eq!(c.heartbeat(hb).await.unwrap_err().code(), Code::NotFound);
 
     // The sweeper removes the expired user from the index; the sessions key expired itself.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while app
-        .redis
-        .keys()
-        .iter()
-        .any(|k| k.contains(":online:") || k.contains(":presence:"))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "left behind: {:?}",
-            app.redis.keys()
-        );
+    while app.redis.keys().iter().any(|k| k.contains(":online:") || k.contains(":presence:")) {
+        assert!(std::time::Instant::now() < deadline, "left behind: {:?}", app.redis.keys());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -107,42 +69,19 @@ async fn a_user_is_online_while_any_device_is() {
     let app = App::start(SHORT).await;
     let mut c = app.presence_client().await;
 
-    assert!(
-        c.login(login("bob", "phone", 60_000))
-            .await
-            .unwrap()
-            .into_inner()
-            .user_came_online
-    );
-    let second = c
-        .login(login("bob", "laptop", 300))
-        .await
-        .unwrap()
-        .into_inner();
+    assert!(c.login(login("bob", "phone", 60_000)).await.unwrap().into_inner().user_came_online);
+    let second = c.login(login("bob", "laptop", 300)).await.unwrap().into_inner();
     assert!(!second.user_came_online);
     assert_eq!(second.session_count, 2);
     // Logging in again with a live session renews it rather than adding one.
-    assert_eq!(
-        c.login(login("bob", "laptop", 300))
-            .await
-            .unwrap()
-            .into_inner()
-            .session_count,
-        2
-    );
+    assert_eq!(c.login(login("bob", "laptop", 300)).await.unwrap().into_inner().session_count, 2);
 
     let p = online(&mut c, "bob").await;
     let ids: Vec<_> = p.sessions.iter().map(|s| s.session_id.as_str()).collect();
     assert_eq!(ids, ["laptop", "phone"], "soonest expiry first");
 
     // One device logs out: still online through the other.
-    let out = c
-        .logout(pb::LogoutRequest {
-            user_id: "bob".into(),
-            session_id: "phone".into(),
-        })
-        .await
-        .unwrap();
+    let out = c.logout(pb::LogoutRequest { user_id: "bob".into(), session_id: "phone".into() }).await.unwrap();
     let out = out.into_inner();
     assert!(out.session_found && out.user_online);
     assert_eq!(out.session_count, 1);
@@ -155,13 +94,7 @@ async fn a_user_is_online_while_any_device_is() {
     assert_eq!(count(&mut c).await, 0);
 
     // Logout is idempotent.
-    let again = c
-        .logout(pb::LogoutRequest {
-            user_id: "bob".into(),
-            session_id: "phone".into(),
-        })
-        .await
-        .unwrap();
+    let again = c.logout(pb::LogoutRequest { user_id: "bob".into(), session_id: "phone".into() }).await.unwrap();
     assert!(!again.into_inner().session_found);
 }
 
@@ -170,13 +103,7 @@ async fn logout_of_the_last_device_takes_the_user_offline_at_once() {
     let app = App::start(&[]).await;
     let mut c = app.presence_client().await;
     c.login(login("cy", "d1", 60_000)).await.unwrap();
-    let out = c
-        .logout(pb::LogoutRequest {
-            user_id: "cy".into(),
-            session_id: "d1".into(),
-        })
-        .await
-        .unwrap();
+    let out = c.logout(pb::LogoutRequest { user_id: "cy".into(), session_id: "d1".into() }).await.unwrap();
     assert!(!out.into_inner().user_online);
     assert!(!online(&mut c, "cy").await.online);
     assert_eq!(count(&mut c).await, 0);
@@ -207,9 +134,7 @@ async fn paging_returns_every_online_user_exactly_once() {
         let mut c = c.clone();
         tasks.spawn(async move {
             for i in (chunk..N).step_by(20) {
-                c.login(login(&format!("user-{i:05}"), "d", 60_000))
-                    .await
-                    .unwrap();
+                c.login(login(&format!("user-{i:05}"), "d", 60_000)).await.unwrap();
             }
         });
     }
@@ -220,20 +145,13 @@ async fn paging_returns_every_online_user_exactly_once() {
     let mut token = String::new();
     let mut pages = 0;
     loop {
-        let req = pb::ListOnlineUsersRequest {
-            page_size: 250,
-            page_token: token.clone(),
-        };
+        let req = pb::ListOnlineUsersRequest { page_size: 250, page_token: token.clone() };
         let page = c.list_online_users(req).await.unwrap().into_inner();
         assert!(page.user_ids.len() <= 250);
         for u in page.user_ids {
             assert!(seen.insert(u.clone()), "{u} returned twice");
             // Heartbeats during the walk change scores, never the walk.
-            let hb = pb::HeartbeatRequest {
-                user_id: u,
-                session_id: "d".into(),
-                ttl: None,
-            };
+            let hb = pb::HeartbeatRequest { user_id: u, session_id: "d".into(), ttl: None };
             c.heartbeat(hb).await.unwrap();
         }
         pages += 1;
@@ -246,10 +164,7 @@ async fn paging_returns_every_online_user_exactly_once() {
     assert!(pages >= N / 250, "{pages} pages");
 
     // Larger pages are coerced to the maximum (1000), not refused.
-    let big = c.list_online_users(pb::ListOnlineUsersRequest {
-        page_size: 5000,
-        page_token: String::new(),
-    });
+    let big = c.list_online_users(pb::ListOnlineUsersRequest { page_size: 5000, page_token: String::new() });
     assert_eq!(big.await.unwrap().into_inner().user_ids.len(), 1000);
 }
 
@@ -261,17 +176,9 @@ async fn paging_skips_users_who_went_offline() {
         c.login(login(&format!("u{i}"), "d", 60_000)).await.unwrap();
     }
     for i in (0..10).step_by(2) {
-        c.logout(pb::LogoutRequest {
-            user_id: format!("u{i}"),
-            session_id: "d".into(),
-        })
-        .await
-        .unwrap();
+        c.logout(pb::LogoutRequest { user_id: format!("u{i}"), session_id: "d".into() }).await.unwrap();
     }
-    let page = c.list_online_users(pb::ListOnlineUsersRequest {
-        page_size: 100,
-        page_token: String::new(),
-    });
+    let page = c.list_online_users(pb::ListOnlineUsersRequest { page_size: 100, page_token: String::new() });
     let mut ids = page.await.unwrap().into_inner().user_ids;
     ids.sort();
     assert_eq!(ids, ["u1", "u3", "u5", "u7", "u9"]);
@@ -283,21 +190,9 @@ async fn get_presence_answers_in_request_order() {
     let app = App::start(&[]).await;
     let mut c = app.presence_client().await;
     c.login(login("on", "d", 60_000)).await.unwrap();
-    let req = pb::GetPresenceRequest {
-        user_ids: vec!["never".into(), "on".into(), "never".into()],
-    };
+    let req = pb::GetPresenceRequest { user_ids: vec!["never".into(), "on".into(), "never".into()] };
     let r = c.get_presence(req).await.unwrap().into_inner().presences;
-    let summary: Vec<_> = r
-        .iter()
-        .map(|p| (p.user_id.as_str(), p.online, p.last_seen_time.is_some()))
-        .collect();
-    assert_eq!(
-        summary,
-        [
-            ("never", false, false),
-            ("on", true, true),
-            ("never", false, false)
-        ]
-    );
+    let summary: Vec<_> = r.iter().map(|p| (p.user_id.as_str(), p.online, p.last_seen_time.is_some())).collect();
+    assert_eq!(summary, [("never", false, false), ("on", true, true), ("never", false, false)]);
     assert!(r[1].sessions[0].expire_time.is_some());
 }

@@ -11,40 +11,23 @@ fn ann() -> pb::UserProfile {
         display_name: "Ann Example".into(),
         avatar_url: "https://img.example/ann.png".into(),
         address: "1 Main St\nSpringfield".into(),
-        attributes: [
-            ("lang".to_string(), "en".to_string()),
-            ("tier".to_string(), "gold".to_string()),
-        ]
-        .into(),
+        attributes: [("lang".to_string(), "en".to_string()), ("tier".to_string(), "gold".to_string())].into(),
         ..Default::default()
     }
 }
 
 async fn put(c: &mut ProfileClient<Channel>, p: pb::UserProfile) -> pb::UserProfile {
-    c.put_profile(pb::PutProfileRequest { profile: Some(p) })
-        .await
-        .unwrap()
-        .into_inner()
-        .profile
-        .unwrap()
+    c.put_profile(pb::PutProfileRequest { profile: Some(p) }).await.unwrap().into_inner().profile.unwrap()
 }
 
 async fn get(c: &mut ProfileClient<Channel>, user: &str) -> Result<pb::UserProfile, tonic::Status> {
-    Ok(c.get_profile(pb::GetProfileRequest {
-        user_id: user.into(),
-    })
-    .await?
-    .into_inner()
-    .profile
-    .unwrap())
+    Ok(c.get_profile(pb::GetProfileRequest { user_id: user.into() }).await?.into_inner().profile.unwrap())
 }
 
 fn update(p: pb::UserProfile, paths: &[&str]) -> pb::UpdateProfileRequest {
     pb::UpdateProfileRequest {
         profile: Some(p),
-        update_mask: Some(prost_types::FieldMask {
-            paths: paths.iter().map(|s| s.to_string()).collect(),
-        }),
+        update_mask: Some(prost_types::FieldMask { paths: paths.iter().map(|s| s.to_string()).collect() }),
     }
 }
 
@@ -62,23 +45,13 @@ async fn put_and_get_round_trip() {
     assert_eq!(got.attributes.len(), 2);
 
     // Put replaces the whole profile and keeps the creation time.
-    let replaced = put(
-        &mut c,
-        pb::UserProfile {
-            user_id: "ann".into(),
-            display_name: "A".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let replaced =
+        put(&mut c, pb::UserProfile { user_id: "ann".into(), display_name: "A".into(), ..Default::default() }).await;
     assert_eq!(replaced.version, 2);
     assert_eq!(replaced.create_time, stored.create_time);
     assert!(replaced.attributes.is_empty() && replaced.avatar_url.is_empty());
 
-    assert_eq!(
-        get(&mut c, "nobody").await.unwrap_err().code(),
-        Code::NotFound
-    );
+    assert_eq!(get(&mut c, "nobody").await.unwrap_err().code(), Code::NotFound);
 }
 
 #[tokio::test]
@@ -91,34 +64,18 @@ async fn partial_update_changes_only_the_masked_fields() {
         user_id: "ann".into(),
         display_name: "Ann B.".into(),
         address: "ignored: not in the mask".into(),
-        attributes: [
-            ("lang".to_string(), "fr".to_string()),
-            ("new".to_string(), "x".to_string()),
-        ]
-        .into(),
+        attributes: [("lang".to_string(), "fr".to_string()), ("new".to_string(), "x".to_string())].into(),
         ..Default::default()
     };
-    let r = c
-        .update_profile(update(
-            change,
-            &["display_name", "attributes.lang", "attributes.tier"],
-        ))
-        .await
-        .unwrap();
+    let r = c.update_profile(update(change, &["display_name", "attributes.lang", "attributes.tier"])).await.unwrap();
     let p = r.into_inner().profile.unwrap();
     assert_eq!(p.version, 2);
     assert_eq!(p.display_name, "Ann B.");
     assert_eq!(p.address, ann().address, "unmasked field kept");
     assert_eq!(p.avatar_url, ann().avatar_url);
     assert_eq!(p.attributes.get("lang").map(String::as_str), Some("fr"));
-    assert!(
-        !p.attributes.contains_key("tier"),
-        "masked but absent: removed"
-    );
-    assert!(
-        !p.attributes.contains_key("new"),
-        "present but not masked: ignored"
-    );
+    assert!(!p.attributes.contains_key("tier"), "masked but absent: removed");
+    assert!(!p.attributes.contains_key("new"), "present but not masked: ignored");
     assert_eq!(get(&mut c, "ann").await.unwrap(), p);
 
     // "attributes" replaces the whole map; clearing a field with an empty value.
@@ -127,28 +84,16 @@ async fn partial_update_changes_only_the_masked_fields() {
         attributes: [("only".to_string(), "1".to_string())].into(),
         ..Default::default()
     };
-    let p = c
-        .update_profile(update(change, &["attributes", "avatar_url"]))
-        .await
-        .unwrap()
-        .into_inner()
-        .profile
-        .unwrap();
+    let p =
+        c.update_profile(update(change, &["attributes", "avatar_url"])).await.unwrap().into_inner().profile.unwrap();
     assert_eq!(p.attributes.len(), 1);
     assert_eq!(p.attributes["only"], "1");
     assert!(p.avatar_url.is_empty());
     assert_eq!(p.display_name, "Ann B.");
 
     // Updating a profile that does not exist is NOT_FOUND and creates nothing.
-    let ghost = pb::UserProfile {
-        user_id: "ghost".into(),
-        display_name: "G".into(),
-        ..Default::default()
-    };
-    let err = c
-        .update_profile(update(ghost, &["display_name"]))
-        .await
-        .unwrap_err();
+    let ghost = pb::UserProfile { user_id: "ghost".into(), display_name: "G".into(), ..Default::default() };
+    let err = c.update_profile(update(ghost, &["display_name"])).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(!app.redis.keys().iter().any(|k| k.contains("ghost")));
 }
@@ -160,48 +105,20 @@ async fn a_stale_version_is_aborted_and_changes_nothing() {
     let v1 = put(&mut c, ann()).await;
 
     // Two writers read version 1; the first wins, the second is refused.
-    let first = pb::UserProfile {
-        display_name: "first".into(),
-        version: v1.version,
-        ..ann()
-    };
-    c.update_profile(update(first, &["display_name"]))
-        .await
-        .unwrap();
-    let second = pb::UserProfile {
-        display_name: "second".into(),
-        version: v1.version,
-        ..ann()
-    };
-    let err = c
-        .update_profile(update(second.clone(), &["display_name"]))
-        .await
-        .unwrap_err();
+    let first = pb::UserProfile { display_name: "first".into(), version: v1.version, ..ann() };
+    c.update_profile(update(first, &["display_name"])).await.unwrap();
+    let second = pb::UserProfile { display_name: "second".into(), version: v1.version, ..ann() };
+    let err = c.update_profile(update(second.clone(), &["display_name"])).await.unwrap_err();
     assert_eq!(err.code(), Code::Aborted);
-    let err = c
-        .put_profile(pb::PutProfileRequest {
-            profile: Some(second),
-        })
-        .await
-        .unwrap_err();
+    let err = c.put_profile(pb::PutProfileRequest { profile: Some(second) }).await.unwrap_err();
     assert_eq!(err.code(), Code::Aborted);
     let now = get(&mut c, "ann").await.unwrap();
     assert_eq!((now.display_name.as_str(), now.version), ("first", 2));
 
     // Delete honours the version too.
-    let del = c
-        .delete_profile(pb::DeleteProfileRequest {
-            user_id: "ann".into(),
-            version: 1,
-        })
-        .await;
+    let del = c.delete_profile(pb::DeleteProfileRequest { user_id: "ann".into(), version: 1 }).await;
     assert_eq!(del.unwrap_err().code(), Code::Aborted);
-    c.delete_profile(pb::DeleteProfileRequest {
-        user_id: "ann".into(),
-        version: 2,
-    })
-    .await
-    .unwrap();
+    c.delete_profile(pb::DeleteProfileRequest { user_id: "ann".into(), version: 2 }).await.unwrap();
     assert_eq!(get(&mut c, "ann").await.unwrap_err().code(), Code::NotFound);
 }
 
@@ -210,45 +127,18 @@ async fn batch_get_and_delete() {
     let app = App::start(&[]).await;
     let mut c = app.profile_client().await;
     for u in ["a", "b", "c"] {
-        put(
-            &mut c,
-            pb::UserProfile {
-                user_id: u.into(),
-                display_name: u.to_uppercase(),
-                ..Default::default()
-            },
-        )
-        .await;
+        put(&mut c, pb::UserProfile { user_id: u.into(), display_name: u.to_uppercase(), ..Default::default() }).await;
     }
-    let req = pb::BatchGetProfilesRequest {
-        user_ids: vec!["c".into(), "x".into(), "a".into()],
-    };
+    let req = pb::BatchGetProfilesRequest { user_ids: vec!["c".into(), "x".into(), "a".into()] };
     let r = c.batch_get_profiles(req).await.unwrap().into_inner();
-    let names: Vec<_> = r
-        .profiles
-        .iter()
-        .map(|p| (p.user_id.as_str(), p.display_name.as_str()))
-        .collect();
+    let names: Vec<_> = r.profiles.iter().map(|p| (p.user_id.as_str(), p.display_name.as_str())).collect();
     assert_eq!(names, [("c", "C"), ("a", "A")]);
     assert_eq!(r.missing_user_ids, ["x"]);
 
-    c.delete_profile(pb::DeleteProfileRequest {
-        user_id: "b".into(),
-        version: 0,
-    })
-    .await
-    .unwrap();
-    let again = c
-        .delete_profile(pb::DeleteProfileRequest {
-            user_id: "b".into(),
-            version: 0,
-        })
-        .await;
+    c.delete_profile(pb::DeleteProfileRequest { user_id: "b".into(), version: 0 }).await.unwrap();
+    let again = c.delete_profile(pb::DeleteProfileRequest { user_id: "b".into(), version: 0 }).await;
     assert_eq!(again.unwrap_err().code(), Code::NotFound);
-    assert_eq!(
-        app.redis.keys(),
-        ["push:profile:{u:a}", "push:profile:{u:c}"]
-    );
+    assert_eq!(app.redis.keys(), ["push:profile:{u:a}", "push:profile:{u:c}"]);
 }
 
 #[tokio::test]
@@ -256,36 +146,18 @@ async fn the_attribute_limit_holds_across_updates() {
     let app = App::start(&[]).await;
     let mut c = app.profile_client().await;
     // The default limit is 64 attributes.
-    let attrs = (0..64)
-        .map(|i| (format!("k{i}"), "v".to_string()))
-        .collect();
-    let full = put(
-        &mut c,
-        pb::UserProfile {
-            user_id: "z".into(),
-            attributes: attrs,
-            ..Default::default()
-        },
-    )
-    .await;
+    let attrs = (0..64).map(|i| (format!("k{i}"), "v".to_string())).collect();
+    let full = put(&mut c, pb::UserProfile { user_id: "z".into(), attributes: attrs, ..Default::default() }).await;
     let one_more = pb::UserProfile {
         user_id: "z".into(),
         attributes: [("k64".to_string(), "v".to_string())].into(),
         ..Default::default()
     };
-    let err = c
-        .update_profile(update(one_more.clone(), &["attributes.k64"]))
-        .await
-        .unwrap_err();
+    let err = c.update_profile(update(one_more.clone(), &["attributes.k64"])).await.unwrap_err();
     assert_invalid(&err, "profile.attributes");
     assert_eq!(get(&mut c, "z").await.unwrap(), full, "nothing changed");
     // Replacing one is fine.
-    let swap = pb::UserProfile {
-        user_id: "z".into(),
-        ..one_more
-    };
-    c.update_profile(update(swap, &["attributes.k64", "attributes.k0"]))
-        .await
-        .unwrap();
+    let swap = pb::UserProfile { user_id: "z".into(), ..one_more };
+    c.update_profile(update(swap, &["attributes.k64", "attributes.k0"])).await.unwrap();
     assert_eq!(get(&mut c, "z").await.unwrap().attributes.len(), 64);
 }

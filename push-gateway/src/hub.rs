@@ -1,0 +1,313 @@
+//! The hub: this replica's one Pub/Sub connection and its registry of local streams.
+//!
+//! - One dedicated connection per replica (never one per stream, never a pooled one).
+//!   A channel is subscribed when its first local stream needs it and unsubscribed
+//!   when the last leaves.
+//! - A message arrives encoded once (see `envelope`), is copied into one `Bytes` and
+//!   shared by every local receiver; pushing into a stream's queue never waits.
+//! - When the connection drops the hub reconnects with backoff and re-subscribes every
+//!   channel it held; `is_healthy` is false meanwhile (health says NOT_SERVING).
+//! - A connection can look alive and deliver nothing (after a failover, behind a
+//!   proxy). The hub publishes to its own probe channel every `probe_interval` and
+//!   reconnects when a probe does not come back in time. A healthy connection answers
+//!   every probe, so it is never restarted by one.
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use deadpool_redis::Pool;
+use prost::bytes::Bytes;
+use push_common::{Error, keys::Keys};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::StreamExt;
+use tonic::Status;
+
+use crate::queue::Queue;
+
+/// The first byte of everything published on our channels says what follows.
+pub mod envelope {
+    /// A message: the rest is one encoded `SubscribeResponse` entry, sent as is.
+    pub const MESSAGE: u8 = 1;
+    /// The user's group memberships changed: streams re-read them.
+    pub const MEMBERSHIP: u8 = 2;
+    /// A probe of this replica's own connection: the rest is its number.
+    pub const PROBE: u8 = 3;
+}
+
+/// Hub settings.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Redis URL of the dedicated Pub/Sub connection.
+    pub url: String,
+    pub connect_timeout: Duration,
+    pub probe_interval: Duration,
+    /// How long to wait for the confirmation of a SUBSCRIBE before a stream gives up.
+    pub subscribe_timeout: Duration,
+}
+
+enum Cmd {
+    Subscribe(Vec<String>),
+    Unsubscribe(Vec<String>),
+    /// Acknowledged once every command sent before it has been carried out.
+    Barrier(oneshot::Sender<()>),
+}
+
+type Registry = HashMap<String, Vec<Arc<Queue>>>;
+
+/// A handle on the hub; cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// channel → the local queues that receive it. A std `Mutex`: held only to look up
+    /// or change a list, never across an `.await`. Commands to the connection are sent
+    /// while it is held, so SUBSCRIBE/UNSUBSCRIBE reach Redis in registry order.
+    registry: Mutex<Registry>,
+    cmds: mpsc::UnboundedSender<Cmd>,
+    healthy: AtomicBool,
+    subscribe_timeout: Duration,
+}
+
+impl Hub {
+    /// Starts the hub's connection task. `pool` publishes the probes.
+    pub fn start(config: HubConfig, pool: Pool, keys: &Keys) -> Result<(Hub, tokio::task::JoinHandle<()>), Error> {
+        let client =
+            redis::Client::open(config.url.as_str()).map_err(|e| Error::Config(format!("hub redis url: {e}")))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            registry: Mutex::default(),
+            cmds: tx,
+            healthy: AtomicBool::new(false),
+            subscribe_timeout: config.subscribe_timeout,
+        });
+        // A random-enough replica id, so replicas never hear each other's probes.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let replica = format!(
+            "{}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            uuid::Uuid::now_v7().simple()
+        );
+        let probe_channel = keys.channel_probe(&replica);
+        let task = tokio::spawn(run(inner.clone(), client, pool, config, probe_channel, rx));
+        Ok((Hub { inner }, task))
+    }
+
+    /// True while the Pub/Sub connection is up and answering probes.
+    pub fn is_healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::Relaxed)
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.inner.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers `queue` for `channels` and returns once the hub is subscribed to all
+    /// of them, so anything published after this returns reaches the queue.
+    pub async fn attach(&self, queue: &Arc<Queue>, channels: &[String]) -> Result<(), Error> {
+        let (ack, acked) = oneshot::channel();
+        {
+            let mut reg = self.registry();
+            let mut new = Vec::new();
+            for ch in channels {
+                let list = reg.entry(ch.clone()).or_default();
+                if list.is_empty() {
+                    new.push(ch.clone());
+                }
+                if !list.iter().any(|q| Arc::ptr_eq(q, queue)) {
+                    list.push(queue.clone());
+                }
+            }
+            if !new.is_empty() {
+                let _ = self.inner.cmds.send(Cmd::Subscribe(new));
+            }
+            let _ = self.inner.cmds.send(Cmd::Barrier(ack));
+        }
+        match tokio::time::timeout(self.inner.subscribe_timeout, acked).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Error::Unavailable("the push hub is not connected to Redis".into())),
+        }
+    }
+
+    /// Unregisters `queue` from `channels`; channels nobody needs any more are unsubscribed.
+    pub fn detach(&self, queue: &Arc<Queue>, channels: &[String]) {
+        let mut reg = self.registry();
+        let mut gone = Vec::new();
+        for ch in channels {
+            if let Some(list) = reg.get_mut(ch) {
+                if let Some(i) = list.iter().position(|q| Arc::ptr_eq(q, queue)) {
+                    list.swap_remove(i);
+                }
+                if list.is_empty() {
+                    reg.remove(ch);
+                    gone.push(ch.clone());
+                }
+            }
+        }
+        if !gone.is_empty() {
+            let _ = self.inner.cmds.send(Cmd::Unsubscribe(gone));
+        }
+    }
+
+    /// Ends every local stream with `status` (graceful shutdown: devices reconnect
+    /// to another replica).
+    pub fn close_all(&self, status: Status) {
+        let reg = self.registry();
+        for list in reg.values() {
+            for q in list {
+                q.close(status.clone());
+            }
+        }
+    }
+
+    /// Channels this replica is subscribed to (or about to be).
+    pub fn channel_count(&self) -> usize {
+        self.registry().len()
+    }
+}
+
+/// Delivers one published payload to the local queues of `channel`.
+fn dispatch(inner: &Inner, channel: &str, payload: &[u8], probe: &mut Probe) {
+    match payload.split_first() {
+        Some((&envelope::MESSAGE, entry)) => {
+            // One copy per message per replica; every receiver shares it.
+            let entry = Bytes::copy_from_slice(entry);
+            let reg = inner.registry.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(list) = reg.get(channel) {
+                for q in list {
+                    q.push(entry.clone());
+                }
+            }
+        }
+        Some((&envelope::MEMBERSHIP, _)) => {
+            let reg = inner.registry.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(list) = reg.get(channel) {
+                for q in list {
+                    q.membership_changed();
+                }
+            }
+        }
+        Some((&envelope::PROBE, n)) => probe.answered(n),
+        _ => tracing::warn!(channel, "ignoring a payload in an unknown format"),
+    }
+}
+
+/// The probe in flight, if any.
+#[derive(Default)]
+struct Probe {
+    next: u64,
+    outstanding: Option<(u64, Instant)>,
+}
+
+impl Probe {
+    fn answered(&mut self, n: &[u8]) {
+        if let Some((want, _)) = self.outstanding
+            && n == want.to_be_bytes()
+        {
+            self.outstanding = None;
+        }
+    }
+}
+
+/// The connection task: connect, (re-)subscribe, pump messages and commands, probe;
+/// on any failure mark unhealthy, back off, and start over.
+async fn run(
+    inner: Arc<Inner>,
+    client: redis::Client,
+    pool: Pool,
+    config: HubConfig,
+    probe_channel: String,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match session(&inner, &client, &pool, &config, &probe_channel, &mut cmds).await {
+            Ok(()) => return, // every Hub handle is gone: the server is shutting down
+            Err(why) => {
+                if inner.healthy.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(%why, "push hub lost its Redis connection; reconnecting");
+                } else {
+                    tracing::debug!(%why, ?backoff, "push hub cannot connect yet");
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+        if inner.healthy.load(Ordering::Relaxed) {
+            backoff = Duration::from_millis(50);
+        }
+    }
+}
+
+/// One connection's life. Returns Ok when the hub is dropped, Err when the connection failed.
+async fn session(
+    inner: &Inner,
+    client: &redis::Client,
+    pool: &Pool,
+    config: &HubConfig,
+    probe_channel: &str,
+    cmds: &mut mpsc::UnboundedReceiver<Cmd>,
+) -> Result<(), String> {
+    let pubsub = tokio::time::timeout(config.connect_timeout, client.get_async_pubsub())
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let (mut sink, mut stream) = pubsub.split();
+
+    // Re-subscribe everything the registry holds (commands already queued are replayed
+    // after this and are idempotent), plus our probe channel.
+    let mut channels: Vec<String> = inner.registry.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+    channels.push(probe_channel.to_owned());
+    for chunk in channels.chunks(1000) {
+        sink.subscribe(chunk).await.map_err(|e| e.to_string())?;
+    }
+    inner.healthy.store(true, Ordering::Relaxed);
+    tracing::info!(channels = channels.len() - 1, "push hub subscribed");
+
+    let mut probe = Probe::default();
+    let mut tick = tokio::time::interval(config.probe_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let Some(msg) = msg else { return Err("connection closed".into()) };
+                dispatch(inner, msg.get_channel_name(), msg.get_payload_bytes(), &mut probe);
+            }
+            cmd = cmds.recv() => match cmd {
+                None => return Ok(()),
+                Some(Cmd::Subscribe(chs)) => sink.subscribe(&chs).await.map_err(|e| e.to_string())?,
+                Some(Cmd::Unsubscribe(chs)) => sink.unsubscribe(&chs).await.map_err(|e| e.to_string())?,
+                Some(Cmd::Barrier(ack)) => { let _ = ack.send(()); }
+            },
+            _ = tick.tick() => {
+                if let Some((_, sent)) = probe.outstanding
+                    && sent.elapsed() >= config.probe_interval
+                {
+                    return Err("a probe was not heard back: the subscription is dead".into());
+                }
+                if probe.outstanding.is_none() {
+                    probe.next += 1;
+                    let n = probe.next;
+                    probe.outstanding = Some((n, Instant::now()));
+                    let mut payload = vec![envelope::PROBE];
+                    payload.extend_from_slice(&n.to_be_bytes());
+                    let pool = pool.clone();
+                    let ch = probe_channel.to_owned();
+                    // Published from the pool, off this task: a slow PUBLISH must not stall delivery.
+                    tokio::spawn(async move {
+                        if let Ok(mut c) = pool.get().await {
+                            let _: Result<i64, _> = redis::cmd("PUBLISH").arg(ch).arg(payload).query_async(&mut *c).await;
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
