@@ -14,8 +14,8 @@ pub struct RedisArgs {
     #[arg(long = "redis-url", env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub url: String,
 
-    /// Pooled connections per process (each is multiplexed).
-    #[arg(long = "redis-pool-size", env = "REDIS_POOL_SIZE", default_value_t = 16)]
+    /// Shared connections per process; each is multiplexed, so a few carry any load.
+    #[arg(long = "redis-pool-size", env = "REDIS_POOL_SIZE", default_value_t = 4)]
     pub pool_size: usize,
 
     /// Timeout to connect to Redis, to get a pooled connection and for each reply.
@@ -34,6 +34,20 @@ pub struct ServeArgs {
     /// How often the health watcher probes its dependencies.
     #[arg(long = "health-interval", env = "HEALTH_INTERVAL", default_value = "2s", value_parser = duration)]
     pub health_interval: Duration,
+
+    /// Most concurrent HTTP/2 streams on one connection (device streams that share a
+    /// connection count here; the transport's own default is 200).
+    #[arg(long = "max-concurrent-streams", env = "MAX_CONCURRENT_STREAMS", default_value_t = 10_000)]
+    pub max_concurrent_streams: u32,
+
+    /// HTTP/2 ping interval on idle connections, so a device that vanished without
+    /// closing its TCP connection is noticed and its stream (and presence) ended.
+    #[arg(long = "keepalive-interval", env = "KEEPALIVE_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub keepalive_interval: Duration,
+
+    /// How long to wait for an HTTP/2 ping answer before closing the connection.
+    #[arg(long = "keepalive-timeout", env = "KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub keepalive_timeout: Duration,
 
     /// How long to wait for in-flight requests after SIGTERM before exiting anyway.
     #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]

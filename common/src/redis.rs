@@ -1,45 +1,69 @@
-//! Pooled Redis connections for request/response commands.
+//! Shared Redis connections for request/response commands.
 //!
-//! Each pooled connection is a multiplexed connection, so a small pool carries many
-//! concurrent requests. Pooled connections carry no push sender: never SUBSCRIBE on one.
-use std::time::Duration;
+//! A [`Pool`] is a few multiplexed, self-reconnecting connections (the redis crate's
+//! `ConnectionManager`) handed out round-robin. Every caller clones one and sends
+//! concurrently; commands in flight on one connection share its writes (automatic
+//! pipelining). We first used deadpool-redis and measured it: its checkout sends a PING
+//! on every `get` (a second round trip per command) and a checked-out connection is
+//! exclusive, which caps concurrency at the pool size and defeats multiplexing. See
+//! docs/ARCHITECTURE.md. These connections carry no push sender: never SUBSCRIBE on one.
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
-use deadpool_redis::{Manager, Pool, Runtime};
-use redis::AsyncConnectionConfig;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::{Error, config::RedisArgs};
 
-pub use deadpool_redis::Connection;
+/// One shared connection; clone it freely, send on it concurrently.
+pub type Connection = ConnectionManager;
 
-/// Builds the pool. Connecting is lazy: a server that starts before Redis is up
-/// comes up NOT_SERVING and turns SERVING once Redis answers.
-pub fn pool(args: &RedisArgs) -> Result<Pool, Error> {
-    let conn_cfg = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(args.timeout))
-        .set_response_timeout(Some(args.timeout));
-    let manager = Manager::new_with_config(args.url.as_str(), conn_cfg)
-        .map_err(|e| Error::Config(format!("--redis-url: {e}")))?;
-    Pool::builder(manager)
-        .max_size(args.pool_size.max(1))
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(args.timeout))
-        .create_timeout(Some(args.timeout))
-        .recycle_timeout(Some(args.timeout))
-        .build()
-        .map_err(|e| Error::Config(format!("redis pool: {e}")))
+/// A few shared connections, used round-robin.
+#[derive(Clone)]
+pub struct Pool {
+    conns: Arc<[ConnectionManager]>,
+    next: Arc<AtomicUsize>,
 }
 
-/// A connection from the pool, or UNAVAILABLE-mapped error when Redis is unreachable.
+impl Pool {
+    /// The next connection (a cheap clone).
+    pub fn get(&self) -> Connection {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        self.conns[i].clone()
+    }
+}
+
+/// Builds the pool. Connecting is lazy: a server that starts before Redis is up comes up
+/// NOT_SERVING and turns SERVING once Redis answers. While Redis is unreachable each
+/// command fails within `--redis-timeout` and the connection is re-established in the
+/// background.
+pub fn pool(args: &RedisArgs) -> Result<Pool, Error> {
+    let client = redis::Client::open(args.url.as_str()).map_err(|e| Error::Config(format!("--redis-url: {e}")))?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(args.timeout))
+        .set_response_timeout(Some(args.timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(1));
+    let conns = (0..args.pool_size.max(1))
+        .map(|_| client.get_connection_manager_lazy(config.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Config(format!("redis: {e}")))?;
+    Ok(Pool { conns: conns.into(), next: Arc::new(AtomicUsize::new(0)) })
+}
+
+/// A connection from the pool.
 pub async fn conn(pool: &Pool) -> Result<Connection, Error> {
-    Ok(pool.get().await?)
+    Ok(pool.get())
 }
 
 /// True when Redis answers PING within `timeout`.
 pub async fn ping(pool: &Pool, timeout: Duration) -> bool {
-    let probe = async {
-        let mut c = conn(pool).await?;
-        let pong: String = redis::cmd("PING").query_async(&mut *c).await?;
-        Ok::<_, Error>(pong == "PONG")
-    };
-    matches!(tokio::time::timeout(timeout, probe).await, Ok(Ok(true)))
+    let mut c = pool.get();
+    let cmd = redis::cmd("PING");
+    let probe = cmd.query_async::<String>(&mut c);
+    matches!(tokio::time::timeout(timeout, probe).await, Ok(Ok(pong)) if pong == "PONG")
 }

@@ -105,6 +105,9 @@ where
     };
     tracing::info!(addr = %listener.local_addr()?, service = name, "listening");
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(args.max_concurrent_streams)
+        .http2_keepalive_interval(Some(args.keepalive_interval))
+        .http2_keepalive_timeout(Some(args.keepalive_timeout))
         .trace_fn(rpc_span)
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -15,7 +15,7 @@
 //! docs/ARCHITECTURE.md). Each bucket's two keys already share a slot.
 use std::time::Duration;
 
-use deadpool_redis::Pool;
+use push_common::redis::Pool;
 use push_common::{
     Error,
     keys::{Keys, bucket_of},
@@ -195,7 +195,7 @@ impl Store {
             .arg(ms(seen_ttl))
             .arg(max_sessions)
             .arg(if login { "login" } else { "heartbeat" })
-            .invoke_async(&mut *c)
+            .invoke_async(&mut c)
             .await?;
         match reply.as_slice() {
             [-1] => Ok(TouchOutcome::NoSuchSession),
@@ -219,7 +219,7 @@ impl Store {
             .arg(user)
             .arg(session)
             .arg(ms(seen_ttl))
-            .invoke_async(&mut *c)
+            .invoke_async(&mut c)
             .await?;
         Ok((removed == 1, left))
     }
@@ -235,7 +235,7 @@ impl Store {
             pipe.cmd("GET").arg(self.keys.last_seen(u));
         }
         let mut c = conn(&self.pool).await?;
-        let mut replies: Vec<redis::Value> = pipe.query_async(&mut *c).await?;
+        let mut replies: Vec<redis::Value> = pipe.query_async(&mut c).await?;
         if replies.len() != 1 + 2 * users.len() {
             return Err(Error::Protocol("pipeline reply has the wrong length".into()));
         }
@@ -265,7 +265,7 @@ impl Store {
             .key(self.keys.online_by_id(bucket))
             .arg(after)
             .arg(count)
-            .invoke_async(&mut *c)
+            .invoke_async(&mut c)
             .await?;
         Ok((last, scanned, online))
     }
@@ -275,7 +275,7 @@ impl Store {
     pub async fn count(&self) -> Result<i64, Error> {
         let keys: Vec<String> = (0..self.buckets).map(|b| self.keys.online_by_expiry(b)).collect();
         let mut c = conn(&self.pool).await?;
-        Ok(self.count.key(keys).invoke_async(&mut *c).await?)
+        Ok(self.count.key(keys).invoke_async(&mut c).await?)
     }
 
     /// Removes up to `limit` expired users from one bucket; returns how many.
@@ -286,7 +286,7 @@ impl Store {
             .key(self.keys.online_by_expiry(bucket))
             .key(self.keys.online_by_id(bucket))
             .arg(limit)
-            .invoke_async(&mut *c)
+            .invoke_async(&mut c)
             .await?)
     }
 

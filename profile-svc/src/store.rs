@@ -4,7 +4,7 @@
 //! update times (ms, Redis `TIME`), `f:NAME` the well-known fields and `a:KEY` the free
 //! attributes, so attribute keys can never collide with our own fields. Writes are Lua
 //! scripts, so the version check and the write are one atomic step.
-use deadpool_redis::Pool;
+use push_common::redis::Pool;
 use push_common::{Error, keys::Keys, redis::conn};
 use redis::Script;
 
@@ -118,7 +118,7 @@ impl Store {
             inv.arg(f).arg(v);
         }
         let mut c = conn(&self.pool).await?;
-        let (code, version, hash): (i64, i64, Hash) = inv.invoke_async(&mut *c).await?;
+        let (code, version, hash): (i64, i64, Hash) = inv.invoke_async(&mut c).await?;
         outcome(user, code, version, hash)
     }
 
@@ -134,7 +134,7 @@ impl Store {
             inv.arg(f);
         }
         let mut c = conn(&self.pool).await?;
-        let (code, n, hash): (i64, i64, Hash) = inv.invoke_async(&mut *c).await?;
+        let (code, n, hash): (i64, i64, Hash) = inv.invoke_async(&mut c).await?;
         if code == -3 {
             return Err(Error::invalid(
                 "profile.attributes",
@@ -153,7 +153,7 @@ impl Store {
             pipe.cmd("HGETALL").arg(self.keys.profile(u));
         }
         let mut c = conn(&self.pool).await?;
-        Ok(pipe.query_async(&mut *c).await?)
+        Ok(pipe.query_async(&mut c).await?)
     }
 
     /// Deletes a profile; `expected` 0 means unconditionally.
@@ -161,7 +161,7 @@ impl Store {
     pub async fn delete(&self, user: &str, expected: i64) -> Result<(), Error> {
         let mut c = conn(&self.pool).await?;
         let (code, version): (i64, i64) =
-            self.delete.key(self.keys.profile(user)).arg(expected).invoke_async(&mut *c).await?;
+            self.delete.key(self.keys.profile(user)).arg(expected).invoke_async(&mut c).await?;
         outcome(user, code, version, Vec::new()).map(drop)
     }
 }

@@ -20,8 +20,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use deadpool_redis::Pool;
 use prost::bytes::Bytes;
+use push_common::redis::Pool;
 use push_common::{Error, keys::Keys};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
@@ -302,9 +302,8 @@ async fn session(
                     let ch = probe_channel.to_owned();
                     // Published from the pool, off this task: a slow PUBLISH must not stall delivery.
                     tokio::spawn(async move {
-                        if let Ok(mut c) = pool.get().await {
-                            let _: Result<i64, _> = redis::cmd("PUBLISH").arg(ch).arg(payload).query_async(&mut *c).await;
-                        }
+                        let mut c = pool.get();
+                        let _: Result<i64, _> = redis::cmd("PUBLISH").arg(ch).arg(payload).query_async(&mut c).await;
                     });
                 }
             }

@@ -4,8 +4,8 @@
 //! join and leave change both in one Lua script, so the two views never disagree. In
 //! Redis Cluster the group key and the user keys live in different slots (see
 //! docs/ARCHITECTURE.md).
-use deadpool_redis::Pool;
 use prost::bytes::Bytes;
+use push_common::redis::Pool;
 use push_common::{Error, keys::Keys, redis::conn};
 use redis::Script;
 
@@ -71,7 +71,7 @@ impl Store {
             pipe.cmd("PUBLISH").arg(ch).arg(payload.as_ref()).ignore();
         }
         let mut c = conn(&self.pool).await?;
-        pipe.query_async::<()>(&mut *c).await?;
+        pipe.query_async::<()>(&mut c).await?;
         Ok(())
     }
 
@@ -97,7 +97,7 @@ impl Store {
     pub async fn join(&self, group: &str, users: &[String], max_groups: usize) -> Result<Joined, Error> {
         let inv = self.membership(&self.join, group, users, max_groups);
         let mut c = conn(&self.pool).await?;
-        let reply: Vec<i64> = inv.invoke_async(&mut *c).await?;
+        let reply: Vec<i64> = inv.invoke_async(&mut c).await?;
         match reply.as_slice() {
             [-1, i] => Ok(Joined::TooManyGroups(*i as usize)),
             [n] => Ok(Joined::Added(*n)),
@@ -109,7 +109,7 @@ impl Store {
     pub async fn leave(&self, group: &str, users: &[String]) -> Result<i64, Error> {
         let inv = self.membership(&self.leave, group, users, 0);
         let mut c = conn(&self.pool).await?;
-        Ok(inv.invoke_async(&mut *c).await?)
+        Ok(inv.invoke_async(&mut c).await?)
     }
 
     /// A page of members after `after` (exclusive; empty to start), in id order.
@@ -125,7 +125,7 @@ impl Store {
             .arg("LIMIT")
             .arg(0)
             .arg(count)
-            .query_async(&mut *c)
+            .query_async(&mut c)
             .await?)
     }
 
@@ -134,7 +134,7 @@ impl Store {
     pub async fn user_groups(&self, user: &str) -> Result<Vec<String>, Error> {
         let mut c = conn(&self.pool).await?;
         let mut groups: Vec<String> =
-            redis::cmd("SMEMBERS").arg(self.keys.user_groups(user)).query_async(&mut *c).await?;
+            redis::cmd("SMEMBERS").arg(self.keys.user_groups(user)).query_async(&mut c).await?;
         groups.sort();
         Ok(groups)
     }

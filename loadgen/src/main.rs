@@ -1,0 +1,422 @@
+//! push-loadgen: opens device streams against a deployment, pushes, and measures.
+//!
+//! It opens `--streams` Subscribe streams (one HTTP/2 connection each, or spread over
+//! `--connections`), then `--pushers` concurrent callers push to all, to random users or
+//! to random groups, at `--rate` pushes/s in total or as fast as they can, for
+//! `--duration`. Each payload starts with the push's sequence number and its send time
+//! (same machine clock), so every receipt yields an end-to-end latency, and the last
+//! receipt of each message its fan-out latency.
+//!
+//! deliveries/s = all deliveries ÷ (last receipt − first send).
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use push_common::config::duration;
+use push_proto::push::v1::{self as pb, push_gateway_client::PushGatewayClient};
+use tokio::sync::Semaphore;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Mode {
+    /// PushToAll: every stream receives every push.
+    All,
+    /// PushToUsers to `--users-per-push` random users (each stream is its own user).
+    Users,
+    /// PushToGroup to a random one of `--groups` groups (streams spread evenly).
+    Groups,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "push-loadgen", version, about = "Load generator for push-gateway")]
+struct Args {
+    /// The gateway.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// Device streams to open.
+    #[arg(long, default_value_t = 1000)]
+    streams: usize,
+    /// HTTP/2 connections the streams share; 0 means one connection per stream.
+    #[arg(long, default_value_t = 0)]
+    connections: usize,
+    #[arg(long, value_enum, default_value = "all")]
+    mode: Mode,
+    /// Pushes per second in total; 0 means as fast as the pushers can.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// How long to push.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    duration: Duration,
+    /// How long to wait for deliveries after the last push.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    drain: Duration,
+    /// Keep the streams open and idle this long before pushing (to measure idle memory).
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    hold: Duration,
+    /// Payload bytes per push (at least 16: sequence number and send time).
+    #[arg(long, default_value_t = 132)]
+    payload: usize,
+    /// Groups in `groups` mode.
+    #[arg(long, default_value_t = 10)]
+    groups: usize,
+    /// Users per push in `users` mode.
+    #[arg(long, default_value_t = 1)]
+    users_per_push: usize,
+    /// Concurrent push calls (each on its own connection).
+    #[arg(long, default_value_t = 8)]
+    pushers: usize,
+    /// Prefix of the user, device and group ids this run uses.
+    #[arg(long, default_value = "lg")]
+    prefix: String,
+    /// Streams being opened at once.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Most pushes in one run (bounds the memory for per-message timings).
+    #[arg(long, default_value_t = 5_000_000)]
+    max_pushes: usize,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// What every task shares.
+struct Shared {
+    deliveries: AtomicU64,
+    expected: AtomicU64,
+    pushed: AtomicU64,
+    first_send: AtomicU64,
+    last_receipt: AtomicU64,
+    /// Send time and last receipt time per push, by sequence number.
+    sent: Vec<AtomicU64>,
+    last_rx: Vec<AtomicU64>,
+    /// End-to-end latency (µs) of every delivery, sharded to keep lock contention low.
+    latency: Vec<Mutex<Histogram<u64>>>,
+    push_errors: Mutex<BTreeMap<String, u64>>,
+    stream_errors: Mutex<BTreeMap<String, u64>>,
+    open_streams: AtomicUsize,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
+}
+
+fn count(map: &Mutex<BTreeMap<String, u64>>, key: String) {
+    *map.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
+}
+
+fn user(args: &Args, i: usize) -> String {
+    format!("{}-u{i}", args.prefix)
+}
+
+fn group(args: &Args, i: usize) -> String {
+    format!("{}-g{i}", args.prefix)
+}
+
+async fn connect(target: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(target.to_owned())?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .connect()
+        .await?)
+}
+
+/// Reads one stream until it ends, recording every delivery.
+async fn read(shared: Arc<Shared>, shard: usize, mut stream: tonic::Streaming<push_proto::wire::SubscribeResponse>) {
+    loop {
+        match stream.message().await {
+            Ok(Some(item)) => {
+                let now = now_ns();
+                let mut h = shared.latency[shard].lock().unwrap_or_else(|e| e.into_inner());
+                for m in &item.messages {
+                    let p = &m.payload;
+                    if p.len() < 16 {
+                        continue;
+                    }
+                    let seq = u64::from_be_bytes(p[..8].try_into().unwrap_or_default()) as usize;
+                    let sent = u64::from_be_bytes(p[8..16].try_into().unwrap_or_default());
+                    let _ = h.record((now.saturating_sub(sent) / 1000).max(1));
+                    if let Some(slot) = shared.last_rx.get(seq) {
+                        slot.fetch_max(now, Relaxed);
+                    }
+                }
+                drop(h);
+                shared.deliveries.fetch_add(item.messages.len() as u64, Relaxed);
+                shared.last_receipt.fetch_max(now, Relaxed);
+            }
+            Ok(None) => {
+                count(&shared.stream_errors, "ended".into());
+                break;
+            }
+            Err(s) => {
+                count(&shared.stream_errors, format!("{:?}", s.code()));
+                break;
+            }
+        }
+    }
+    shared.open_streams.fetch_sub(1, Relaxed);
+}
+
+/// A small xorshift: the loadgen needs cheap spread, not cryptographic randomness.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n.max(1) as u64) as usize
+    }
+}
+
+async fn push_loop(args: Arc<Args>, shared: Arc<Shared>, next: Arc<AtomicU64>, start: Instant, id: usize) {
+    let Ok(channel) = connect(&args.target).await else {
+        count(&shared.push_errors, "connect".into());
+        return;
+    };
+    let mut c = PushGatewayClient::new(channel).max_decoding_message_size(16 << 20);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
+    let group_size = |g: usize| (args.streams / args.groups) as u64 + u64::from(g < args.streams % args.groups);
+    loop {
+        let seq = next.fetch_add(1, Relaxed) as usize;
+        if seq >= args.max_pushes || start.elapsed() >= args.duration {
+            break;
+        }
+        if args.rate > 0.0 {
+            let at = start + Duration::from_secs_f64(seq as f64 / args.rate);
+            if at.duration_since(start) >= args.duration {
+                break;
+            }
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let sent = now_ns();
+        let mut payload = vec![0u8; args.payload.max(16)];
+        payload[..8].copy_from_slice(&(seq as u64).to_be_bytes());
+        payload[8..16].copy_from_slice(&sent.to_be_bytes());
+        shared.sent[seq].store(sent, Relaxed);
+        shared.first_send.fetch_min(sent, Relaxed);
+        let topic = "loadgen".to_string();
+        let (result, receivers) = match args.mode {
+            Mode::All => {
+                let r = c.push_to_all(pb::PushToAllRequest { topic, payload: payload.into(), ..Default::default() });
+                (r.await.map(drop), args.streams as u64)
+            }
+            Mode::Users => {
+                let user_ids: Vec<String> =
+                    (0..args.users_per_push).map(|_| user(&args, rng.below(args.streams))).collect();
+                let mut distinct = user_ids.clone();
+                distinct.sort();
+                distinct.dedup();
+                let n = distinct.len() as u64;
+                let req = pb::PushToUsersRequest { user_ids, topic, payload: payload.into(), ..Default::default() };
+                (c.push_to_users(req).await.map(drop), n)
+            }
+            Mode::Groups => {
+                let g = rng.below(args.groups);
+                let req = pb::PushToGroupRequest {
+                    group_id: group(&args, g),
+                    topic,
+                    payload: payload.into(),
+                    ..Default::default()
+                };
+                (c.push_to_group(req).await.map(drop), group_size(g))
+            }
+        };
+        match result {
+            Ok(()) => {
+                shared.pushed.fetch_add(1, Relaxed);
+                shared.expected.fetch_add(receivers, Relaxed);
+            }
+            Err(s) => {
+                shared.sent[seq].store(0, Relaxed);
+                count(&shared.push_errors, format!("{:?}", s.code()));
+            }
+        }
+    }
+}
+
+fn pct(h: &Histogram<u64>, q: f64) -> String {
+    if h.is_empty() { "-".into() } else { format!("{:.2} ms", h.value_at_quantile(q) as f64 / 1000.0) }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Arc::new(Args::parse());
+    anyhow::ensure!(
+        args.groups > 0 && args.streams > 0 && args.pushers > 0,
+        "streams, groups and pushers must be positive"
+    );
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
+}
+
+async fn run(args: Arc<Args>) -> anyhow::Result<()> {
+    let shared = Arc::new(Shared {
+        deliveries: AtomicU64::new(0),
+        expected: AtomicU64::new(0),
+        pushed: AtomicU64::new(0),
+        first_send: AtomicU64::new(u64::MAX),
+        last_receipt: AtomicU64::new(0),
+        sent: (0..args.max_pushes).map(|_| AtomicU64::new(0)).collect(),
+        last_rx: (0..args.max_pushes).map(|_| AtomicU64::new(0)).collect(),
+        latency: (0..16).map(|_| Mutex::new(histogram())).collect(),
+        push_errors: Mutex::default(),
+        stream_errors: Mutex::default(),
+        open_streams: AtomicUsize::new(0),
+    });
+
+    // Groups: stream i's user belongs to group i % groups.
+    if args.mode == Mode::Groups {
+        let mut c = PushGatewayClient::new(connect(&args.target).await?);
+        for g in 0..args.groups {
+            let members: Vec<String> = (g..args.streams).step_by(args.groups).map(|i| user(&args, i)).collect();
+            for chunk in members.chunks(1000) {
+                c.join_group(pb::JoinGroupRequest { group_id: group(&args, g), user_ids: chunk.to_vec() }).await?;
+            }
+        }
+    }
+
+    // Open the streams.
+    let opening = Instant::now();
+    let shared_channels: Vec<Channel> = if args.connections > 0 {
+        let mut v = Vec::new();
+        for _ in 0..args.connections {
+            v.push(connect(&args.target).await?);
+        }
+        v
+    } else {
+        Vec::new()
+    };
+    let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let mut opened = Vec::with_capacity(args.streams);
+    for i in 0..args.streams {
+        let (args, shared, gate) = (args.clone(), shared.clone(), gate.clone());
+        let channel = shared_channels.get(i % shared_channels.len().max(1)).cloned();
+        opened.push(tokio::spawn(async move {
+            let permit = gate.acquire_owned().await;
+            let channel = match channel {
+                Some(c) => c,
+                None => connect(&args.target).await?,
+            };
+            let mut c = PushGatewayClient::new(channel).max_decoding_message_size(16 << 20);
+            let req = pb::SubscribeRequest { user_id: user(&args, i), device_id: format!("{}-d", args.prefix) };
+            let stream = c.subscribe(req).await?.into_inner();
+            drop(permit);
+            shared.open_streams.fetch_add(1, Relaxed);
+            tokio::spawn(read(shared, i % 16, stream));
+            anyhow::Ok(())
+        }));
+    }
+    let mut open_errors = 0;
+    for t in opened {
+        if !matches!(t.await, Ok(Ok(()))) {
+            open_errors += 1;
+        }
+    }
+    let open = shared.open_streams.load(Relaxed);
+    eprintln!(
+        "opened {open} streams in {:.1}s ({open_errors} failed) over {} connections",
+        opening.elapsed().as_secs_f64(),
+        if args.connections > 0 { args.connections } else { open }
+    );
+    anyhow::ensure!(open > 0, "no stream could be opened against {}", args.target);
+    if !args.hold.is_zero() {
+        eprintln!("holding {open} idle streams for {:?}", args.hold);
+        tokio::time::sleep(args.hold).await;
+    }
+
+    // Push, with a progress line every second.
+    let start = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let pushers: Vec<_> = (0..args.pushers)
+        .map(|id| tokio::spawn(push_loop(args.clone(), shared.clone(), next.clone(), start, id)))
+        .collect();
+    let progress = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let (mut last_d, mut last_p) = (0, 0);
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let (d, p) = (shared.deliveries.load(Relaxed), shared.pushed.load(Relaxed));
+                let errors: u64 = shared.push_errors.lock().unwrap_or_else(|e| e.into_inner()).values().sum();
+                eprintln!(
+                    "[{:>5.1}s] pushes {p} ({}/s)  deliveries {d} ({}/s)  push errors {errors}  open streams {}",
+                    start.elapsed().as_secs_f64(),
+                    p - last_p,
+                    d - last_d,
+                    shared.open_streams.load(Relaxed)
+                );
+                (last_d, last_p) = (d, p);
+            }
+        })
+    };
+    for p in pushers {
+        let _ = p.await;
+    }
+    let pushing = start.elapsed();
+    let drain_until = Instant::now() + args.drain;
+    while shared.deliveries.load(Relaxed) < shared.expected.load(Relaxed) && Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    progress.abort();
+
+    // Report.
+    let (d, e, p) = (shared.deliveries.load(Relaxed), shared.expected.load(Relaxed), shared.pushed.load(Relaxed));
+    let first = shared.first_send.load(Relaxed);
+    let last = shared.last_receipt.load(Relaxed);
+    let window = last.saturating_sub(first) as f64 / 1e9;
+    let mut latency = histogram();
+    for h in &shared.latency {
+        latency.add(&*h.lock().unwrap_or_else(|e| e.into_inner()))?;
+    }
+    let mut fanout = histogram();
+    for (s, r) in shared.sent.iter().zip(&shared.last_rx) {
+        let (s, r) = (s.load(Relaxed), r.load(Relaxed));
+        if s > 0 && r > s {
+            fanout.record((r - s) / 1000)?;
+        }
+    }
+    println!(
+        "mode {:?}, {} streams over {} connections, payload {} B, pushers {}, rate {}",
+        args.mode,
+        open,
+        if args.connections > 0 { args.connections } else { open },
+        args.payload.max(16),
+        args.pushers,
+        if args.rate > 0.0 { format!("{}/s", args.rate) } else { "max".into() }
+    );
+    println!("pushes        {p} in {:.2}s ({:.0}/s)", pushing.as_secs_f64(), p as f64 / pushing.as_secs_f64());
+    println!("deliveries    {d} of {e} expected ({:.3}%)", if e > 0 { d as f64 * 100.0 / e as f64 } else { 0.0 });
+    println!(
+        "deliveries/s  {:.0}  (all deliveries / (last receipt - first send) = {window:.2}s)",
+        if window > 0.0 { d as f64 / window } else { 0.0 }
+    );
+    println!(
+        "latency       p50 {}  p99 {}  max {}  (push call to receipt, every delivery)",
+        pct(&latency, 0.5),
+        pct(&latency, 0.99),
+        pct(&latency, 1.0)
+    );
+    if args.mode != Mode::Users {
+        println!(
+            "fan-out       p50 {}  p99 {}  max {}  (push call to the last receiver, per message)",
+            pct(&fanout, 0.5),
+            pct(&fanout, 0.99),
+            pct(&fanout, 1.0)
+        );
+    }
+    println!("push errors   {:?}", shared.push_errors.lock().unwrap_or_else(|e| e.into_inner()));
+    println!(
+        "stream ends   {:?}  (open failures: {open_errors})",
+        shared.stream_errors.lock().unwrap_or_else(|e| e.into_inner())
+    );
+    Ok(())
+}

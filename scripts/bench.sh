@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Reproducible benchmarks of live push on this machine: starts its own redis-server and
+# services on 127.0.0.1, runs redis-benchmark's PUBLISH as the baseline and push-loadgen
+# scenarios right after it, and prints every result. See docs/BENCHMARKS.md.
+#
+#   ./scripts/bench.sh                 # everything (~5 minutes)
+#   ./scripts/bench.sh broadcast       # one scenario: baseline broadcast users latency memory
+#
+# GATEWAY_THREADS sets the gateway's tokio workers (default 1; 0 = one per core).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REDIS_PORT=${REDIS_PORT:-6391}
+GW_PORT=${GW_PORT:-51051}
+PRESENCE_PORT=${PRESENCE_PORT:-51061}
+PROFILE_PORT=${PROFILE_PORT:-51062}
+GATEWAY_THREADS=${GATEWAY_THREADS:-1}
+GATEWAY_FLAGS=${GATEWAY_FLAGS:-}
+ONLY=${1:-all}
+
+. scripts/ensure-redis.sh
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+cargo build --release --locked -p presence-svc -p profile-svc -p push-gateway -p push-loadgen
+bin=target/release
+dir=$(mktemp -d)
+pids=()
+gw_pid=""
+cleanup() {
+  [ -n "$gw_pid" ] && kill "$gw_pid" 2>/dev/null || true
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT INT TERM
+
+redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$dir" --logfile "$dir/redis.log" &
+pids+=($!)
+until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
+export REDIS_URL="redis://127.0.0.1:$REDIS_PORT" RUST_LOG=warn
+"$bin/presence-svc" --listen "127.0.0.1:$PRESENCE_PORT" & pids+=($!)
+"$bin/profile-svc" --listen "127.0.0.1:$PROFILE_PORT" & pids+=($!)
+
+start_gateway() {
+  "$bin/push-gateway" --listen "127.0.0.1:$GW_PORT" --worker-threads "$GATEWAY_THREADS" \
+    --presence-url "http://127.0.0.1:$PRESENCE_PORT" --profile-url "http://127.0.0.1:$PROFILE_PORT" $GATEWAY_FLAGS "$@" &
+  gw_pid=$!
+  for _ in $(seq 100); do
+    grpcurl_ok=$(bash -c "exec 3<>/dev/tcp/127.0.0.1/$GW_PORT" 2>/dev/null && echo yes || true)
+    [ "$grpcurl_ok" = yes ] && break
+    sleep 0.1
+  done
+  sleep 1 # health probes settle
+}
+stop_gateway() { kill "$gw_pid" 2>/dev/null || true; wait "$gw_pid" 2>/dev/null || true; gw_pid=""; }
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+loadgen() { "$bin/push-loadgen" --target "http://127.0.0.1:$GW_PORT" "$@"; }
+want() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
+hr() { printf '\n=== %s ===\n' "$*"; }
+
+hr "machine"
+echo "$(date -u +%FT%TZ)  $(nproc) cores  $(free -g | awk '/Mem/ {print $2}') GiB  $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+echo "redis $(redis-server --version | grep -o 'v=[0-9.]*')  gateway worker threads: $GATEWAY_THREADS"
+
+if want baseline || want users; then
+  hr "baseline: redis-benchmark PUBLISH, 50 clients, no pipelining, 132-byte payload"
+  redis-benchmark -p "$REDIS_PORT" -c 50 -n 300000 -P 1 -q publish bench:ch "$(head -c 132 /dev/zero | tr '\0' x)" | tr '\r' '\n' | tail -1 | sed 's/x\{20,\}/<132 B>/'
+  hr "baseline: redis-benchmark PUBLISH, 1 client, 50 pipelined"
+  redis-benchmark -p "$REDIS_PORT" -c 1 -n 1000000 -P 50 -q publish bench:ch "$(head -c 132 /dev/zero | tr '\0' x)" | tr '\r' '\n' | tail -1 | sed 's/x\{20,\}/<132 B>/'
+fi
+
+if want users; then
+  hr "single-user pushes: 1,000 streams, 50 concurrent pushers (as redis-benchmark -c 50)"
+  start_gateway
+  loadgen --streams 1000 --mode users --pushers 50 --duration 10s --prefix users
+  stop_gateway
+fi
+
+if want broadcast; then
+  for n in 1000 10000; do
+    hr "broadcast to $n streams, one connection per stream, as fast as possible"
+    start_gateway
+    loadgen --streams "$n" --mode all --pushers 4 --duration 10s --prefix "b$n"
+    stop_gateway
+  done
+  hr "broadcast to 10000 streams over 100 shared connections"
+  start_gateway
+  loadgen --streams 10000 --connections 100 --mode all --pushers 4 --duration 10s --prefix bshared
+  stop_gateway
+  hr "group push: 10000 streams in 10 groups"
+  start_gateway
+  loadgen --streams 10000 --mode groups --groups 10 --pushers 8 --duration 10s --prefix grp
+  stop_gateway
+fi
+
+if want latency; then
+  hr "fan-out latency: 20,000 deliveries/s (4 broadcasts/s) to 5,000 streams"
+  start_gateway
+  loadgen --streams 5000 --mode all --rate 4 --pushers 2 --duration 30s --prefix lat
+  stop_gateway
+fi
+
+if want memory; then
+  for shape in "10000 0" "10000 100"; do
+    set -- $shape
+    hr "memory per idle stream: $1 streams, connections: ${2/#0/one per stream}"
+    start_gateway
+    before=$(rss_kib "$gw_pid")
+    loadgen --streams "$1" --connections "$2" --hold 20s --duration 0s --drain 0s --prefix "mem$2" 2>"$dir/mem.log" &
+    lg=$!
+    until grep -q holding "$dir/mem.log" 2>/dev/null; do sleep 0.5; done
+    sleep 5
+    during=$(rss_kib "$gw_pid")
+    cat "$dir/mem.log" | head -2
+    echo "gateway RSS: before $before KiB, with $1 idle streams $during KiB: $(( (during - before) * 1024 / $1 )) bytes per stream"
+    wait "$lg" >/dev/null || true
+    stop_gateway
+  done
+fi
