@@ -79,16 +79,16 @@ if want broadcast; then
   for n in 1000 10000; do
     hr "broadcast to $n streams, one connection per stream, as fast as possible"
     start_gateway
-    loadgen --streams "$n" --mode all --pushers 4 --duration 10s --prefix "b$n"
+    loadgen --streams "$n" --mode all --pushers 16 --duration 10s --prefix "b$n"
     stop_gateway
   done
   hr "broadcast to 10000 streams over 100 shared connections"
   start_gateway
-  loadgen --streams 10000 --connections 100 --mode all --pushers 4 --duration 10s --prefix bshared
+  loadgen --streams 10000 --connections 100 --mode all --pushers 16 --duration 10s --prefix bshared
   stop_gateway
   hr "group push: 10000 streams in 10 groups"
   start_gateway
-  loadgen --streams 10000 --mode groups --groups 10 --pushers 8 --duration 10s --prefix grp
+  loadgen --streams 10000 --mode groups --groups 10 --pushers 32 --duration 10s --prefix grp
   stop_gateway
 fi
 

@@ -66,6 +66,8 @@ pub struct Hub {
 }
 
 struct Inner {
+    /// Streams whose user's groups changed, for the session task to reconcile.
+    membership: mpsc::UnboundedSender<Arc<Queue>>,
     /// channel → the local queues that receive it. A std `Mutex`: held only to look up
     /// or change a list, never across an `.await`. Commands to the connection are sent
     /// while it is held, so SUBSCRIBE/UNSUBSCRIBE reach Redis in registry order.
@@ -76,12 +78,19 @@ struct Inner {
 }
 
 impl Hub {
-    /// Starts the hub's connection task. `pool` publishes the probes.
-    pub fn start(config: HubConfig, pool: Pool, keys: &Keys) -> Result<(Hub, tokio::task::JoinHandle<()>), Error> {
+    /// Starts the hub's connection task. `pool` publishes the probes; streams whose
+    /// user's groups changed are sent to `membership`.
+    pub fn start(
+        config: HubConfig,
+        pool: Pool,
+        keys: &Keys,
+        membership: mpsc::UnboundedSender<Arc<Queue>>,
+    ) -> Result<(Hub, tokio::task::JoinHandle<()>), Error> {
         let client =
             redis::Client::open(config.url.as_str()).map_err(|e| Error::Config(format!("hub redis url: {e}")))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
+            membership,
             registry: Mutex::default(),
             cmds: tx,
             healthy: AtomicBool::new(false),
@@ -190,7 +199,9 @@ fn dispatch(inner: &Inner, channel: &str, payload: &[u8], probe: &mut Probe) {
             let reg = inner.registry.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(list) = reg.get(channel) {
                 for q in list {
-                    q.membership_changed();
+                    if q.mark_membership_changed() {
+                        let _ = inner.membership.send(q.clone());
+                    }
                 }
             }
         }

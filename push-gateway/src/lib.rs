@@ -52,7 +52,8 @@ pub async fn serve(
         probe_interval: config.hub_probe_interval,
         subscribe_timeout: config.redis.timeout * 2,
     };
-    let (hub, hub_task) = hub::Hub::start(hub_config, pool.clone(), &keys)?;
+    let (membership_tx, membership_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (hub, hub_task) = hub::Hub::start(hub_config, pool.clone(), &keys, membership_tx)?;
 
     let timeout = config.connect_timeout;
     let (p, q, h) = (presence.clone(), profile.clone(), hub.clone());
@@ -76,13 +77,13 @@ pub async fn serve(
             max_groups_per_user: config.max_groups_per_user,
         },
     };
-    let streams = subscribe::Streams {
-        hub: hub.clone(),
+    let streams_config = subscribe::StreamsConfig {
         store,
         presence: PresenceClient::new(presence.clone()),
         lease: config.stream_lease,
         limits: queue::Limits { messages: config.stream_queue_messages, bytes: config.stream_queue_bytes },
     };
+    let (streams, sessions_task) = subscribe::Streams::start(hub.clone(), streams_config, membership_rx);
     let service = PushGatewayServer::new(service::Gateway::new(presence, profile, pusher, streams))
         .max_decoding_message_size(config.max_payload_bytes + (1 << 20));
     let closing = hub.clone();
@@ -92,5 +93,6 @@ pub async fn serve(
     };
     let result = server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, |r| r.add_service(service)).await;
     hub_task.abort();
+    sessions_task.abort();
     result
 }

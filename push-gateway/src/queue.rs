@@ -8,13 +8,16 @@
 use std::{
     collections::VecDeque,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll, Waker},
 };
 
 use prost::bytes::Bytes;
 use push_proto::wire::SubscribeResponse;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::Status;
 
@@ -30,15 +33,27 @@ pub struct Limits {
     pub bytes: usize,
 }
 
-/// One device stream's queue. Shared by the hub (which pushes) and the stream (which
-/// drains); a std `Mutex` because it is held for a few instructions and never across
-/// an `.await`.
+/// One device stream: its queue and who it is for. Shared by the hub (which pushes),
+/// the stream (which drains) and the gateway's session task (which renews, reconciles
+/// groups and cleans up). It is everything a stream costs beyond the transport, so it
+/// is kept small: no task, no timer per stream. The `Mutex`es are std ones, held for a
+/// few instructions and never across an `.await`.
 #[derive(Debug)]
 pub struct Queue {
     state: Mutex<State>,
     limits: Limits,
-    /// Wakes the stream's driver task when the user's group memberships change.
-    membership: Notify,
+    pub user: Box<str>,
+    pub device: Box<str>,
+    /// The groups whose channels this stream is attached to.
+    pub groups: Mutex<Vec<String>>,
+    /// Reconciling groups: `dirty` says the user's groups changed since the stream last
+    /// read them; `scheduled` says a reconciliation is queued or running. Together they
+    /// make changes coalesce without ever being lost or reconciled twice at once (see
+    /// `subscribe::reconcile`).
+    pub dirty: AtomicBool,
+    pub scheduled: AtomicBool,
+    /// Set once when the stream has ended, before its channels are detached.
+    pub closed: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -52,8 +67,18 @@ struct State {
 }
 
 impl Queue {
-    pub fn new(limits: Limits) -> Arc<Self> {
-        Arc::new(Self { state: Mutex::default(), limits, membership: Notify::new() })
+    pub fn new(limits: Limits, user: &str, device: &str) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::default(),
+            limits,
+            user: user.into(),
+            device: device.into(),
+            groups: Mutex::default(),
+            // A new stream has its groups read as part of opening it.
+            dirty: AtomicBool::new(true),
+            scheduled: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+        })
     }
 
     /// Queues one encoded message. A queue past its limits is emptied and its stream
@@ -94,16 +119,11 @@ impl Queue {
         }
     }
 
-    /// Tells the stream's driver that the user's groups changed.
-    pub fn membership_changed(&self) {
-        // notify_one keeps one permit, so changes arriving while the driver is busy
-        // coalesce into one more reconciliation.
-        self.membership.notify_one();
-    }
-
-    /// Waits for a membership change.
-    pub async fn membership_notified(&self) {
-        self.membership.notified().await;
+    /// Marks a membership change; true when no reconciliation was scheduled (the caller
+    /// then schedules one).
+    pub fn mark_membership_changed(&self) -> bool {
+        self.dirty.store(true, Ordering::Release);
+        !self.scheduled.swap(true, Ordering::AcqRel)
     }
 
     fn poll_batch(&self, cx: &mut Context<'_>) -> Poll<Option<Result<SubscribeResponse, Status>>> {
@@ -137,16 +157,22 @@ impl Queue {
 }
 
 /// The response stream of one Subscribe. Dropping it (the device went away, or the
-/// stream ended) drops `_stop`, which tells the stream's driver to clean up.
+/// stream ended) hands the queue to the session task, which detaches and logs out.
 pub struct DeviceStream {
     queue: Arc<Queue>,
     finished: bool,
-    _stop: oneshot::Sender<()>,
+    closed: mpsc::UnboundedSender<Arc<Queue>>,
 }
 
 impl DeviceStream {
-    pub fn new(queue: Arc<Queue>, stop: oneshot::Sender<()>) -> Self {
-        Self { queue, finished: false, _stop: stop }
+    pub fn new(queue: Arc<Queue>, closed: mpsc::UnboundedSender<Arc<Queue>>) -> Self {
+        Self { queue, finished: false, closed }
+    }
+}
+
+impl Drop for DeviceStream {
+    fn drop(&mut self) {
+        let _ = self.closed.send(self.queue.clone());
     }
 }
 
@@ -177,7 +203,7 @@ mod tests {
 
     #[test]
     fn drains_what_is_queued_into_one_item() {
-        let q = Queue::new(Limits { messages: 1000, bytes: 1 << 20 });
+        let q = Queue::new(Limits { messages: 1000, bytes: 1 << 20 }, "u", "d");
         assert!(poll(&q).is_pending());
         for i in 0..100u8 {
             q.push(Bytes::from(vec![i; 10]));
@@ -192,7 +218,7 @@ mod tests {
 
     #[test]
     fn overflow_ends_the_stream_with_resource_exhausted() {
-        let q = Queue::new(Limits { messages: 3, bytes: 1 << 20 });
+        let q = Queue::new(Limits { messages: 3, bytes: 1 << 20 }, "u", "d");
         for _ in 0..4 {
             q.push(Bytes::from_static(b"x"));
         }
@@ -201,14 +227,14 @@ mod tests {
         q.push(Bytes::from_static(b"late"));
         assert!(matches!(poll(&q), Poll::Ready(Some(Err(_)))), "still ended; the late message is dropped");
 
-        let q = Queue::new(Limits { messages: 100, bytes: 10 });
+        let q = Queue::new(Limits { messages: 100, bytes: 10 }, "u", "d");
         q.push(Bytes::from(vec![0; 11]));
         assert!(matches!(poll(&q), Poll::Ready(Some(Err(_)))));
     }
 
     #[test]
     fn close_ends_after_queued_messages() {
-        let q = Queue::new(Limits { messages: 10, bytes: 1 << 20 });
+        let q = Queue::new(Limits { messages: 10, bytes: 1 << 20 }, "u", "d");
         q.push(Bytes::from_static(b"a"));
         q.close(Status::unavailable("shutting down"));
         assert!(matches!(poll(&q), Poll::Ready(Some(Ok(_)))));

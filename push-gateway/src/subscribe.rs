@@ -1,24 +1,30 @@
-//! Subscribe: a device's stream, and the task that keeps it in step with the world.
+//! Subscribe: opening device streams, and the one task that keeps them in step.
 //!
-//! Opening a stream: the device gets a presence session (Login with the stream lease),
-//! its queue is attached to the broadcast channel and its user's channel, and only
-//! then to the user's groups, read after the user's channel is subscribed so that no
-//! membership change can fall between the two. Then a driver task, one per stream:
-//! - renews the presence session every third of the lease (logging in again if the
-//!   lease was lost, e.g. Redis restarted without persistence);
-//! - re-reads the user's groups whenever a membership change is announced on the
-//!   user's channel, and attaches/detaches group channels to match, so join/leave
-//!   takes effect on open streams;
-//! - when the stream ends (the device left, or the queue overflowed), detaches every
-//!   channel and ends the presence session.
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+//! A stream costs its transport and its [`Queue`] (which also holds who it is for and
+//! which groups it is attached to), and nothing else: no task or timer per stream. One
+//! session task per gateway does, for all of them:
+//! - renew each stream's presence session every third of the lease (logging in again
+//!   when the lease was lost, e.g. Redis restarted without persistence);
+//! - reconcile a stream's group channels when its user's memberships change (announced
+//!   on the user's channel), so join/leave takes effect on open streams;
+//! - when a stream ends, detach it from every channel and log its device out.
+//!
+//! Opening a stream: the device gets a presence session, its queue is attached to the
+//! broadcast channel and its user's channel, and only then are its groups read and
+//! attached. A membership change committed in between is announced on the already
+//! subscribed user channel, so none is lost.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::Duration,
+};
 
 use push_common::{Error, validate::Violations};
 use push_proto::{
-    presence::v1::{LoginRequest, LogoutRequest, presence_client::PresenceClient},
+    presence::v1::{HeartbeatRequest, LoginRequest, LogoutRequest, presence_client::PresenceClient},
     push::v1::SubscribeRequest,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, mpsc};
 use tonic::{Code, Request, Status, transport::Channel};
 
 use crate::{
@@ -27,10 +33,29 @@ use crate::{
     store::Store,
 };
 
-/// What every stream needs.
+/// Presence calls in flight at once while renewing every stream.
+const RENEW_CONCURRENCY: usize = 64;
+
+/// Opens device streams; cheap to clone.
 #[derive(Clone)]
 pub struct Streams {
-    pub hub: Hub,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hub: Hub,
+    store: Store,
+    presence: PresenceClient<Channel>,
+    lease: Duration,
+    limits: Limits,
+    /// Ended streams, for the session task to clean up.
+    closed: mpsc::UnboundedSender<Arc<Queue>>,
+    /// Open streams by address, for renewals.
+    live: Mutex<HashMap<usize, Arc<Queue>>>,
+}
+
+/// What the session task needs besides the streams.
+pub struct StreamsConfig {
     pub store: Store,
     pub presence: PresenceClient<Channel>,
     pub lease: Duration,
@@ -52,30 +77,56 @@ fn device_identity(req: &Request<SubscribeRequest>) -> Result<(String, String), 
 }
 
 impl Streams {
+    /// Starts the session task. `membership` receives what the hub announces: streams
+    /// whose user's groups changed.
+    pub fn start(
+        hub: Hub,
+        config: StreamsConfig,
+        membership: mpsc::UnboundedReceiver<Arc<Queue>>,
+    ) -> (Streams, tokio::task::JoinHandle<()>) {
+        let (closed_tx, closed_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            hub,
+            store: config.store,
+            presence: config.presence,
+            lease: config.lease,
+            limits: config.limits,
+            closed: closed_tx,
+            live: Mutex::default(),
+        });
+        let task = tokio::spawn(run(inner.clone(), closed_rx, membership));
+        (Streams { inner }, task)
+    }
+
+    /// Opens one device stream.
     pub async fn open(&self, req: Request<SubscribeRequest>) -> Result<DeviceStream, Status> {
+        let i = &self.inner;
         let (user, device) = device_identity(&req)?;
-        self.login(&user, &device).await?;
-        let queue = Queue::new(self.limits);
+        i.login(&user, &device).await?;
+        let queue = Queue::new(i.limits, &user, &device);
+        // From here on the stream's cleanup runs when `stream` drops, error or not.
+        let stream = DeviceStream::new(queue.clone(), i.closed.clone());
+        i.live().insert(key(&queue), queue.clone());
+        i.hub.attach(&queue, &i.base_channels(&queue)).await?;
+        // The queue was created `scheduled`, so announcements arriving meanwhile only mark
+        // it dirty and this first reconciliation picks them up.
+        reconcile(i, &queue).await?;
+        Ok(stream)
+    }
+}
+
+fn key(q: &Arc<Queue>) -> usize {
+    Arc::as_ptr(q) as usize
+}
+
+impl Inner {
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Arc<Queue>>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn base_channels(&self, q: &Queue) -> Vec<String> {
         let keys = self.store.keys();
-        let base = vec![keys.channel_all(), keys.channel_user(&user)];
-        let opened = async {
-            self.hub.attach(&queue, &base).await?;
-            let groups: BTreeSet<String> = self.store.user_groups(&user).await?.into_iter().collect();
-            self.hub.attach(&queue, &self.group_channels(&groups)).await?;
-            Ok::<_, Error>(groups)
-        };
-        let groups = match opened.await {
-            Ok(g) => g,
-            Err(e) => {
-                self.hub.detach(&queue, &base);
-                self.logout(&user, &device).await;
-                return Err(e.into());
-            }
-        };
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let driver = Driver { streams: self.clone(), user, device, queue: queue.clone(), base, groups };
-        tokio::spawn(driver.run(stop_rx));
-        Ok(DeviceStream::new(queue, stop_tx))
+        vec![keys.channel_all(), keys.channel_user(&q.user)]
     }
 
     fn group_channels<'a>(&self, groups: impl IntoIterator<Item = &'a String>) -> Vec<String> {
@@ -88,80 +139,130 @@ impl Streams {
         self.presence.clone().login(req).await.map(drop)
     }
 
-    async fn logout(&self, user: &str, device: &str) {
-        let req = LogoutRequest { user_id: user.to_owned(), session_id: device.to_owned() };
-        if let Err(e) = self.presence.clone().logout(req).await {
-            // The lease ends by itself; the user shows offline after it at the latest.
-            tracing::debug!(error = %e, user, device, "logout of a closed stream failed");
+    /// Renews one stream's session, logging in again if the lease was lost.
+    async fn renew(&self, q: &Queue) {
+        let ttl = prost_types::Duration::try_from(self.lease).ok();
+        let req = HeartbeatRequest { user_id: q.user.to_string(), session_id: q.device.to_string(), ttl };
+        let result = match self.presence.clone().heartbeat(req).await {
+            // The lease was lost (it expired while presence was unreachable, or Redis lost
+            // it): the device is still connected, so it is online again.
+            Err(s) if s.code() == Code::NotFound => self.login(&q.user, &q.device).await,
+            other => other.map(drop),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, user = &*q.user, "cannot renew a stream's presence");
+        }
+    }
+
+    /// Detaches an ended stream everywhere and ends its presence session.
+    fn close(self: &Arc<Self>, q: Arc<Queue>) {
+        q.closed.store(true, Ordering::Release);
+        self.live().remove(&key(&q));
+        let mut channels = self.base_channels(&q);
+        channels.extend(self.group_channels(q.groups.lock().unwrap_or_else(|e| e.into_inner()).iter()));
+        self.hub.detach(&q, &channels);
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let req = LogoutRequest { user_id: q.user.to_string(), session_id: q.device.to_string() };
+            if let Err(e) = inner.presence.clone().logout(req).await {
+                // The lease ends by itself; the user shows offline after it at the latest.
+                tracing::debug!(error = %e, user = &*q.user, "logout of a closed stream failed");
+            }
+        });
+    }
+}
+
+/// Makes `q`'s group channels match its user's groups in Redis. Runs only while `q` is
+/// `scheduled`, so never twice at once for one stream; loops while changes arrive.
+async fn reconcile(i: &Inner, q: &Arc<Queue>) -> Result<(), Error> {
+    loop {
+        q.dirty.store(false, Ordering::Release);
+        if let Err(e) = apply_groups(i, q).await {
+            q.scheduled.store(false, Ordering::Release);
+            return Err(e);
+        }
+        if q.dirty.load(Ordering::Acquire) {
+            continue;
+        }
+        q.scheduled.store(false, Ordering::Release);
+        // A change that arrived between the check and the store saw `scheduled` still set
+        // and scheduled nothing: take it on here.
+        if !(q.dirty.load(Ordering::Acquire) && !q.scheduled.swap(true, Ordering::AcqRel)) {
+            return Ok(());
         }
     }
 }
 
-struct Driver {
-    streams: Streams,
-    user: String,
-    device: String,
-    queue: Arc<Queue>,
-    base: Vec<String>,
-    groups: BTreeSet<String>,
+async fn apply_groups(i: &Inner, q: &Arc<Queue>) -> Result<(), Error> {
+    let now = i.store.user_groups(&q.user).await?;
+    let (joined, left) = {
+        let mut cur = q.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let joined: Vec<String> = now.iter().filter(|g| !cur.contains(g)).cloned().collect();
+        let left: Vec<String> = cur.iter().filter(|g| !now.contains(g)).cloned().collect();
+        *cur = now;
+        (joined, left)
+    };
+    i.hub.detach(q, &i.group_channels(&left));
+    i.hub.attach(q, &i.group_channels(&joined)).await?;
+    if q.closed.load(Ordering::Acquire) {
+        // The stream ended while we attached: its cleanup may have run before our attach.
+        i.hub.detach(q, &i.group_channels(&joined));
+    }
+    Ok(())
 }
 
-impl Driver {
-    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
-        let every = self.streams.lease / 3;
-        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                _ = self.queue.membership_notified() => self.reconcile().await,
-                _ = renew.tick() => self.renew().await,
+/// The session task.
+async fn run(
+    inner: Arc<Inner>,
+    mut closed: mpsc::UnboundedReceiver<Arc<Queue>>,
+    mut membership: mpsc::UnboundedReceiver<Arc<Queue>>,
+) {
+    let every = inner.lease / 3;
+    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let renewing = Arc::new(Semaphore::new(1));
+    loop {
+        tokio::select! {
+            Some(q) = closed.recv() => inner.close(q),
+            Some(q) = membership.recv() => {
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    while !q.closed.load(Ordering::Acquire) {
+                        match reconcile(&inner, &q).await {
+                            Ok(()) => return,
+                            Err(e) => {
+                                tracing::warn!(error = %e, user = &*q.user, "cannot reconcile groups; retrying");
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                if !q.mark_membership_changed() {
+                                    return; // someone else scheduled it meanwhile
+                                }
+                            }
+                        }
+                    }
+                });
             }
-        }
-        let mut all = self.base.clone();
-        all.extend(self.streams.group_channels(&self.groups));
-        self.streams.hub.detach(&self.queue, &all);
-        self.streams.logout(&self.user, &self.device).await;
-    }
-
-    /// Makes the stream's group channels match the user's groups in Redis.
-    async fn reconcile(&mut self) {
-        let now: BTreeSet<String> = match self.streams.store.user_groups(&self.user).await {
-            Ok(g) => g.into_iter().collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, user = self.user, "cannot read groups; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                self.queue.membership_changed();
-                return;
+            _ = renew.tick() => {
+                // One renewal round at a time; a slow round delays the next, never doubles it.
+                let Ok(round) = renewing.clone().try_acquire_owned() else { continue };
+                let streams: Vec<Arc<Queue>> = inner.live().values().cloned().collect();
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    let gate = Arc::new(Semaphore::new(RENEW_CONCURRENCY));
+                    let mut calls = tokio::task::JoinSet::new();
+                    for q in streams {
+                        let (inner, permit) = (inner.clone(), gate.clone().acquire_owned().await);
+                        calls.spawn(async move {
+                            if !q.closed.load(Ordering::Acquire) {
+                                inner.renew(&q).await;
+                            }
+                            drop(permit);
+                        });
+                    }
+                    calls.join_all().await;
+                    drop(round);
+                });
             }
-        };
-        let left: Vec<_> = self.groups.difference(&now).collect();
-        let joined: Vec<_> = now.difference(&self.groups).collect();
-        self.streams.hub.detach(&self.queue, &self.streams.group_channels(left));
-        if let Err(e) = self.streams.hub.attach(&self.queue, &self.streams.group_channels(joined)).await {
-            tracing::warn!(error = %e, user = self.user, "cannot subscribe new groups; retrying");
-            self.queue.membership_changed();
-        }
-        self.groups = now;
-    }
-
-    async fn renew(&self) {
-        let ttl = prost_types::Duration::try_from(self.streams.lease).ok();
-        let req = push_proto::presence::v1::HeartbeatRequest {
-            user_id: self.user.clone(),
-            session_id: self.device.clone(),
-            ttl,
-        };
-        match self.streams.presence.clone().heartbeat(req).await {
-            Ok(_) => {}
-            Err(s) if s.code() == Code::NotFound => {
-                // The lease was lost (expired while presence was unreachable, or Redis
-                // lost it): the device is still connected, so it is online again.
-                if let Err(e) = self.streams.login(&self.user, &self.device).await {
-                    tracing::warn!(error = %e, user = self.user, "cannot renew a stream's presence");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, user = self.user, "cannot renew a stream's presence"),
+            else => return,
         }
     }
 }

@@ -388,3 +388,17 @@ async fn bad_pushes_are_refused_and_publish_nothing() {
     assert_eq!(got[0], Vec::<String>::new());
     assert_eq!(app.redis.keys(), keys_before);
 }
+
+#[tokio::test]
+async fn an_open_stream_keeps_its_presence_alive_by_renewing_it() {
+    // A lease much shorter than the stream's life: only renewals keep the user online.
+    let app = App::start_with(&["--min-ttl", "100ms"], &["--stream-lease", "600ms"]).await;
+    let mut c = app.gateway_client().await;
+    let d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let r = c.get_presence(pb::GetPresenceRequest { user_ids: vec!["ann".into()] }).await.unwrap();
+        assert!(r.into_inner().presences[0].online, "the stream's lease lapsed while it was open");
+    }
+    drop(d);
+}
