@@ -187,7 +187,8 @@ async fn reconcile(i: &Inner, q: &Arc<Queue>) -> Result<(), Error> {
         q.scheduled.store(false, Ordering::Release);
         // A change that arrived between the check and the store saw `scheduled` still set
         // and scheduled nothing: take it on here.
-        if !(q.dirty.load(Ordering::Acquire) && !q.scheduled.swap(true, Ordering::AcqRel)) {
+        let take_it_on = q.dirty.load(Ordering::Acquire) && !q.scheduled.swap(true, Ordering::AcqRel);
+        if !take_it_on {
             return Ok(());
         }
     }
