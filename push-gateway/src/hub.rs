@@ -276,8 +276,11 @@ async fn session(
     // after this and are idempotent), plus our probe channel.
     let mut channels: Vec<String> = inner.registry.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
     channels.push(probe_channel.to_owned());
+    // Every (un)subscribe waits for Redis's confirmation, with a deadline: a connection
+    // that swallows replies must not hang the hub.
+    let deadline = config.subscribe_timeout;
     for chunk in channels.chunks(1000) {
-        sink.subscribe(chunk).await.map_err(|e| e.to_string())?;
+        confirm(deadline, sink.subscribe(chunk)).await?;
     }
     inner.healthy.store(true, Ordering::Relaxed);
     tracing::info!(channels = channels.len() - 1, "push hub subscribed");
@@ -293,8 +296,8 @@ async fn session(
             }
             cmd = cmds.recv() => match cmd {
                 None => return Ok(()),
-                Some(Cmd::Subscribe(chs)) => sink.subscribe(&chs).await.map_err(|e| e.to_string())?,
-                Some(Cmd::Unsubscribe(chs)) => sink.unsubscribe(&chs).await.map_err(|e| e.to_string())?,
+                Some(Cmd::Subscribe(chs)) => confirm(deadline, sink.subscribe(&chs)).await?,
+                Some(Cmd::Unsubscribe(chs)) => confirm(deadline, sink.unsubscribe(&chs)).await?,
                 Some(Cmd::Barrier(ack)) => { let _ = ack.send(()); }
             },
             _ = tick.tick() => {
@@ -319,5 +322,14 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// Awaits a SUBSCRIBE/UNSUBSCRIBE confirmation for at most `deadline`.
+async fn confirm(deadline: Duration, f: impl Future<Output = redis::RedisResult<()>>) -> Result<(), String> {
+    match tokio::time::timeout(deadline, f).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("Redis did not confirm a (un)subscribe in time".into()),
     }
 }

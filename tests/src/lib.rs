@@ -47,7 +47,7 @@ impl RedisServer {
         server
     }
 
-    fn socket(&self) -> PathBuf {
+    pub fn socket(&self) -> PathBuf {
         self.dir.join("redis.sock")
     }
 
@@ -246,7 +246,12 @@ impl App {
 
     /// Another gateway replica on the same Redis and internal services.
     pub async fn replica(&self, gateway_flags: &[&str]) -> Running {
-        let g = gateway(&self.redis.url(), &self.presence.url(), &self.profile.url(), gateway_flags).await;
+        self.replica_via(&self.redis.url(), gateway_flags).await
+    }
+
+    /// Another gateway replica reaching Redis at `redis_url` (e.g. through a [`Proxy`]).
+    pub async fn replica_via(&self, redis_url: &str, gateway_flags: &[&str]) -> Running {
+        let g = gateway(redis_url, &self.presence.url(), &self.profile.url(), gateway_flags).await;
         wait_health(g.addr, "", ServingStatus::Serving).await;
         g
     }
@@ -363,6 +368,75 @@ impl Device {
 }
 
 impl Drop for Device {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 in front of a Redis unix socket that can make Pub/Sub
+/// connections look alive and deliver nothing: while `swallow` is set, what Redis sends
+/// on a connection that has sent SUBSCRIBE is dropped (the connection stays open).
+pub struct Proxy {
+    pub addr: SocketAddr,
+    swallow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(redis: &RedisServer) -> Proxy {
+        use std::sync::{Arc, atomic::AtomicBool};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().unwrap();
+        let socket = redis.socket();
+        let swallow = Arc::new(AtomicBool::new(false));
+        let flag = swallow.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::UnixStream::connect(&socket).await else { continue };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let subscriber = Arc::new(AtomicBool::new(false));
+                let (sub, flag) = (subscriber.clone(), flag.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                        if buf[..n].windows(9).any(|w| w.eq_ignore_ascii_case(b"subscribe")) {
+                            sub.store(true, Ordering::Relaxed);
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                        if subscriber.load(Ordering::Relaxed) && flag.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Proxy { addr, swallow, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Starts or stops dropping what Redis sends to subscribers.
+    pub fn swallow_pubsub(&self, on: bool) {
+        self.swallow.store(on, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
     }

@@ -402,3 +402,33 @@ async fn an_open_stream_keeps_its_presence_alive_by_renewing_it() {
     }
     drop(d);
 }
+
+/// A Pub/Sub connection that stays open but delivers nothing (as after a failover or
+/// behind a proxy) is caught by the hub's probe: health turns NOT_SERVING, the hub
+/// reconnects, and the same open stream receives again.
+#[tokio::test]
+async fn a_silent_subscription_is_detected_and_replaced() {
+    let app = App::start(&[]).await;
+    let proxy = push_tests::Proxy::start(&app.redis).await;
+    let gw = app.replica_via(&proxy.url(), &[]).await;
+    let mut c = app.gateway_client().await;
+    let mut d = Device::connect(gw.addr, "ann", "phone").await.unwrap();
+    c.push_to_all(to_all("before")).await.unwrap();
+    assert_eq!(d.next().await.topic, "before");
+
+    proxy.swallow_pubsub(true);
+    wait_health(gw.addr, "push.v1.PushGateway", ServingStatus::NotServing).await;
+    proxy.swallow_pubsub(false);
+    wait_health(gw.addr, "push.v1.PushGateway", ServingStatus::Serving).await;
+
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        assert!(tries < 100, "the open stream never received again");
+        c.push_to_all(to_all("after")).await.unwrap();
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(300), d.next()).await {
+            assert_eq!(m.topic, "after");
+            break;
+        }
+    }
+}
