@@ -6,6 +6,7 @@
 //! | `P:seen:{u:UID}`                     | STRING | last-seen retention (30 d)  | presence-svc |
 //! | `P:online:{b:N}`                     | ZSET   | none                        | presence-svc |
 //! | `P:online:{b:N}:ids`                 | ZSET   | none                        | presence-svc |
+//! | `P:presence:events`                  | STREAM | capped (MAXLEN ~)           | presence-svc |
 //! | `P:profile:{u:UID}`                  | HASH   | none                        | profile-svc  |
 //!
 //! `P` is the configurable prefix (default `push`). `presence` holds the user's sessions
@@ -56,6 +57,11 @@ impl Keys {
     /// Online-index bucket `n` by id (ZSET user id → 0, for lexicographic paging).
     pub fn online_by_id(&self, bucket: u32) -> String {
         format!("{}:online:{{b:{bucket}}}:ids", self.prefix)
+    }
+
+    /// Users going online and offline (STREAM).
+    pub fn presence_events(&self) -> String {
+        format!("{}:presence:events", self.prefix)
     }
 
     /// A user's profile (HASH).

@@ -67,3 +67,13 @@ pub async fn ping(pool: &Pool, timeout: Duration) -> bool {
     let probe = cmd.query_async::<String>(&mut c);
     matches!(tokio::time::timeout(timeout, probe).await, Ok(Ok(pong)) if pong == "PONG")
 }
+
+/// A connection of its own (not shared), for blocking reads. Its reply timeout is
+/// `reply_timeout`, which must exceed the longest BLOCK it is used with.
+pub async fn dedicated(args: &RedisArgs, reply_timeout: Duration) -> Result<redis::aio::MultiplexedConnection, Error> {
+    let client = redis::Client::open(args.url.as_str()).map_err(|e| Error::Config(format!("--redis-url: {e}")))?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(args.timeout))
+        .set_response_timeout(Some(reply_timeout));
+    Ok(client.get_multiplexed_async_connection_with_config(&config).await?)
+}

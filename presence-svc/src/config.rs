@@ -46,6 +46,11 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_LAST_SEEN_RETENTION", default_value = "30days", value_parser = duration)]
     pub last_seen_retention: Duration,
 
+    /// Presence events kept (approximately: Redis trims whole blocks); a watcher whose
+    /// cursor falls behind this is told to resync.
+    #[arg(long, env = "PRESENCE_EVENTS_MAX_LEN", default_value_t = 100_000)]
+    pub events_max_len: u64,
+
     /// Most ids in one GetPresence.
     #[arg(long, env = "PRESENCE_MAX_BATCH", default_value_t = 500)]
     pub max_batch: usize,

@@ -31,7 +31,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
     let pool = redis::pool(&config.redis)?;
-    let store = store::Store::new(pool.clone(), Keys::new(&config.redis.key_prefix), config.online_buckets);
+    let store = store::Store::new(
+        pool.clone(),
+        Keys::new(&config.redis.key_prefix),
+        config.online_buckets,
+        config.events_max_len,
+    );
 
     // Expired users leave the index by themselves for readers (scores are compared with
     // now); the sweeper only keeps the index from growing. Any number of replicas may

@@ -11,9 +11,14 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     config::Config,
-    store::{Store, TouchOutcome, Touched},
+    store::{Event, Store, TouchOutcome, Touched, parse_event_id, read_events},
     token::PageToken,
 };
+
+/// How long one read of the event stream waits for news before reading again.
+const WATCH_BLOCK: Duration = Duration::from_secs(5);
+/// Most events in one WatchPresence item.
+const WATCH_BATCH: usize = 500;
 
 /// Default and maximum page sizes of ListOnlineUsers (AIP-158: larger asks are coerced).
 const DEFAULT_PAGE: usize = 100;
@@ -77,8 +82,89 @@ impl PresenceService {
     }
 }
 
+fn to_pb(e: Event) -> pb::PresenceEvent {
+    use pb::presence_event::{Kind, Reason};
+    let reason = match (e.online, e.expired) {
+        (true, _) => Reason::Unspecified,
+        (false, true) => Reason::Expired,
+        (false, false) => Reason::Logout,
+    };
+    pb::PresenceEvent {
+        event_id: e.id,
+        user_id: e.user,
+        kind: if e.online { Kind::Online } else { Kind::Offline } as i32,
+        time: Some(ms_to_timestamp(e.time_ms)),
+        session_id: e.session,
+        reason: reason as i32,
+    }
+}
+
+/// What a watcher whose cursor fell behind the retained events is told.
+fn resync() -> Status {
+    Status::failed_precondition(
+        "cursor: events after it are no longer retained; resync with ListOnlineUsers and watch from now on",
+    )
+}
+
 #[tonic::async_trait]
 impl Presence for PresenceService {
+    type WatchPresenceStream = tokio_stream::wrappers::ReceiverStream<Result<pb::WatchPresenceResponse, Status>>;
+
+    async fn watch_presence(
+        &self,
+        req: Request<pb::WatchPresenceRequest>,
+    ) -> Result<Response<Self::WatchPresenceStream>, Status> {
+        let cursor = req.into_inner().cursor;
+        let start = match cursor.as_str() {
+            "" => None,
+            c => Some(
+                parse_event_id(c)
+                    .ok_or_else(|| Error::invalid("cursor", "must be an event_id from this stream, \"0\" or empty"))?,
+            ),
+        };
+        let mut conn =
+            push_common::redis::dedicated(&self.config.redis, WATCH_BLOCK + self.config.redis.timeout).await?;
+        let mut cur = match start {
+            None => self.store.last_event_id().await?,
+            Some(id) if id != (0, 0) && self.store.trimmed_past(id).await? => return Err(resync()),
+            Some(_) => cursor,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let store = self.store.clone();
+        let key = push_common::keys::Keys::new(&self.config.redis.key_prefix).presence_events();
+        tokio::spawn(async move {
+            loop {
+                let read = tokio::select! {
+                    _ = tx.closed() => return,
+                    r = read_events(&mut conn, &key, &cur, WATCH_BLOCK, WATCH_BATCH) => r,
+                };
+                let events = match read {
+                    Ok(events) if events.is_empty() => continue,
+                    Ok(events) => events,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                // Events were added, so trimming may have overtaken a slow watcher: say so
+                // rather than skip silently.
+                match parse_event_id(&cur).filter(|c| *c != (0, 0)) {
+                    Some(c) if store.trimmed_past(c).await.unwrap_or(false) => {
+                        let _ = tx.send(Err(resync())).await;
+                        return;
+                    }
+                    _ => {}
+                }
+                cur = events.last().map(|e| e.id.clone()).unwrap_or(cur);
+                let item = pb::WatchPresenceResponse { events: events.into_iter().map(to_pb).collect() };
+                if tx.send(Ok(item)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
     async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
         let r = req.into_inner();
         let (session, t) = self.touch(&r.user_id, &r.session_id, r.ttl.as_ref(), true).await?;

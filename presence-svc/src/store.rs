@@ -23,10 +23,13 @@ use push_common::{
 };
 use redis::Script;
 
-/// Login or Heartbeat. KEYS: sessions, last seen, bucket by expiry, bucket by id.
-/// ARGV: user, session, ttl ms, last-seen ttl ms, max sessions, "login"|"heartbeat".
-/// Returns {expiry, came_online, session_count} or {-1} (no such session) or
-/// {-2, count} (session limit reached).
+/// Login or Heartbeat. KEYS: sessions, last seen, bucket by expiry, bucket by id, events.
+/// ARGV: user, session, ttl ms, last-seen ttl ms, max sessions, "login"|"heartbeat",
+/// events max length. Returns {expiry, came_online, session_count} or {-1} (no such
+/// session) or {-2, count} (session limit reached).
+///
+/// Presence events are written exactly where the user enters or leaves the online index,
+/// in the same atomic step, so each transition is recorded once, whoever causes it.
 const TOUCH: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -42,15 +45,24 @@ redis.call('ZADD', KEYS[1], expiry, ARGV[2])
 local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 local latest = tonumber(top[2])
 redis.call('PEXPIREAT', KEYS[1], latest)
+local indexed = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if indexed and tonumber(indexed) <= now then
+  -- The user's leases ran out before a sweep noticed: record that transition first.
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'u', ARGV[1], 'k', 'off', 'r', 'expired', 't', indexed)
+  indexed = false
+end
 redis.call('ZADD', KEYS[3], latest, ARGV[1])
 redis.call('ZADD', KEYS[4], 0, ARGV[1])
 redis.call('SET', KEYS[2], now, 'PX', ARGV[4])
 local came_online = 0
-if before == 0 then came_online = 1 end
+if not indexed then
+  came_online = 1
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'u', ARGV[1], 'k', 'on', 's', ARGV[2], 't', now)
+end
 return {expiry, came_online, redis.call('ZCARD', KEYS[1])}
 ";
 
-/// Logout. KEYS as TOUCH; ARGV: user, session, last-seen ttl ms.
+/// Logout. KEYS as TOUCH; ARGV: user, session, last-seen ttl ms, events max length.
 /// Returns {removed (0|1), sessions left}.
 const LOGOUT: &str = r"
 local t = redis.call('TIME')
@@ -60,8 +72,16 @@ local removed = redis.call('ZREM', KEYS[1], ARGV[2])
 local left = redis.call('ZCARD', KEYS[1])
 if left == 0 then
   redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[3], ARGV[1])
-  redis.call('ZREM', KEYS[4], ARGV[1])
+  local indexed = redis.call('ZSCORE', KEYS[3], ARGV[1])
+  if indexed then
+    redis.call('ZREM', KEYS[3], ARGV[1])
+    redis.call('ZREM', KEYS[4], ARGV[1])
+    if tonumber(indexed) <= now then
+      redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*', 'u', ARGV[1], 'k', 'off', 'r', 'expired', 't', indexed)
+    else
+      redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*', 'u', ARGV[1], 'k', 'off', 'r', 'logout', 's', ARGV[2], 't', now)
+    end
+  end
 else
   local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
   local latest = tonumber(top[2])
@@ -72,17 +92,20 @@ if removed == 1 then redis.call('SET', KEYS[2], now, 'PX', ARGV[3]) end
 return {removed, left}
 ";
 
-/// Removes up to ARGV[1] users whose latest lease has ended from one bucket.
-/// KEYS: bucket by expiry, bucket by id. Returns how many were removed.
+/// Removes up to ARGV[1] users whose latest lease has ended from one bucket, recording
+/// each one's offline event (timed at its lease's end). KEYS: bucket by expiry, bucket
+/// by id, events. ARGV: limit, events max length. Returns how many were removed. Any
+/// number of sweepers may run at once: a user is removed, and recorded, by one of them.
 const SWEEP: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-if #gone > 0 then
-  redis.call('ZREM', KEYS[1], unpack(gone))
-  redis.call('ZREM', KEYS[2], unpack(gone))
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
+for i = 1, #gone, 2 do
+  redis.call('ZREM', KEYS[1], gone[i])
+  redis.call('ZREM', KEYS[2], gone[i])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'u', gone[i], 'k', 'off', 'r', 'expired', 't', gone[i + 1])
 end
-return #gone
+return #gone / 2
 ";
 
 /// One step of a page walk through one bucket, in id order. KEYS: bucket by expiry,
@@ -144,6 +167,7 @@ pub struct Store {
     pool: Pool,
     keys: Keys,
     buckets: u32,
+    events_max_len: u64,
     touch: Script,
     logout: Script,
     sweep: Script,
@@ -152,11 +176,12 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(pool: Pool, keys: Keys, buckets: u32) -> Self {
+    pub fn new(pool: Pool, keys: Keys, buckets: u32, events_max_len: u64) -> Self {
         Self {
             pool,
             keys,
             buckets: buckets.max(1),
+            events_max_len,
             touch: Script::new(TOUCH),
             logout: Script::new(LOGOUT),
             sweep: Script::new(SWEEP),
@@ -169,9 +194,15 @@ impl Store {
         self.buckets
     }
 
-    fn user_keys(&self, user: &str) -> [String; 4] {
+    fn user_keys(&self, user: &str) -> [String; 5] {
         let b = bucket_of(user, self.buckets);
-        [self.keys.sessions(user), self.keys.last_seen(user), self.keys.online_by_expiry(b), self.keys.online_by_id(b)]
+        [
+            self.keys.sessions(user),
+            self.keys.last_seen(user),
+            self.keys.online_by_expiry(b),
+            self.keys.online_by_id(b),
+            self.keys.presence_events(),
+        ]
     }
 
     /// Creates (`login`) or renews a session's lease.
@@ -195,6 +226,7 @@ impl Store {
             .arg(ms(seen_ttl))
             .arg(max_sessions)
             .arg(if login { "login" } else { "heartbeat" })
+            .arg(self.events_max_len)
             .invoke_async(&mut c)
             .await?;
         match reply.as_slice() {
@@ -219,6 +251,7 @@ impl Store {
             .arg(user)
             .arg(session)
             .arg(ms(seen_ttl))
+            .arg(self.events_max_len)
             .invoke_async(&mut c)
             .await?;
         Ok((removed == 1, left))
@@ -285,7 +318,9 @@ impl Store {
             .sweep
             .key(self.keys.online_by_expiry(bucket))
             .key(self.keys.online_by_id(bucket))
+            .key(self.keys.presence_events())
             .arg(limit)
+            .arg(self.events_max_len)
             .invoke_async(&mut c)
             .await?)
     }
@@ -309,4 +344,134 @@ impl Store {
 
 fn ms(d: Duration) -> u64 {
     d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+/// One recorded presence event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: String,
+    pub user: String,
+    pub online: bool,
+    /// When the lease ended (expiry) or when the call happened.
+    pub time_ms: i64,
+    pub session: String,
+    pub expired: bool,
+}
+
+/// A stream id `MS-SEQ` (or `MS`), for ordering cursors.
+pub fn parse_event_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+fn event(id: String, fields: Vec<String>) -> Event {
+    let mut e = Event { id, user: String::new(), online: false, time_ms: 0, session: String::new(), expired: false };
+    for pair in fields.chunks(2) {
+        if let [k, v] = pair {
+            match k.as_str() {
+                "u" => e.user = v.clone(),
+                "k" => e.online = v == "on",
+                "s" => e.session = v.clone(),
+                "r" => e.expired = v == "expired",
+                "t" => e.time_ms = v.parse().unwrap_or_default(),
+                _ => {}
+            }
+        }
+    }
+    e
+}
+
+impl Store {
+    /// The id of the newest event, or "0-0" when there is none.
+    pub async fn last_event_id(&self) -> Result<String, Error> {
+        let mut c = conn(&self.pool).await?;
+        let newest: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+            .arg(self.keys.presence_events())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut c)
+            .await?;
+        Ok(newest.into_iter().next().map(|(id, _)| id).unwrap_or_else(|| "0-0".into()))
+    }
+
+    /// True when events after `cursor` may already have been trimmed away: the stream has
+    /// lost entries to its length cap and the cursor is older than the oldest one kept.
+    /// (Trimming does not record which ids it removed, so a cursor that was exactly the
+    /// last trimmed entry is also refused: the error errs toward a resync, never toward
+    /// a silent gap.)
+    pub async fn trimmed_past(&self, cursor: (u64, u64)) -> Result<bool, Error> {
+        let mut c = conn(&self.pool).await?;
+        let info: redis::RedisResult<Vec<redis::Value>> =
+            redis::cmd("XINFO").arg("STREAM").arg(self.keys.presence_events()).query_async(&mut c).await;
+        let info = match info {
+            Ok(v) => v,
+            // No stream yet: nothing was ever trimmed.
+            Err(e) if e.code() == Some("ERR") => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let (mut length, mut added, mut first, mut last) = (0u64, 0u64, None, None);
+        let mut it = info.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            match redis::from_redis_value::<String>(k).unwrap_or_default().as_str() {
+                "length" => length = redis::from_redis_value(v)?,
+                "entries-added" => added = redis::from_redis_value(v)?,
+                "recorded-first-entry-id" => first = parse_event_id(&redis::from_redis_value::<String>(v)?),
+                "last-generated-id" => last = parse_event_id(&redis::from_redis_value::<String>(v)?),
+                _ => {}
+            }
+        }
+        if added <= length {
+            return Ok(false);
+        }
+        let oldest_kept = if length == 0 { last } else { first };
+        Ok(oldest_kept.is_some_and(|kept| cursor < kept))
+    }
+}
+
+/// Reads up to `count` events after `cursor`, waiting up to `block` for the first, on a
+/// connection of the caller's own (a blocking read would stall a shared connection).
+pub async fn read_events(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    cursor: &str,
+    block: Duration,
+    count: usize,
+) -> Result<Vec<Event>, Error> {
+    type Reply = Option<Vec<(String, Vec<(String, Vec<String>)>)>>;
+    let reply: Reply = redis::cmd("XREAD")
+        .arg("COUNT")
+        .arg(count)
+        .arg("BLOCK")
+        .arg(ms(block))
+        .arg("STREAMS")
+        .arg(key)
+        .arg(cursor)
+        .query_async(conn)
+        .await?;
+    Ok(reply.into_iter().flatten().flat_map(|(_, entries)| entries).map(|(id, f)| event(id, f)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_order_like_redis() {
+        assert!(parse_event_id("1700000000000-1") > parse_event_id("1700000000000-0"));
+        assert!(parse_event_id("1700000000001") > parse_event_id("1700000000000-9"));
+        assert_eq!(parse_event_id("0"), Some((0, 0)));
+        assert_eq!(parse_event_id("x-1"), None);
+        assert_eq!(parse_event_id("1-"), None);
+    }
+
+    #[test]
+    fn events_decode_their_fields() {
+        let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let e = event("5-0".into(), f(&["u", "ann", "k", "off", "r", "expired", "t", "123"]));
+        assert_eq!((e.user.as_str(), e.online, e.expired, e.time_ms), ("ann", false, true, 123));
+        let e = event("6-0".into(), f(&["u", "bob", "k", "on", "s", "phone", "t", "7"]));
+        assert_eq!((e.online, e.session.as_str()), (true, "phone"));
+    }
 }

@@ -63,6 +63,38 @@ where
     }
     match call(inner).await {
         Ok(resp) => Ok(Response::new(transcode::<C, D>(resp.get_ref())?)),
-        Err(s) => Err(Status::with_details(s.code(), s.message(), s.details().to_vec().into())),
+        Err(s) => Err(passthrough(s)),
     }
+}
+
+/// An internal status as the gateway returns it: code, message and details, without the
+/// internal server's other headers.
+fn passthrough(s: Status) -> Status {
+    Status::with_details(s.code(), s.message(), s.details().to_vec().into())
+}
+
+/// A forwarded server stream.
+pub type ForwardedStream<D> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<D, Status>> + Send>>;
+
+/// Forwards a server-streaming call: like [`forward`], item by item.
+pub async fn forward_stream<A, B, C, D, F, Fut>(
+    req: Request<A>,
+    call: F,
+) -> Result<Response<ForwardedStream<D>>, Status>
+where
+    A: Message,
+    B: Message + Default,
+    C: Message + Default + 'static,
+    D: Message + Default + 'static,
+    F: FnOnce(Request<B>) -> Fut,
+    Fut: Future<Output = Result<Response<tonic::Streaming<C>>, Status>>,
+{
+    use tokio_stream::StreamExt;
+    let mut inner = Request::new(transcode::<A, B>(req.get_ref())?);
+    if let Some(t) = req.metadata().get("grpc-timeout") {
+        inner.metadata_mut().insert("grpc-timeout", t.clone());
+    }
+    let stream = call(inner).await.map_err(passthrough)?.into_inner();
+    let items = stream.map(|item| item.map_err(passthrough).and_then(|m| transcode::<C, D>(&m)));
+    Ok(Response::new(Box::pin(items)))
 }

@@ -6,7 +6,12 @@ use push_proto::{
 };
 use tonic::{Request, Response, Status, transport::Channel};
 
-use crate::{downstream::forward, push::Pusher, queue::DeviceStream, subscribe::Streams};
+use crate::{
+    downstream::{ForwardedStream, forward, forward_stream},
+    push::Pusher,
+    queue::DeviceStream,
+    subscribe::Streams,
+};
 
 /// The gateway service: presence calls go to presence-svc, profile calls to profile-svc,
 /// pushes and groups to Redis, device streams to the hub.
@@ -107,6 +112,16 @@ impl PushGateway for Gateway {
         forward(req, |r| async move { c.delete_profile(r).await }).await
     }
 
+    type WatchPresenceStream = ForwardedStream<pb::WatchPresenceResponse>;
+
+    async fn watch_presence(
+        &self,
+        req: Request<pb::WatchPresenceRequest>,
+    ) -> Result<Response<Self::WatchPresenceStream>, Status> {
+        let mut c = self.presence.clone();
+        forward_stream(req, |r| async move { c.watch_presence(r).await }).await
+    }
+
     type SubscribeStream = DeviceStream;
 
     async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Result<Response<DeviceStream>, Status> {
@@ -163,7 +178,9 @@ mod tests {
     use prost_types::{DescriptorProto, FileDescriptorSet};
 
     /// Every public message the gateway transcodes, with its internal package.
-    const PAIRS: [(&str, &str); 22] = [
+    const PAIRS: [(&str, &str); 24] = [
+        ("WatchPresenceRequest", "presence"),
+        ("WatchPresenceResponse", "presence"),
         ("LoginRequest", "presence"),
         ("LoginResponse", "presence"),
         ("HeartbeatRequest", "presence"),

@@ -1,4 +1,5 @@
 //! One integration-test binary (one link) with a module per area.
+mod events;
 mod gateway;
 mod health;
 mod helpers;

@@ -58,7 +58,7 @@ async fn a_lease_expires_unless_renewed() {
 
     // The sweeper removes the expired user from the index; the sessions key expired itself.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while app.redis.keys().iter().any(|k| k.contains(":online:") || k.contains(":presence:")) {
+    while app.redis.keys().iter().any(|k| k.contains(":online:") || k.contains(":presence:{")) {
         assert!(std::time::Instant::now() < deadline, "left behind: {:?}", app.redis.keys());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -107,8 +107,8 @@ async fn logout_of_the_last_device_takes_the_user_offline_at_once() {
     assert!(!out.into_inner().user_online);
     assert!(!online(&mut c, "cy").await.online);
     assert_eq!(count(&mut c).await, 0);
-    // Only last-seen remains.
-    assert_eq!(app.redis.keys(), ["push:seen:{u:cy}"]);
+    // Only last-seen and the two presence events remain.
+    assert_eq!(app.redis.keys(), ["push:presence:events", "push:seen:{u:cy}"]);
 }
 
 #[tokio::test]
