@@ -8,6 +8,10 @@
 //! | `P:online:{b:N}:ids`                 | ZSET   | none                        | presence-svc |
 //! | `P:presence:events`                  | STREAM | capped (MAXLEN ~)           | presence-svc |
 //! | `P:profile:{u:UID}`                  | HASH   | none                        | profile-svc  |
+//! | `P:group:{g:GID}:members`           | ZSET   | none (gone with last member) | push-gateway |
+//! | `P:groups:{u:UID}`                  | SET    | none (gone with last group) | push-gateway |
+//! | `P:idem:KEY`                        | STRING | idempotency window (24 h)   | push-gateway |
+//! | `P:ch:all`, `P:ch:{u:UID}`, `P:ch:{g:GID}`, `P:ch:probe:R` | channels | — | push-gateway |
 //!
 //! `P` is the configurable prefix (default `push`). `presence` holds the user's sessions
 //! (member = session id, score = lease expiry in ms). `online:{b:N}` is bucket N of the
@@ -77,6 +81,11 @@ impl Keys {
     /// The groups of a user (SET of group ids).
     pub fn user_groups(&self, user_id: &str) -> String {
         format!("{}:groups:{{u:{user_id}}}", self.prefix)
+    }
+
+    /// The message id of the push made with an idempotency key (STRING, expiring).
+    pub fn idempotency(&self, key: &str) -> String {
+        format!("{}:idem:{key}", self.prefix)
     }
 
     /// The broadcast channel.

@@ -57,6 +57,10 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_GROUPS_PER_USER", default_value_t = 1000)]
     pub max_groups_per_user: usize,
 
+    /// How long an idempotency key is remembered: a retry within it delivers nothing new.
+    #[arg(long, env = "GATEWAY_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = duration)]
+    pub idempotency_window: Duration,
+
     /// How often the hub checks its Pub/Sub connection end to end (and how long a
     /// probe may take before the connection is deemed dead and replaced).
     #[arg(long, env = "GATEWAY_HUB_PROBE_INTERVAL", default_value = "5s", value_parser = duration)]

@@ -75,6 +75,7 @@ pub async fn serve(
             max_payload_bytes: config.max_payload_bytes,
             max_users_per_call: config.max_users_per_call,
             max_groups_per_user: config.max_groups_per_user,
+            idempotency_window: config.idempotency_window,
         },
     };
     let streams_config = subscribe::StreamsConfig {

@@ -24,6 +24,8 @@ pub struct PushLimits {
     pub max_payload_bytes: usize,
     pub max_users_per_call: usize,
     pub max_groups_per_user: usize,
+    /// How long an idempotency key is remembered.
+    pub idempotency_window: std::time::Duration,
 }
 
 /// The push side of the gateway.
@@ -39,6 +41,7 @@ struct Content<'a> {
     payload: &'a Bytes,
     content_type: &'a str,
     sender: &'a str,
+    idempotency_key: &'a str,
 }
 
 impl Content<'_> {
@@ -59,6 +62,9 @@ impl Content<'_> {
         }
         if !self.sender.is_empty() {
             v.id("sender", self.sender);
+        }
+        if !self.idempotency_key.is_empty() {
+            v.id("idempotency_key", self.idempotency_key);
         }
     }
 
@@ -85,17 +91,29 @@ impl Content<'_> {
 
 impl Pusher {
     pub async fn to_all(&self, r: pb::PushToAllRequest) -> Result<pb::PushToAllResponse, Error> {
-        let c = Content { topic: &r.topic, payload: &r.payload, content_type: &r.content_type, sender: &r.sender };
+        let c = Content {
+            topic: &r.topic,
+            payload: &r.payload,
+            content_type: &r.content_type,
+            sender: &r.sender,
+            idempotency_key: &r.idempotency_key,
+        };
         let mut v = Violations::new();
         c.check(&mut v, &self.limits);
         v.check()?;
-        let (message_id, env) = c.encode(Audience::All, "");
-        self.store.publish(&[self.store.keys().channel_all()], &env).await?;
+        let (id, env) = c.encode(Audience::All, "");
+        let message_id = self.publish(&c, id, &[self.store.keys().channel_all()], &env).await?;
         Ok(pb::PushToAllResponse { message_id })
     }
 
     pub async fn to_users(&self, r: pb::PushToUsersRequest) -> Result<pb::PushToUsersResponse, Error> {
-        let c = Content { topic: &r.topic, payload: &r.payload, content_type: &r.content_type, sender: &r.sender };
+        let c = Content {
+            topic: &r.topic,
+            payload: &r.payload,
+            content_type: &r.content_type,
+            sender: &r.sender,
+            idempotency_key: &r.idempotency_key,
+        };
         let mut v = Violations::new();
         v.ids("user_ids", &r.user_ids, self.limits.max_users_per_call);
         c.check(&mut v, &self.limits);
@@ -106,19 +124,37 @@ impl Pusher {
         users.sort();
         users.dedup();
         let channels: Vec<String> = users.into_iter().map(|u| self.store.keys().channel_user(u)).collect();
-        self.store.publish(&channels, &env).await?;
+        let message_id = self.publish(&c, message_id, &channels, &env).await?;
         Ok(pb::PushToUsersResponse { message_id })
     }
 
     pub async fn to_group(&self, r: pb::PushToGroupRequest) -> Result<pb::PushToGroupResponse, Error> {
-        let c = Content { topic: &r.topic, payload: &r.payload, content_type: &r.content_type, sender: &r.sender };
+        let c = Content {
+            topic: &r.topic,
+            payload: &r.payload,
+            content_type: &r.content_type,
+            sender: &r.sender,
+            idempotency_key: &r.idempotency_key,
+        };
         let mut v = Violations::new();
         v.id("group_id", &r.group_id);
         c.check(&mut v, &self.limits);
         v.check()?;
-        let (message_id, env) = c.encode(Audience::Group, &r.group_id);
-        self.store.publish(&[self.store.keys().channel_group(&r.group_id)], &env).await?;
+        let (id, env) = c.encode(Audience::Group, &r.group_id);
+        let message_id = self.publish(&c, id, &[self.store.keys().channel_group(&r.group_id)], &env).await?;
         Ok(pb::PushToGroupResponse { message_id })
+    }
+
+    /// Publishes, once per idempotency key when the push has one; returns the id of
+    /// the push that counts.
+    async fn publish(&self, c: &Content<'_>, id: String, channels: &[String], env: &Bytes) -> Result<String, Error> {
+        if c.idempotency_key.is_empty() {
+            self.store.publish(channels, env).await?;
+            Ok(id)
+        } else {
+            let window = self.limits.idempotency_window;
+            self.store.publish_once(c.idempotency_key, &id, window, channels, env).await
+        }
     }
 
     fn check_membership(&self, group: &str, users: &[String]) -> Result<Vec<String>, Error> {

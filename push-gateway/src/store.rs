@@ -38,6 +38,18 @@ end
 return removed
 ";
 
+/// A push with an idempotency key. KEYS: the key's record. ARGV: the new message id, the
+/// window in ms, the payload, then the channels. The check, the record and the publish
+/// are one atomic step: concurrent retries publish once, and a key is never recorded
+/// for a push that was not published. Returns the id of the push that was made.
+const PUSH_ONCE: &str = r"
+local first = redis.call('GET', KEYS[1])
+if first then return first end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+for i = 4, #ARGV do redis.call('PUBLISH', ARGV[i], ARGV[3]) end
+return ARGV[1]
+";
+
 /// The outcome of a join.
 pub enum Joined {
     Added(i64),
@@ -52,11 +64,12 @@ pub struct Store {
     keys: Keys,
     join: Script,
     leave: Script,
+    push_once: Script,
 }
 
 impl Store {
     pub fn new(pool: Pool, keys: Keys) -> Self {
-        Self { pool, keys, join: Script::new(JOIN), leave: Script::new(LEAVE) }
+        Self { pool, keys, join: Script::new(JOIN), leave: Script::new(LEAVE), push_once: Script::new(PUSH_ONCE) }
     }
 
     pub fn keys(&self) -> &Keys {
@@ -73,6 +86,26 @@ impl Store {
         let mut c = conn(&self.pool).await?;
         pipe.query_async::<()>(&mut c).await?;
         Ok(())
+    }
+
+    /// Publishes `payload` on every channel unless `key` was used within `window`.
+    /// Returns the message id of the push that counts: `id`, or the first push's.
+    #[tracing::instrument(skip(self, payload), fields(channels = channels.len()), err)]
+    pub async fn publish_once(
+        &self,
+        key: &str,
+        id: &str,
+        window: std::time::Duration,
+        channels: &[String],
+        payload: &Bytes,
+    ) -> Result<String, Error> {
+        let mut inv = self.push_once.key(self.keys.idempotency(key));
+        inv.arg(id).arg(window.as_millis() as u64).arg(payload.as_ref());
+        for ch in channels {
+            inv.arg(ch);
+        }
+        let mut c = conn(&self.pool).await?;
+        Ok(inv.invoke_async(&mut c).await?)
     }
 
     fn membership<'s>(

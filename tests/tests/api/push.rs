@@ -95,6 +95,7 @@ async fn each_target_reaches_exactly_the_intended_streams() {
         payload: b"{\"text\":\"hi\"}".to_vec().into(),
         content_type: "application/json".into(),
         sender: "chat-service".into(),
+        idempotency_key: String::new(),
     };
     let id = c.push_to_users(req).await.unwrap().into_inner().message_id;
     let m = d.next().await;
@@ -431,4 +432,45 @@ async fn a_silent_subscription_is_detected_and_replaced() {
             break;
         }
     }
+}
+
+#[tokio::test]
+async fn a_retried_push_with_the_same_key_is_delivered_once() {
+    let app = App::start_with(&[], &["--idempotency-window", "1s"]).await;
+    let mut c = app.gateway_client().await;
+    let mut d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
+
+    // Sequential retries of each kind of push.
+    let all = pb::PushToAllRequest { idempotency_key: "k-all".into(), ..to_all("all") };
+    let first = c.push_to_all(all.clone()).await.unwrap().into_inner().message_id;
+    assert_eq!(c.push_to_all(all).await.unwrap().into_inner().message_id, first);
+    let user = pb::PushToUsersRequest { idempotency_key: "k-user".into(), ..to_users(&["ann"], "user") };
+    let first_user = c.push_to_users(user.clone()).await.unwrap().into_inner().message_id;
+    assert_eq!(c.push_to_users(user).await.unwrap().into_inner().message_id, first_user);
+    join(&mut c, "g", &["ann"]).await;
+    let group = pb::PushToGroupRequest { idempotency_key: "k-group".into(), ..to_group("g", "group") };
+    let first_group = c.push_to_group(group.clone()).await.unwrap().into_inner().message_id;
+    assert_eq!(c.push_to_group(group).await.unwrap().into_inner().message_id, first_group);
+
+    // Twenty concurrent retries of one push: one delivery, one id.
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let mut c = c.clone();
+        let req = pb::PushToUsersRequest { idempotency_key: "k-race".into(), ..to_users(&["ann"], "race") };
+        calls.spawn(async move { c.push_to_users(req).await.unwrap().into_inner().message_id });
+    }
+    let ids = calls.join_all().await;
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+
+    let got = topics_until_sentinel(&mut c, &mut [&mut d], "end").await;
+    assert_eq!(got[0], ["all", "user", "group", "race"]);
+
+    // After the window the key is free again: a new push, a new id.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let again = pb::PushToAllRequest { idempotency_key: "k-all".into(), ..to_all("all-again") };
+    assert_ne!(c.push_to_all(again).await.unwrap().into_inner().message_id, first);
+    assert_eq!(d.next().await.topic, "all-again");
+
+    let bad = pb::PushToAllRequest { idempotency_key: "has space".into(), ..to_all("x") };
+    assert_invalid(&c.push_to_all(bad).await.unwrap_err(), "idempotency_key");
 }
