@@ -44,6 +44,19 @@ struct Content<'a> {
     idempotency_key: &'a str,
 }
 
+/// The shared fields of any push request (they have the same names in all three).
+macro_rules! content {
+    ($r:expr) => {
+        Content {
+            topic: &$r.topic,
+            payload: &$r.payload,
+            content_type: &$r.content_type,
+            sender: &$r.sender,
+            idempotency_key: &$r.idempotency_key,
+        }
+    };
+}
+
 impl Content<'_> {
     fn check(&self, v: &mut Violations, limits: &PushLimits) {
         if self.topic.is_empty() || self.topic.len() > MAX_TOPIC {
@@ -91,13 +104,7 @@ impl Content<'_> {
 
 impl Pusher {
     pub async fn to_all(&self, r: pb::PushToAllRequest) -> Result<pb::PushToAllResponse, Error> {
-        let c = Content {
-            topic: &r.topic,
-            payload: &r.payload,
-            content_type: &r.content_type,
-            sender: &r.sender,
-            idempotency_key: &r.idempotency_key,
-        };
+        let c = content!(r);
         let mut v = Violations::new();
         c.check(&mut v, &self.limits);
         v.check()?;
@@ -107,13 +114,7 @@ impl Pusher {
     }
 
     pub async fn to_users(&self, r: pb::PushToUsersRequest) -> Result<pb::PushToUsersResponse, Error> {
-        let c = Content {
-            topic: &r.topic,
-            payload: &r.payload,
-            content_type: &r.content_type,
-            sender: &r.sender,
-            idempotency_key: &r.idempotency_key,
-        };
+        let c = content!(r);
         let mut v = Violations::new();
         v.ids("user_ids", &r.user_ids, self.limits.max_users_per_call);
         c.check(&mut v, &self.limits);
@@ -129,13 +130,7 @@ impl Pusher {
     }
 
     pub async fn to_group(&self, r: pb::PushToGroupRequest) -> Result<pb::PushToGroupResponse, Error> {
-        let c = Content {
-            topic: &r.topic,
-            payload: &r.payload,
-            content_type: &r.content_type,
-            sender: &r.sender,
-            idempotency_key: &r.idempotency_key,
-        };
+        let c = content!(r);
         let mut v = Violations::new();
         v.id("group_id", &r.group_id);
         c.check(&mut v, &self.limits);
