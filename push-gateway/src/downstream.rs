@@ -69,7 +69,7 @@ where
 
 /// An internal status as the gateway returns it: code, message and details, without the
 /// internal server's other headers.
-fn passthrough(s: Status) -> Status {
+pub fn passthrough(s: Status) -> Status {
     Status::with_details(s.code(), s.message(), s.details().to_vec().into())
 }
 

@@ -28,6 +28,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tonic::{Code, Request, Status, transport::Channel};
 
 use crate::{
+    downstream::passthrough,
     hub::Hub,
     queue::{DeviceStream, Limits, Queue},
     store::Store,
@@ -50,8 +51,16 @@ struct Inner {
     limits: Limits,
     /// Ended streams, for the session task to clean up.
     closed: mpsc::UnboundedSender<Arc<Queue>>,
-    /// Open streams by address, for renewals.
-    live: Mutex<HashMap<usize, Arc<Queue>>>,
+    /// Open streams by address, for renewals, and how many are open per (user, device):
+    /// a device that reconnects before its old stream is noticed gone has two, and only
+    /// the last one to close may end the device's presence session.
+    live: Mutex<Live>,
+}
+
+#[derive(Default)]
+struct Live {
+    streams: HashMap<usize, Arc<Queue>>,
+    devices: HashMap<(Box<str>, Box<str>), usize>,
 }
 
 /// What the session task needs besides the streams.
@@ -106,7 +115,11 @@ impl Streams {
         let queue = Queue::new(i.limits, &user, &device);
         // From here on the stream's cleanup runs when `stream` drops, error or not.
         let stream = DeviceStream::new(queue.clone(), i.closed.clone());
-        i.live().insert(key(&queue), queue.clone());
+        {
+            let mut live = i.live();
+            live.streams.insert(key(&queue), queue.clone());
+            *live.devices.entry((queue.user.clone(), queue.device.clone())).or_default() += 1;
+        }
         i.hub.attach(&queue, &i.base_channels(&queue)).await?;
         // The queue was created `scheduled`, so announcements arriving meanwhile only mark
         // it dirty and this first reconciliation picks them up.
@@ -120,7 +133,7 @@ fn key(q: &Arc<Queue>) -> usize {
 }
 
 impl Inner {
-    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Arc<Queue>>> {
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -136,7 +149,7 @@ impl Inner {
     async fn login(&self, user: &str, device: &str) -> Result<(), Status> {
         let ttl = prost_types::Duration::try_from(self.lease).ok();
         let req = LoginRequest { user_id: user.to_owned(), session_id: device.to_owned(), ttl };
-        self.presence.clone().login(req).await.map(drop)
+        self.presence.clone().login(req).await.map(drop).map_err(passthrough)
     }
 
     /// Renews one stream's session, logging in again if the lease was lost.
@@ -157,10 +170,25 @@ impl Inner {
     /// Detaches an ended stream everywhere and ends its presence session.
     fn close(self: &Arc<Self>, q: Arc<Queue>) {
         q.closed.store(true, Ordering::Release);
-        self.live().remove(&key(&q));
+        let last_of_device = {
+            let mut live = self.live();
+            live.streams.remove(&key(&q));
+            let device = (q.user.clone(), q.device.clone());
+            let left = live.devices.get_mut(&device).map(|n| {
+                *n -= 1;
+                *n
+            });
+            if left == Some(0) {
+                live.devices.remove(&device);
+            }
+            left.unwrap_or(0) == 0
+        };
         let mut channels = self.base_channels(&q);
         channels.extend(self.group_channels(q.groups.lock().unwrap_or_else(|e| e.into_inner()).iter()));
         self.hub.detach(&q, &channels);
+        if !last_of_device {
+            return; // the device's newer stream keeps its session
+        }
         let inner = self.clone();
         tokio::spawn(async move {
             let req = LogoutRequest { user_id: q.user.to_string(), session_id: q.device.to_string() };
@@ -245,7 +273,7 @@ async fn run(
             _ = renew.tick() => {
                 // One renewal round at a time; a slow round delays the next, never doubles it.
                 let Ok(round) = renewing.clone().try_acquire_owned() else { continue };
-                let streams: Vec<Arc<Queue>> = inner.live().values().cloned().collect();
+                let streams: Vec<Arc<Queue>> = inner.live().streams.values().cloned().collect();
                 let inner = inner.clone();
                 tokio::spawn(async move {
                     let gate = Arc::new(Semaphore::new(RENEW_CONCURRENCY));

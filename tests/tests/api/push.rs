@@ -474,3 +474,21 @@ async fn a_retried_push_with_the_same_key_is_delivered_once() {
     let bad = pb::PushToAllRequest { idempotency_key: "has space".into(), ..to_all("x") };
     assert_invalid(&c.push_to_all(bad).await.unwrap_err(), "idempotency_key");
 }
+
+#[tokio::test]
+async fn the_session_limit_also_bounds_streams_per_user() {
+    let app = App::start(&["--max-sessions-per-user", "1"]).await;
+    let _first = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
+    let err = Device::connect(app.gateway.addr, "ann", "laptop").await.err().expect("a second device is refused");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    // The same device reconnecting renews its session rather than adding one.
+    let again = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
+    // When the old stream is finally noticed gone, the device's newer stream keeps the
+    // session: the user stays online.
+    drop(_first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut c = app.gateway_client().await;
+    let r = c.get_presence(pb::GetPresenceRequest { user_ids: vec!["ann".into()] }).await.unwrap();
+    assert!(r.into_inner().presences[0].online, "the old stream's close logged the reconnected device out");
+    drop(again);
+}
