@@ -330,6 +330,10 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
         eprintln!("holding {open} idle streams for {:?}", args.hold);
         tokio::time::sleep(args.hold).await;
     }
+    if args.duration.is_zero() {
+        println!("held {open} streams; no pushes (--duration 0s)");
+        return Ok(());
+    }
 
     // Push, with a progress line every second.
     let start = Instant::now();
