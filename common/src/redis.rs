@@ -55,11 +55,6 @@ pub fn pool(args: &RedisArgs) -> Result<Pool, Error> {
     Ok(Pool { conns: conns.into(), next: Arc::new(AtomicUsize::new(0)) })
 }
 
-/// A connection from the pool.
-pub async fn conn(pool: &Pool) -> Result<Connection, Error> {
-    Ok(pool.get())
-}
-
 /// True when Redis answers PING within `timeout`.
 pub async fn ping(pool: &Pool, timeout: Duration) -> bool {
     let mut c = pool.get();

@@ -19,7 +19,6 @@ use push_common::redis::Pool;
 use push_common::{
     Error,
     keys::{Keys, bucket_of},
-    redis::conn,
 };
 use redis::Script;
 
@@ -216,7 +215,7 @@ impl Store {
         max_sessions: u32,
         login: bool,
     ) -> Result<TouchOutcome, Error> {
-        let mut c = conn(&self.pool).await?;
+        let mut c = self.pool.get();
         let reply: Vec<i64> = self
             .touch
             .key(&self.user_keys(user)[..])
@@ -244,7 +243,7 @@ impl Store {
     /// Ends a session; returns (whether it existed, sessions left).
     #[tracing::instrument(skip(self), err)]
     pub async fn logout(&self, user: &str, session: &str, seen_ttl: Duration) -> Result<(bool, i64), Error> {
-        let mut c = conn(&self.pool).await?;
+        let mut c = self.pool.get();
         let (removed, left): (i64, i64) = self
             .logout
             .key(&self.user_keys(user)[..])
@@ -267,7 +266,7 @@ impl Store {
             pipe.cmd("ZRANGE").arg(self.keys.sessions(u)).arg(0).arg(-1).arg("WITHSCORES");
             pipe.cmd("GET").arg(self.keys.last_seen(u));
         }
-        let mut c = conn(&self.pool).await?;
+        let mut c = self.pool.get();
         let mut replies: Vec<redis::Value> = pipe.query_async(&mut c).await?;
         if replies.len() != 1 + 2 * users.len() {
             return Err(Error::Protocol("pipeline reply has the wrong length".into()));
@@ -291,7 +290,7 @@ impl Store {
     /// Returns (last id scanned, ids scanned, online ids among them).
     #[tracing::instrument(skip(self), err)]
     pub async fn page(&self, bucket: u32, after: &str, count: usize) -> Result<(String, usize, Vec<String>), Error> {
-        let mut c = conn(&self.pool).await?;
+        let mut c = self.pool.get();
         let (last, scanned, online): (String, usize, Vec<String>) = self
             .page
             .key(self.keys.online_by_expiry(bucket))
@@ -307,13 +306,13 @@ impl Store {
     #[tracing::instrument(skip(self), err)]
     pub async fn count(&self) -> Result<i64, Error> {
         let keys: Vec<String> = (0..self.buckets).map(|b| self.keys.online_by_expiry(b)).collect();
-        let mut c = conn(&self.pool).await?;
+        let mut c = self.pool.get();
         Ok(self.count.key(keys).invoke_async(&mut c).await?)
     }
 
     /// Removes up to `limit` expired users from one bucket; returns how many.
     pub async fn sweep(&self, bucket: u32, limit: usize) -> Result<usize, Error> {
-        let mut c = conn(&self.pool).await?;
+        let mut c = self.pool.get();
         Ok(self
             .sweep
             .key(self.keys.online_by_expiry(bucket))
@@ -384,7 +383,7 @@ fn event(id: String, fields: Vec<String>) -> Event {
 impl Store {
     /// The id of the newest event, or "0-0" when there is none.
     pub async fn last_event_id(&self) -> Result<String, Error> {
-        let mut c = conn(&self.pool).await?;
+        let mut c = self.pool.get();
         let newest: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
             .arg(self.keys.presence_events())
             .arg("+")
@@ -402,7 +401,7 @@ impl Store {
     /// last trimmed entry is also refused: the error errs toward a resync, never toward
     /// a silent gap.)
     pub async fn trimmed_past(&self, cursor: (u64, u64)) -> Result<bool, Error> {
-        let mut c = conn(&self.pool).await?;
+        let mut c = self.pool.get();
         let info: redis::RedisResult<Vec<redis::Value>> =
             redis::cmd("XINFO").arg("STREAM").arg(self.keys.presence_events()).query_async(&mut c).await;
         let info = match info {

@@ -5,7 +5,7 @@
 //! attributes, so attribute keys can never collide with our own fields. Writes are Lua
 //! scripts, so the version check and the write are one atomic step.
 use push_common::redis::Pool;
-use push_common::{Error, keys::Keys, redis::conn};
+use push_common::{Error, keys::Keys};
 use redis::Script;
 
 /// Prefix of well-known fields in the HASH.
@@ -117,7 +117,7 @@ impl Store {
         for (f, v) in fields {
             inv.arg(f).arg(v);
         }
-        let mut c = conn(&self.pool).await?;
+        let mut c = self.pool.get();
         let (code, version, hash): (i64, i64, Hash) = inv.invoke_async(&mut c).await?;
         outcome(user, code, version, hash)
     }
@@ -133,7 +133,7 @@ impl Store {
         for f in patch.delete {
             inv.arg(f);
         }
-        let mut c = conn(&self.pool).await?;
+        let mut c = self.pool.get();
         let (code, n, hash): (i64, i64, Hash) = inv.invoke_async(&mut c).await?;
         if code == -3 {
             return Err(Error::invalid(
@@ -152,14 +152,14 @@ impl Store {
         for u in users {
             pipe.cmd("HGETALL").arg(self.keys.profile(u));
         }
-        let mut c = conn(&self.pool).await?;
+        let mut c = self.pool.get();
         Ok(pipe.query_async(&mut c).await?)
     }
 
     /// Deletes a profile; `expected` 0 means unconditionally.
     #[tracing::instrument(skip(self), err)]
     pub async fn delete(&self, user: &str, expected: i64) -> Result<(), Error> {
-        let mut c = conn(&self.pool).await?;
+        let mut c = self.pool.get();
         let (code, version): (i64, i64) =
             self.delete.key(self.keys.profile(user)).arg(expected).invoke_async(&mut c).await?;
         outcome(user, code, version, Vec::new()).map(drop)

@@ -57,14 +57,20 @@ where
     F: FnOnce(Request<B>) -> Fut,
     Fut: Future<Output = Result<Response<C>, Status>>,
 {
-    let mut inner = Request::new(transcode::<A, B>(req.get_ref())?);
-    if let Some(t) = req.metadata().get("grpc-timeout") {
-        inner.metadata_mut().insert("grpc-timeout", t.clone());
-    }
+    let inner = internal_request::<A, B>(&req)?;
     match call(inner).await {
         Ok(resp) => Ok(Response::new(transcode::<C, D>(resp.get_ref())?)),
         Err(s) => Err(passthrough(s)),
     }
+}
+
+/// The internal twin of a public request, carrying the caller's deadline (grpc-timeout).
+fn internal_request<A: Message, B: Message + Default>(req: &Request<A>) -> Result<Request<B>, Status> {
+    let mut inner = Request::new(transcode::<A, B>(req.get_ref())?);
+    if let Some(t) = req.metadata().get("grpc-timeout") {
+        inner.metadata_mut().insert("grpc-timeout", t.clone());
+    }
+    Ok(inner)
 }
 
 /// An internal status as the gateway returns it: code, message and details, without the
@@ -90,10 +96,7 @@ where
     Fut: Future<Output = Result<Response<tonic::Streaming<C>>, Status>>,
 {
     use tokio_stream::StreamExt;
-    let mut inner = Request::new(transcode::<A, B>(req.get_ref())?);
-    if let Some(t) = req.metadata().get("grpc-timeout") {
-        inner.metadata_mut().insert("grpc-timeout", t.clone());
-    }
+    let inner = internal_request::<A, B>(&req)?;
     let stream = call(inner).await.map_err(passthrough)?.into_inner();
     let items = stream.map(|item| item.map_err(passthrough).and_then(|m| transcode::<C, D>(&m)));
     Ok(Response::new(Box::pin(items)))

@@ -6,7 +6,7 @@
 //! docs/ARCHITECTURE.md).
 use prost::bytes::Bytes;
 use push_common::redis::Pool;
-use push_common::{Error, keys::Keys, redis::conn};
+use push_common::{Error, keys::Keys};
 use redis::Script;
 
 /// KEYS: members, then each user's groups key. ARGV: group id, max groups per user,
@@ -83,7 +83,7 @@ impl Store {
         for ch in channels {
             pipe.cmd("PUBLISH").arg(ch).arg(payload.as_ref()).ignore();
         }
-        let mut c = conn(&self.pool).await?;
+        let mut c = self.pool.get();
         pipe.query_async::<()>(&mut c).await?;
         Ok(())
     }
@@ -104,7 +104,7 @@ impl Store {
         for ch in channels {
             inv.arg(ch);
         }
-        let mut c = conn(&self.pool).await?;
+        let mut c = self.pool.get();
         Ok(inv.invoke_async(&mut c).await?)
     }
 
@@ -129,7 +129,7 @@ impl Store {
     #[tracing::instrument(skip(self, users), fields(users = users.len()), err)]
     pub async fn join(&self, group: &str, users: &[String], max_groups: usize) -> Result<Joined, Error> {
         let inv = self.membership(&self.join, group, users, max_groups);
-        let mut c = conn(&self.pool).await?;
+        let mut c = self.pool.get();
         let reply: Vec<i64> = inv.invoke_async(&mut c).await?;
         match reply.as_slice() {
             [-1, i] => Ok(Joined::TooManyGroups(*i as usize)),
@@ -141,7 +141,7 @@ impl Store {
     #[tracing::instrument(skip(self, users), fields(users = users.len()), err)]
     pub async fn leave(&self, group: &str, users: &[String]) -> Result<i64, Error> {
         let inv = self.membership(&self.leave, group, users, 0);
-        let mut c = conn(&self.pool).await?;
+        let mut c = self.pool.get();
         Ok(inv.invoke_async(&mut c).await?)
     }
 
@@ -149,7 +149,7 @@ impl Store {
     #[tracing::instrument(skip(self), err)]
     pub async fn members(&self, group: &str, after: &str, count: usize) -> Result<Vec<String>, Error> {
         let start = if after.is_empty() { "-".to_owned() } else { format!("({after}") };
-        let mut c = conn(&self.pool).await?;
+        let mut c = self.pool.get();
         Ok(redis::cmd("ZRANGE")
             .arg(self.keys.group_members(group))
             .arg(start)
@@ -165,7 +165,7 @@ impl Store {
     /// The user's groups, sorted.
     #[tracing::instrument(skip(self), err)]
     pub async fn user_groups(&self, user: &str) -> Result<Vec<String>, Error> {
-        let mut c = conn(&self.pool).await?;
+        let mut c = self.pool.get();
         let mut groups: Vec<String> =
             redis::cmd("SMEMBERS").arg(self.keys.user_groups(user)).query_async(&mut c).await?;
         groups.sort();
