@@ -492,3 +492,42 @@ async fn the_session_limit_also_bounds_streams_per_user() {
     assert!(r.into_inner().presences[0].online, "the old stream's close logged the reconnected device out");
     drop(again);
 }
+
+/// The push channels Redis has subscribers for (probe channels aside).
+fn subscribed(redis: &push_tests::RedisServer) -> Vec<String> {
+    let mut r = redis.client().get_connection().unwrap();
+    let mut chs: Vec<String> = redis::cmd("PUBSUB").arg("CHANNELS").arg("push:ch:*").query(&mut r).unwrap();
+    chs.retain(|c| !c.contains(":probe:"));
+    chs.sort();
+    chs
+}
+
+async fn wait_subscribed(redis: &push_tests::RedisServer, want: &[&str]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = subscribed(redis);
+        if got == want {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "subscribed {got:?}, wanted {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The hub holds a channel exactly while some local stream needs it, as Redis sees it.
+#[tokio::test]
+async fn channels_are_subscribed_while_needed_and_released_after_the_last_stream() {
+    let app = App::start(&[]).await;
+    let mut c = app.gateway_client().await;
+    join(&mut c, "g", &["ann"]).await;
+    wait_subscribed(&app.redis, &[]).await;
+    let phone = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
+    let laptop = Device::connect(app.gateway.addr, "ann", "laptop").await.unwrap();
+    let all = ["push:ch:all", "push:ch:{g:g}", "push:ch:{u:ann}"];
+    assert_eq!(subscribed(&app.redis), all, "subscribed before Subscribe answers");
+    drop(phone);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(subscribed(&app.redis), all, "the laptop still needs every channel");
+    drop(laptop);
+    wait_subscribed(&app.redis, &[]).await;
+}
