@@ -11,6 +11,9 @@
 //! | `P:group:{g:GID}:members`           | ZSET   | none (gone with last member) | push-gateway |
 //! | `P:groups:{u:UID}`                  | SET    | none (gone with last group) | push-gateway |
 //! | `P:idem:KEY`                        | STRING | idempotency window (24 h)   | push-gateway |
+//! | `P:inbox:{u:UID}`, `P:history:{g:GID}`, `P:history:all` | STREAM | capped by count and age | push-gateway |
+//! | the same + `:meta`                  | HASH   | meta TTL (7 d), renewed      | push-gateway |
+//! | `P:acks:{u:UID}`                    | HASH   | meta TTL, renewed by acks    | push-gateway |
 //! | `P:ch:all`, `P:ch:{u:UID}`, `P:ch:{g:GID}`, `P:ch:probe:R` | channels | — | push-gateway |
 //!
 //! `P` is the configurable prefix (default `push`). `presence` holds the user's sessions
@@ -19,6 +22,11 @@
 //! `online:{b:N}:ids` the same members with score 0, so a page walk can go in id order
 //! (`ZRANGE BYLEX`), which heartbeats do not reorder. Users are spread over the buckets
 //! by a stable hash of their id, so no single key is hot.
+//!
+//! A history (a user's inbox, a group's or the broadcast history) is a STREAM whose
+//! entry ids are the message ids; its `:meta` HASH holds the epoch, the last id and
+//! the floor (see push-gateway's `history` module). `acks` maps `DEVICE|SOURCE` to the
+//! device's acknowledged `EPOCH/ID` in that history.
 //!
 //! Group members are a ZSET with every score 0, so `ListGroupMembers` pages in id order
 //! with `ZRANGE BYLEX` (a SET's SSCAN cursor may repeat members). The probe channel is
@@ -88,6 +96,38 @@ impl Keys {
         format!("{}:idem:{key}", self.prefix)
     }
 
+    /// A user's inbox (STREAM); its meta HASH is this key + `:meta`.
+    pub fn inbox(&self, user_id: &str) -> String {
+        format!("{}:inbox:{{u:{user_id}}}", self.prefix)
+    }
+
+    /// A group's history (STREAM); its meta HASH is this key + `:meta`.
+    pub fn group_history(&self, group_id: &str) -> String {
+        format!("{}:history:{{g:{group_id}}}", self.prefix)
+    }
+
+    /// The broadcast history (STREAM); its meta HASH is this key + `:meta`.
+    pub fn all_history(&self) -> String {
+        format!("{}:history:all", self.prefix)
+    }
+
+    /// Each device's acknowledged positions of a user (HASH `DEVICE|SOURCE` → `EPOCH/ID`).
+    pub fn acks(&self, user_id: &str) -> String {
+        format!("{}:acks:{{u:{user_id}}}", self.prefix)
+    }
+
+    /// What a channel built by this schema is for.
+    pub fn parse_channel<'a>(&self, channel: &'a str) -> Option<ChannelOf<'a>> {
+        let rest = channel.strip_prefix(self.prefix.as_str())?.strip_prefix(":ch:")?;
+        if rest == "all" {
+            return Some(ChannelOf::All);
+        }
+        if let Some(u) = rest.strip_prefix("{u:").and_then(|r| r.strip_suffix('}')) {
+            return Some(ChannelOf::User(u));
+        }
+        rest.strip_prefix("{g:").and_then(|r| r.strip_suffix('}')).map(ChannelOf::Group)
+    }
+
     /// The broadcast channel.
     pub fn channel_all(&self) -> String {
         format!("{}:ch:all", self.prefix)
@@ -107,6 +147,14 @@ impl Keys {
     pub fn channel_probe(&self, replica: &str) -> String {
         format!("{}:ch:probe:{replica}", self.prefix)
     }
+}
+
+/// What a Pub/Sub channel carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelOf<'a> {
+    All,
+    User(&'a str),
+    Group(&'a str),
 }
 
 /// The online-index bucket of a user: FNV-1a of the id, stable across processes,
@@ -137,6 +185,15 @@ mod tests {
         assert_eq!(k.channel_user("alice"), "push:ch:{u:alice}");
         assert_eq!(k.channel_group("g1"), "push:ch:{g:g1}");
         assert_eq!(k.channel_all(), "push:ch:all");
+        assert_eq!(k.inbox("alice"), "push:inbox:{u:alice}");
+        assert_eq!(k.acks("alice"), "push:acks:{u:alice}");
+        assert_eq!(k.group_history("g1"), "push:history:{g:g1}");
+        assert_eq!(k.all_history(), "push:history:all");
+        assert_eq!(k.parse_channel(&k.channel_all()), Some(ChannelOf::All));
+        assert_eq!(k.parse_channel(&k.channel_user("a.b")), Some(ChannelOf::User("a.b")));
+        assert_eq!(k.parse_channel(&k.channel_group("g1")), Some(ChannelOf::Group("g1")));
+        assert_eq!(k.parse_channel(&k.channel_probe("r")), None);
+        assert_eq!(k.parse_channel("other:ch:all"), None);
     }
 
     #[test]

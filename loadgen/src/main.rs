@@ -305,7 +305,8 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
                 None => connect(&args.target).await?,
             };
             let mut c = PushGatewayClient::new(channel).max_decoding_message_size(16 << 20);
-            let req = pb::SubscribeRequest { user_id: user(&args, i), device_id: format!("{}-d", args.prefix) };
+            let (user_id, device_id) = (user(&args, i), format!("{}-d", args.prefix));
+            let req = pb::SubscribeRequest { user_id, device_id, cursors: vec![] };
             let stream = c.subscribe(req).await?.into_inner();
             drop(permit);
             shared.open_streams.fetch_add(1, Relaxed);

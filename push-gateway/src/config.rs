@@ -61,6 +61,24 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = duration)]
     pub idempotency_window: Duration,
 
+    /// Most messages kept in a user's inbox (approximately: Redis trims whole stream nodes).
+    #[arg(long, env = "GATEWAY_INBOX_MAX_LEN", default_value_t = 100)]
+    pub inbox_max_len: usize,
+
+    /// Most messages kept in a group's history and in the broadcast history.
+    #[arg(long, env = "GATEWAY_HISTORY_MAX_LEN", default_value_t = 1000)]
+    pub history_max_len: usize,
+
+    /// Oldest message kept in an inbox or history; an idle one expires after it.
+    #[arg(long, env = "GATEWAY_HISTORY_MAX_AGE", default_value = "24h", value_parser = duration)]
+    pub history_max_age: Duration,
+
+    /// How long a history's epoch and last id, and a user's acknowledged positions,
+    /// outlive their last use (at least --history-max-age). A device that resumes after
+    /// this is told its history has a gap.
+    #[arg(long, env = "GATEWAY_HISTORY_META_TTL", default_value = "7d", value_parser = duration)]
+    pub history_meta_ttl: Duration,
+
     /// How often the hub checks its Pub/Sub connection end to end (and how long a
     /// probe may take before the connection is deemed dead and replaced).
     #[arg(long, env = "GATEWAY_HUB_PROBE_INTERVAL", default_value = "5s", value_parser = duration)]

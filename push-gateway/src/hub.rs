@@ -6,7 +6,10 @@
 //! - A message arrives encoded once (see `envelope`), is copied into one `Bytes` and
 //!   shared by every local receiver; pushing into a stream's queue never waits.
 //! - When the connection drops the hub reconnects with backoff and re-subscribes every
-//!   channel it held; `is_healthy` is false meanwhile (health says NOT_SERVING).
+//!   channel it held; `is_healthy` is false meanwhile (health says NOT_SERVING). What
+//!   was published while it was away is not lost: before re-subscribing, every local
+//!   stream starts holding live messages back, and once subscribed the session task
+//!   replays each stream's histories from its positions ([`HubEvent::CatchUp`]).
 //! - A connection can look alive and deliver nothing (after a failover, behind a
 //!   proxy). The hub publishes to its own probe channel every `probe_interval` and
 //!   reconnects when a probe does not come back in time. A healthy connection answers
@@ -20,23 +23,37 @@ use std::{
     time::{Duration, Instant},
 };
 
-use prost::bytes::Bytes;
 use push_common::redis::Pool;
 use push_common::{Error, keys::Keys};
+use push_proto::wire::SubscribeResponse;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tonic::Status;
 
-use crate::queue::Queue;
+use crate::{
+    history::{self, Source},
+    queue::Queue,
+};
 
 /// The first byte of everything published on our channels says what follows.
 pub mod envelope {
-    /// A message: the rest is one encoded `SubscribeResponse` entry, sent as is.
+    /// A message: the rest is one encoded `Message`, its id first.
     pub const MESSAGE: u8 = 1;
     /// The user's group memberships changed: streams re-read them.
     pub const MEMBERSHIP: u8 = 2;
     /// A probe of this replica's own connection: the rest is its number.
     pub const PROBE: u8 = 3;
+    /// The channel's history started over: the rest is its new epoch (decimal).
+    pub const EPOCH: u8 = 4;
+}
+
+/// What the hub asks of the session task.
+pub enum HubEvent {
+    /// The stream's user's groups changed: reconcile its group channels.
+    Membership(Arc<Queue>),
+    /// The hub (re)subscribed; these streams hold live messages back until their
+    /// histories have been replayed from their positions (then `end_sync`).
+    CatchUp(Vec<Arc<Queue>>),
 }
 
 /// Hub settings.
@@ -66,8 +83,9 @@ pub struct Hub {
 }
 
 struct Inner {
-    /// Streams whose user's groups changed, for the session task to reconcile.
-    membership: mpsc::UnboundedSender<Arc<Queue>>,
+    /// To the session task.
+    events: mpsc::UnboundedSender<HubEvent>,
+    keys: Keys,
     /// channel → the local queues that receive it. A std `Mutex`: held only to look up
     /// or change a list, never across an `.await`. Commands to the connection are sent
     /// while it is held, so SUBSCRIBE/UNSUBSCRIBE reach Redis in registry order.
@@ -78,19 +96,20 @@ struct Inner {
 }
 
 impl Hub {
-    /// Starts the hub's connection task. `pool` publishes the probes; streams whose
-    /// user's groups changed are sent to `membership`.
+    /// Starts the hub's connection task. `pool` publishes the probes; what the session
+    /// task must do is sent to `events`.
     pub fn start(
         config: HubConfig,
         pool: Pool,
         keys: &Keys,
-        membership: mpsc::UnboundedSender<Arc<Queue>>,
+        events: mpsc::UnboundedSender<HubEvent>,
     ) -> Result<(Hub, tokio::task::JoinHandle<()>), Error> {
         let client =
             redis::Client::open(config.url.as_str()).map_err(|e| Error::Config(format!("hub redis url: {e}")))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
-            membership,
+            events,
+            keys: keys.clone(),
             registry: Mutex::default(),
             cmds: tx,
             healthy: AtomicBool::new(false),
@@ -182,14 +201,19 @@ impl Hub {
 
 /// Delivers one published payload to the local queues of `channel`.
 fn dispatch(inner: &Inner, channel: &str, payload: &[u8], probe: &mut Probe) {
+    let source = || inner.keys.parse_channel(channel).map(Source::of_channel);
     match payload.split_first() {
-        Some((&envelope::MESSAGE, entry)) => {
+        Some((&envelope::MESSAGE, message)) => {
+            let (Some(source), Some(id)) = (source(), history::message_id(message)) else {
+                tracing::warn!(channel, "ignoring a message without a history id");
+                return;
+            };
             // One copy per message per replica; every receiver shares it.
-            let entry = Bytes::copy_from_slice(entry);
+            let entry = SubscribeResponse::message_entry(message);
             let reg = inner.registry.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(list) = reg.get(channel) {
                 for q in list {
-                    q.push(entry.clone());
+                    q.push(&source, id, entry.clone());
                 }
             }
         }
@@ -198,9 +222,17 @@ fn dispatch(inner: &Inner, channel: &str, payload: &[u8], probe: &mut Probe) {
             if let Some(list) = reg.get(channel) {
                 for q in list {
                     if q.mark_membership_changed() {
-                        let _ = inner.membership.send(q.clone());
+                        let _ = inner.events.send(HubEvent::Membership(q.clone()));
                     }
                 }
+            }
+        }
+        Some((&envelope::EPOCH, epoch)) => {
+            let epoch = std::str::from_utf8(epoch).ok().and_then(history::parse_epoch);
+            let (Some(source), Some(epoch)) = (source(), epoch) else { return };
+            let reg = inner.registry.lock().unwrap_or_else(|e| e.into_inner());
+            for q in reg.get(channel).into_iter().flatten() {
+                q.epoch_changed(&source, epoch);
             }
         }
         Some((&envelope::PROBE, n)) => probe.answered(n),
@@ -271,14 +303,29 @@ async fn session(
     let (mut sink, mut stream) = pubsub.split();
 
     // Re-subscribe everything the registry holds (commands already queued are replayed
-    // after this and are idempotent), plus our probe channel.
-    let mut channels: Vec<String> = inner.registry.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+    // after this and are idempotent), plus our probe channel. Every stream holds live
+    // messages back from before the subscription until its catch-up has replayed what
+    // was published while the hub was away.
+    let (mut channels, queues) = {
+        let reg = inner.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queues: Vec<Arc<Queue>> = reg.values().flatten().cloned().collect();
+        queues.sort_by_key(|q| Arc::as_ptr(q) as usize);
+        queues.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        (reg.keys().cloned().collect::<Vec<_>>(), queues)
+    };
     channels.push(probe_channel.to_owned());
+    queues.iter().for_each(|q| q.begin_sync());
     // Every (un)subscribe waits for Redis's confirmation, with a deadline: a connection
     // that swallows replies must not hang the hub.
     let deadline = config.subscribe_timeout;
     for chunk in channels.chunks(1000) {
-        confirm(deadline, sink.subscribe(chunk)).await?;
+        if let Err(e) = confirm(deadline, sink.subscribe(chunk)).await {
+            queues.iter().for_each(|q| q.end_sync());
+            return Err(e);
+        }
+    }
+    if !queues.is_empty() {
+        let _ = inner.events.send(HubEvent::CatchUp(queues));
     }
     inner.healthy.store(true, Ordering::Relaxed);
     tracing::info!(channels = channels.len() - 1, "push hub subscribed");

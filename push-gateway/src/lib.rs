@@ -4,7 +4,8 @@
 //! - [`config`]: flags and environment.
 //! - [`downstream`]: channels to presence-svc and profile-svc, and call forwarding
 //!   that keeps their status codes and error details.
-//! - [`push`]: push and group RPCs (validate, encode once, publish).
+//! - [`push`]: push, receipt and group RPCs (validate, encode once, append + publish).
+//! - [`history`]: inboxes and histories: ids, epochs, cursors, and their Lua scripts.
 //! - [`hub`]: this replica's one Pub/Sub connection and its registry of local streams.
 //! - [`queue`]: the bounded queue of one device stream, and the stream itself.
 //! - [`subscribe`]: opening a device stream and the task that keeps it in step.
@@ -14,6 +15,7 @@
 
 pub mod config;
 pub mod downstream;
+pub mod history;
 pub mod hub;
 pub mod push;
 pub mod queue;
@@ -43,17 +45,29 @@ pub async fn serve(
 ) -> Result<(), BoxError> {
     let presence = downstream::channel(&config.presence_url, &config).map_err(|e| format!("--presence-url {e}"))?;
     let profile = downstream::channel(&config.profile_url, &config).map_err(|e| format!("--profile-url {e}"))?;
+    if config.history_meta_ttl < config.history_max_age {
+        return Err("--history-meta-ttl must be at least --history-max-age".into());
+    }
+    if config.inbox_max_len == 0 || config.history_max_len == 0 {
+        return Err("--inbox-max-len and --history-max-len must be at least 1".into());
+    }
     let pool = redis::pool(&config.redis)?;
     let keys = Keys::new(&config.redis.key_prefix);
-    let store = store::Store::new(pool.clone(), keys.clone());
+    let retention = store::Retention {
+        inbox_max_len: config.inbox_max_len,
+        history_max_len: config.history_max_len,
+        max_age: config.history_max_age,
+        meta_ttl: config.history_meta_ttl,
+    };
+    let store = store::Store::new(pool.clone(), keys.clone(), retention);
     let hub_config = hub::HubConfig {
         url: config.redis.url.clone(),
         connect_timeout: config.redis.timeout,
         probe_interval: config.hub_probe_interval,
         subscribe_timeout: config.redis.timeout * 2,
     };
-    let (membership_tx, membership_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (hub, hub_task) = hub::Hub::start(hub_config, pool.clone(), &keys, membership_tx)?;
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (hub, hub_task) = hub::Hub::start(hub_config, pool.clone(), &keys, events_tx)?;
 
     let timeout = config.connect_timeout;
     let (p, q, h) = (presence.clone(), profile.clone(), hub.clone());
@@ -83,8 +97,9 @@ pub async fn serve(
         presence: PresenceClient::new(presence.clone()),
         lease: config.stream_lease,
         limits: queue::Limits { messages: config.stream_queue_messages, bytes: config.stream_queue_bytes },
+        max_groups: config.max_groups_per_user,
     };
-    let (streams, sessions_task) = subscribe::Streams::start(hub.clone(), streams_config, membership_rx);
+    let (streams, sessions_task) = subscribe::Streams::start(hub.clone(), streams_config, events_rx);
     let service = PushGatewayServer::new(service::Gateway::new(presence, profile, pusher, streams))
         .max_decoding_message_size(config.max_payload_bytes + (1 << 20));
     let closing = hub.clone();

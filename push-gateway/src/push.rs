@@ -1,14 +1,13 @@
-//! Push and group RPCs: validate, encode the message once, publish.
+//! Push and group RPCs: validate, encode the message once, append it to its histories
+//! and publish it (one Lua step, see `history::PUSH`).
 use std::time::SystemTime;
 
-use prost::bytes::{BufMut, Bytes, BytesMut};
+use prost::{Message as _, bytes::Bytes};
 use push_common::{Error, token, validate::Violations};
-use push_proto::{
-    push::v1::{self as pb, Audience},
-    wire::SubscribeResponse,
-};
+use push_proto::push::v1::{self as pb, Audience, DeliveryState};
 
 use crate::{
+    history::{self, Source, StreamId},
     hub::envelope,
     store::{Joined, Store},
 };
@@ -81,11 +80,10 @@ impl Content<'_> {
         }
     }
 
-    /// The message, its id, and the envelope every receiver gets (encoded once).
-    fn encode(&self, audience: Audience, group_id: &str) -> (String, Bytes) {
-        let id = uuid::Uuid::now_v7().to_string();
+    /// The message without its id (the push script puts the id in front), encoded once.
+    fn encode(&self, audience: Audience, group_id: &str) -> Vec<u8> {
         let m = pb::Message {
-            id: id.clone(),
+            id: String::new(),
             topic: self.topic.to_owned(),
             payload: self.payload.clone(),
             content_type: self.content_type.to_owned(),
@@ -94,11 +92,7 @@ impl Content<'_> {
             audience: audience as i32,
             group_id: group_id.to_owned(),
         };
-        let entry = SubscribeResponse::entry(&m);
-        let mut env = BytesMut::with_capacity(1 + entry.len());
-        env.put_u8(envelope::MESSAGE);
-        env.put_slice(&entry);
-        (id, env.freeze())
+        m.encode_to_vec()
     }
 }
 
@@ -108,8 +102,9 @@ impl Pusher {
         let mut v = Violations::new();
         c.check(&mut v, &self.limits);
         v.check()?;
-        let (id, env) = c.encode(Audience::All, "");
-        let message_id = self.publish(&c, id, &[self.store.keys().channel_all()], &env).await?;
+        let keys = self.store.keys();
+        let target = [(keys.all_history(), keys.channel_all())];
+        let message_id = self.push(&c, &target, self.store.retention.history_max_len, Audience::All, "").await?;
         Ok(pb::PushToAllResponse { message_id })
     }
 
@@ -119,13 +114,13 @@ impl Pusher {
         v.ids("user_ids", &r.user_ids, self.limits.max_users_per_call);
         c.check(&mut v, &self.limits);
         v.check()?;
-        let (message_id, env) = c.encode(Audience::User, "");
         // A user listed twice still gets the message once.
         let mut users: Vec<&String> = r.user_ids.iter().collect();
         users.sort();
         users.dedup();
-        let channels: Vec<String> = users.into_iter().map(|u| self.store.keys().channel_user(u)).collect();
-        let message_id = self.publish(&c, message_id, &channels, &env).await?;
+        let keys = self.store.keys();
+        let targets: Vec<(String, String)> = users.into_iter().map(|u| (keys.inbox(u), keys.channel_user(u))).collect();
+        let message_id = self.push(&c, &targets, self.store.retention.inbox_max_len, Audience::User, "").await?;
         Ok(pb::PushToUsersResponse { message_id })
     }
 
@@ -135,21 +130,26 @@ impl Pusher {
         v.id("group_id", &r.group_id);
         c.check(&mut v, &self.limits);
         v.check()?;
-        let (id, env) = c.encode(Audience::Group, &r.group_id);
-        let message_id = self.publish(&c, id, &[self.store.keys().channel_group(&r.group_id)], &env).await?;
+        let keys = self.store.keys();
+        let target = [(keys.group_history(&r.group_id), keys.channel_group(&r.group_id))];
+        let max_len = self.store.retention.history_max_len;
+        let message_id = self.push(&c, &target, max_len, Audience::Group, &r.group_id).await?;
         Ok(pb::PushToGroupResponse { message_id })
     }
 
-    /// Publishes, once per idempotency key when the push has one; returns the id of
-    /// the push that counts.
-    async fn publish(&self, c: &Content<'_>, id: String, channels: &[String], env: &Bytes) -> Result<String, Error> {
-        if c.idempotency_key.is_empty() {
-            self.store.publish(channels, env).await?;
-            Ok(id)
-        } else {
-            let window = self.limits.idempotency_window;
-            self.store.publish_once(c.idempotency_key, &id, window, channels, env).await
-        }
+    /// Appends to the targets' histories and publishes, once per idempotency key when
+    /// the push has one; returns the id of the push that counts.
+    async fn push(
+        &self,
+        c: &Content<'_>,
+        targets: &[(String, String)],
+        max_len: usize,
+        audience: Audience,
+        group_id: &str,
+    ) -> Result<String, Error> {
+        let message = c.encode(audience, group_id);
+        let key = (!c.idempotency_key.is_empty()).then_some((c.idempotency_key, self.limits.idempotency_window));
+        self.store.push(targets, max_len, &message, key).await
     }
 
     fn check_membership(&self, group: &str, users: &[String]) -> Result<Vec<String>, Error> {
@@ -211,6 +211,68 @@ impl Pusher {
             _ => String::new(),
         };
         Ok(pb::ListGroupMembersResponse { user_ids, next_page_token })
+    }
+
+    /// Whether a message reached each user: a device acknowledged it (or later), it is
+    /// pending in the history, or it is not there (never pushed there, or trimmed).
+    pub async fn delivery_status(
+        &self,
+        r: pb::GetDeliveryStatusRequest,
+    ) -> Result<pb::GetDeliveryStatusResponse, Error> {
+        let mut v = Violations::new();
+        let id = r.message_id.parse::<StreamId>().ok();
+        if id.is_none() {
+            v.add("message_id", "must be a message id as returned by a push (\"<ms>-<seq>\")");
+        }
+        v.ids("user_ids", &r.user_ids, self.limits.max_users_per_call);
+        let source = match Audience::try_from(r.audience) {
+            Ok(Audience::User) => Some(Source::Inbox),
+            Ok(Audience::All) => Some(Source::All),
+            Ok(Audience::Group) => {
+                v.id("group_id", &r.group_id);
+                Some(Source::Group(r.group_id.as_str().into()))
+            }
+            _ => {
+                v.add("audience", "must be AUDIENCE_USER, AUDIENCE_GROUP or AUDIENCE_ALL");
+                None
+            }
+        };
+        if !matches!(source, Some(Source::Group(_)) | None) && !r.group_id.is_empty() {
+            v.add("group_id", "must be empty unless audience is AUDIENCE_GROUP");
+        }
+        v.check()?;
+        let (Some(id), Some(source)) = (id, source) else { unreachable!("checked above") };
+        let keys = self.store.keys();
+        let streams: Vec<String> = match source {
+            Source::Inbox => r.user_ids.iter().map(|u| keys.inbox(u)).collect(),
+            _ => vec![source.keys(keys, "").0],
+        };
+        let receipts = self.store.receipts(&streams, id, &r.user_ids).await?;
+        let suffix = source.ack_field("");
+        let deliveries = r
+            .user_ids
+            .into_iter()
+            .enumerate()
+            .map(|(k, user_id)| {
+                let (exists, epoch) = receipts.found[if streams.len() > 1 { k } else { 0 }];
+                let mut device_ids: Vec<String> = receipts.acks[k]
+                    .iter()
+                    .filter_map(|(field, value)| {
+                        let device = field.strip_suffix(suffix.as_str())?;
+                        let pos = history::parse_ack(value)?;
+                        (exists && Some(pos.epoch) == epoch && pos.id >= id).then(|| device.to_owned())
+                    })
+                    .collect();
+                device_ids.sort();
+                let state = match (exists, device_ids.is_empty()) {
+                    (false, _) => DeliveryState::Unknown,
+                    (true, true) => DeliveryState::Pending,
+                    (true, false) => DeliveryState::Delivered,
+                };
+                pb::UserDelivery { user_id, state: state as i32, device_ids }
+            })
+            .collect();
+        Ok(pb::GetDeliveryStatusResponse { deliveries })
     }
 
     pub async fn user_groups(&self, r: pb::ListUserGroupsRequest) -> Result<pb::ListUserGroupsResponse, Error> {

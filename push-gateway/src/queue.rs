@@ -5,6 +5,12 @@
 //! never slows anyone else down. The stream drains everything queued into one
 //! `SubscribeResponse` per poll (up to a batch limit): one write and one wakeup for many
 //! messages when a burst arrives, which is what makes fan-out cheap per delivery.
+//!
+//! Gap-free and duplicate-free: the queue knows its position in every history it
+//! receives (the last id queued) and drops a live message at or before it. While a
+//! replay runs (`begin_sync` .. `end_sync`: the stream opening, a group joined, the hub
+//! reconnected), live messages are held back, and released through the same filter
+//! once the replays have caught up, so replayed and live messages never interleave.
 use std::{
     collections::VecDeque,
     pin::Pin,
@@ -16,10 +22,15 @@ use std::{
 };
 
 use prost::bytes::Bytes;
-use push_proto::wire::SubscribeResponse;
+use push_proto::{
+    push::v1::{Continuity, HistoryState},
+    wire::SubscribeResponse,
+};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::Status;
+
+use crate::history::{Pos, Source, StreamId};
 
 /// Most messages in one stream item.
 const BATCH_MESSAGES: usize = 64;
@@ -64,6 +75,51 @@ struct State {
     /// Set once: the stream ends with this status after what is already queued
     /// (or at once, for an overflow, since the queue was dropped).
     end: Option<Status>,
+    /// Replays in progress; live messages are held while it is above 0.
+    syncing: u32,
+    held: Vec<(Source, StreamId, Bytes)>,
+    positions: Positions,
+}
+
+/// The last id queued per history.
+#[derive(Debug, Default)]
+struct Positions {
+    all: Option<Pos>,
+    inbox: Option<Pos>,
+    groups: Vec<(Box<str>, Pos)>,
+}
+
+impl Positions {
+    fn get_mut(&mut self, source: &Source) -> Option<&mut Pos> {
+        match source {
+            Source::All => self.all.as_mut(),
+            Source::Inbox => self.inbox.as_mut(),
+            Source::Group(g) => self.groups.iter_mut().find(|(h, _)| h == g).map(|(_, p)| p),
+        }
+    }
+
+    fn set(&mut self, source: &Source, pos: Pos) {
+        match source {
+            Source::All => self.all = Some(pos),
+            Source::Inbox => self.inbox = Some(pos),
+            Source::Group(g) => match self.groups.iter_mut().find(|(h, _)| h == g) {
+                Some((_, p)) => *p = pos,
+                None => self.groups.push((g.clone(), pos)),
+            },
+        }
+    }
+
+    /// Moves past `id` if it is new; false for a message already queued (or from a
+    /// history the stream does not follow).
+    fn advance(&mut self, source: &Source, id: StreamId) -> bool {
+        match self.get_mut(source) {
+            Some(p) if id > p.id => {
+                p.id = id;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Queue {
@@ -81,27 +137,133 @@ impl Queue {
         })
     }
 
-    /// Queues one encoded message. A queue past its limits is emptied and its stream
-    /// ends with RESOURCE_EXHAUSTED; the device resumes by reconnecting.
-    pub fn push(&self, entry: Bytes) {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues one live message of `source` (unless it was queued already). A queue past
+    /// its limits is emptied and its stream ends with RESOURCE_EXHAUSTED; the device
+    /// resumes from its cursor by reconnecting.
+    pub fn push(&self, source: &Source, id: StreamId, entry: Bytes) {
         let waker = {
-            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = self.state();
             if s.end.is_some() {
                 return;
             }
-            s.bytes += entry.len();
-            s.items.push_back(entry);
-            if s.items.len() > self.limits.messages || s.bytes > self.limits.bytes {
-                s.items = VecDeque::new();
-                s.bytes = 0;
-                s.end =
-                    Some(Status::resource_exhausted("the device fell too far behind: its queue overflowed; reconnect"));
-                tracing::info!("slow consumer disconnected");
+            if s.syncing > 0 {
+                s.bytes += entry.len();
+                s.held.push((source.clone(), id, entry));
+                self.check_limits(&mut s);
+            } else if s.positions.advance(source, id) {
+                self.enqueue(&mut s, entry);
             }
             s.waker.take()
         };
         if let Some(w) = waker {
             w.wake();
+        }
+    }
+
+    /// Queues one replayed message of `source` (unless it was queued already).
+    pub fn replayed(&self, source: &Source, id: StreamId, entry: Bytes) {
+        let waker = {
+            let mut s = self.state();
+            if s.end.is_some() || !s.positions.advance(source, id) {
+                return;
+            }
+            self.enqueue(&mut s, entry);
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Sets the stream's position in `source` and tells the device with a HistoryState.
+    pub fn set_position(&self, source: &Source, pos: Pos, continuity: Continuity) {
+        let state = HistoryState { cursor: Some(source.cursor(pos.epoch, pos.id)), continuity: continuity as i32 };
+        let waker = {
+            let mut s = self.state();
+            if s.end.is_some() {
+                return;
+            }
+            s.positions.set(source, pos);
+            self.enqueue(&mut s, SubscribeResponse::state_entry(&state));
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// A history started over with a new epoch while the stream follows it live: the
+    /// stream keeps its place and tells the device the new epoch.
+    pub fn epoch_changed(&self, source: &Source, epoch: u64) {
+        let current = self.state().positions.get_mut(source).copied();
+        if let Some(p) = current.filter(|p| p.epoch != epoch) {
+            self.set_position(source, Pos { epoch, id: p.id }, Continuity::Resumed);
+        }
+    }
+
+    /// Stops following a group's history (the user left it).
+    pub fn forget(&self, groups: &[String]) {
+        self.state().positions.groups.retain(|(g, _)| !groups.iter().any(|l| **l == **g));
+    }
+
+    /// The stream's position in every history it follows.
+    pub fn positions(&self) -> Vec<(Source, Pos)> {
+        let s = self.state();
+        let p = &s.positions;
+        let fixed = [(Source::All, p.all), (Source::Inbox, p.inbox)];
+        let fixed = fixed.into_iter().filter_map(|(src, pos)| Some((src, pos?)));
+        fixed.chain(p.groups.iter().map(|(g, pos)| (Source::Group(g.clone()), *pos))).collect()
+    }
+
+    /// Holds live messages back until the matching [`Queue::end_sync`].
+    pub fn begin_sync(&self) {
+        self.state().syncing += 1;
+    }
+
+    /// Ends one replay; when none is left, releases the held live messages that are new.
+    pub fn end_sync(&self) {
+        let waker = {
+            let mut s = self.state();
+            s.syncing = s.syncing.saturating_sub(1);
+            if s.syncing > 0 || s.held.is_empty() {
+                return;
+            }
+            for (source, id, entry) in std::mem::take(&mut s.held) {
+                s.bytes -= entry.len();
+                if s.end.is_none() && s.positions.advance(&source, id) {
+                    self.enqueue(&mut s, entry);
+                }
+            }
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// True while more than half the queue's room is taken (replays wait for room).
+    pub fn is_busy(&self) -> bool {
+        let s = self.state();
+        s.items.len() + s.held.len() > self.limits.messages / 2 || s.bytes > self.limits.bytes / 2
+    }
+
+    fn enqueue(&self, s: &mut State, entry: Bytes) {
+        s.bytes += entry.len();
+        s.items.push_back(entry);
+        self.check_limits(s);
+    }
+
+    fn check_limits(&self, s: &mut State) {
+        if s.items.len() + s.held.len() > self.limits.messages || s.bytes > self.limits.bytes {
+            s.items = VecDeque::new();
+            s.held = Vec::new();
+            s.bytes = 0;
+            s.end = Some(Status::resource_exhausted("the device fell too far behind: its queue overflowed; reconnect"));
+            tracing::info!("slow consumer disconnected");
         }
     }
 
@@ -143,7 +305,7 @@ impl Queue {
                 // Give back a burst's memory; an idle stream should cost next to nothing.
                 s.items = VecDeque::new();
             }
-            return Poll::Ready(Some(Ok(SubscribeResponse { messages: Vec::new(), encoded })));
+            return Poll::Ready(Some(Ok(SubscribeResponse { messages: Vec::new(), states: Vec::new(), encoded })));
         }
         if let Some(status) = &s.end {
             // Kept (not taken): an ended queue stays ended and ignores late pushes.
@@ -201,12 +363,73 @@ mod tests {
         q.poll_batch(&mut Context::from_waker(Waker::noop()))
     }
 
+    /// A queue that follows the broadcast history from its start.
+    fn queue(messages: usize, bytes: usize) -> Arc<Queue> {
+        let q = Queue::new(Limits { messages, bytes }, "u", "d");
+        q.state().positions.all = Some(Pos { epoch: 1, id: StreamId::default() });
+        q
+    }
+
+    fn id(n: u64) -> StreamId {
+        StreamId { ms: n, seq: 0 }
+    }
+
+    /// Pushes live message `n` (id n-0) of the broadcast history.
+    fn live(q: &Queue, n: u64, entry: Bytes) {
+        q.push(&Source::All, id(n), entry);
+    }
+
+    fn items(q: &Queue) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while let Poll::Ready(Some(Ok(r))) = poll(q) {
+            out.extend(r.encoded);
+        }
+        out
+    }
+
+    #[test]
+    fn replay_then_live_without_gap_or_duplicate() {
+        let q = queue(100, 1 << 20);
+        q.begin_sync();
+        // Live messages 3..=5 arrive while the replay (1..=4) runs: held back.
+        for n in 3..=5 {
+            live(&q, n, Bytes::from(vec![n as u8]));
+        }
+        assert!(poll(&q).is_pending());
+        for n in 1..=4 {
+            q.replayed(&Source::All, id(n), Bytes::from(vec![n as u8]));
+        }
+        q.end_sync();
+        live(&q, 5, Bytes::from_static(&[5])); // late duplicate of a held one
+        live(&q, 6, Bytes::from_static(&[6]));
+        let got: Vec<u8> = items(&q).iter().map(|b| b[0]).collect();
+        assert_eq!(got, vec![1, 2, 3, 4, 5, 6]);
+        // A history the stream does not follow delivers nothing.
+        q.push(&Source::Group("g".into()), id(9), Bytes::from_static(b"x"));
+        assert!(items(&q).is_empty());
+    }
+
+    #[test]
+    fn positions_are_reported_and_forgotten() {
+        let q = queue(100, 1 << 20);
+        let g = Source::Group("g".into());
+        q.set_position(&g, Pos { epoch: 7, id: id(3) }, Continuity::FromNow);
+        let states = items(&q);
+        assert_eq!(states.len(), 1, "a HistoryState entry");
+        assert_eq!(q.positions().len(), 2);
+        q.epoch_changed(&g, 8);
+        assert_eq!(items(&q).len(), 1, "the new epoch is announced");
+        assert!(q.positions().contains(&(g.clone(), Pos { epoch: 8, id: id(3) })));
+        q.forget(&["g".to_string()]);
+        assert_eq!(q.positions(), vec![(Source::All, Pos { epoch: 1, id: StreamId::default() })]);
+    }
+
     #[test]
     fn drains_what_is_queued_into_one_item() {
-        let q = Queue::new(Limits { messages: 1000, bytes: 1 << 20 }, "u", "d");
+        let q = queue(1000, 1 << 20);
         assert!(poll(&q).is_pending());
         for i in 0..100u8 {
-            q.push(Bytes::from(vec![i; 10]));
+            live(&q, u64::from(i) + 1, Bytes::from(vec![i; 10]));
         }
         let Poll::Ready(Some(Ok(first))) = poll(&q) else { panic!() };
         assert_eq!(first.encoded.len(), BATCH_MESSAGES);
@@ -218,24 +441,24 @@ mod tests {
 
     #[test]
     fn overflow_ends_the_stream_with_resource_exhausted() {
-        let q = Queue::new(Limits { messages: 3, bytes: 1 << 20 }, "u", "d");
-        for _ in 0..4 {
-            q.push(Bytes::from_static(b"x"));
+        let q = queue(3, 1 << 20);
+        for n in 1..=4 {
+            live(&q, n, Bytes::from_static(b"x"));
         }
         let Poll::Ready(Some(Err(s))) = poll(&q) else { panic!("expected the end") };
         assert_eq!(s.code(), tonic::Code::ResourceExhausted);
-        q.push(Bytes::from_static(b"late"));
+        live(&q, 9, Bytes::from_static(b"late"));
         assert!(matches!(poll(&q), Poll::Ready(Some(Err(_)))), "still ended; the late message is dropped");
 
-        let q = Queue::new(Limits { messages: 100, bytes: 10 }, "u", "d");
-        q.push(Bytes::from(vec![0; 11]));
+        let q = queue(100, 10);
+        live(&q, 1, Bytes::from(vec![0; 11]));
         assert!(matches!(poll(&q), Poll::Ready(Some(Err(_)))));
     }
 
     #[test]
     fn close_ends_after_queued_messages() {
-        let q = Queue::new(Limits { messages: 10, bytes: 1 << 20 }, "u", "d");
-        q.push(Bytes::from_static(b"a"));
+        let q = queue(10, 1 << 20);
+        live(&q, 1, Bytes::from_static(b"a"));
         q.close(Status::unavailable("shutting down"));
         assert!(matches!(poll(&q), Poll::Ready(Some(Ok(_)))));
         let Poll::Ready(Some(Err(s))) = poll(&q) else { panic!() };

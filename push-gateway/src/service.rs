@@ -146,6 +146,18 @@ impl PushGateway for Gateway {
         Ok(Response::new(self.pusher.to_group(req.into_inner()).await?))
     }
 
+    async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        self.streams.ack(req).await?;
+        Ok(Response::new(pb::AckResponse {}))
+    }
+
+    async fn get_delivery_status(
+        &self,
+        req: Request<pb::GetDeliveryStatusRequest>,
+    ) -> Result<Response<pb::GetDeliveryStatusResponse>, Status> {
+        Ok(Response::new(self.pusher.delivery_status(req.into_inner()).await?))
+    }
+
     async fn join_group(&self, req: Request<pb::JoinGroupRequest>) -> Result<Response<pb::JoinGroupResponse>, Status> {
         Ok(Response::new(self.pusher.join(req.into_inner()).await?))
     }
@@ -241,8 +253,10 @@ mod tests {
         let fds = FileDescriptorSet::decode(push_proto::FILE_DESCRIPTOR_SET).unwrap();
         let svc = fds.file.iter().flat_map(|f| &f.service).find(|s| s.name() == "PushGateway").unwrap();
         // RPCs the gateway serves itself have no internal twin.
-        const OWN: [&str; 8] = [
+        const OWN: [&str; 10] = [
             "Subscribe",
+            "Ack",
+            "GetDeliveryStatus",
             "PushToAll",
             "PushToUsers",
             "PushToGroup",

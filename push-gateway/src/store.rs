@@ -1,13 +1,18 @@
-//! Every Redis command of the gateway: publishing, and group membership.
+//! Every Redis command of the gateway: histories (push, replay, acks, receipts),
+//! publishing, and group membership.
 //!
 //! A group's members are a ZSET (score 0, paged by id) and each user's groups a SET;
 //! join and leave change both in one Lua script, so the two views never disagree. In
 //! Redis Cluster the group key and the user keys live in different slots (see
 //! docs/ARCHITECTURE.md).
+use std::{collections::HashMap, time::Duration};
+
 use prost::bytes::Bytes;
 use push_common::redis::Pool;
 use push_common::{Error, keys::Keys};
-use redis::Script;
+use redis::{Script, Value};
+
+use crate::history::{self, Pos, StreamId};
 
 /// KEYS: members, then each user's groups key. ARGV: group id, max groups per user,
 /// then the user ids (in KEYS order). Refuses the whole call when a user would exceed
@@ -38,18 +43,6 @@ end
 return removed
 ";
 
-/// A push with an idempotency key. KEYS: the key's record. ARGV: the new message id, the
-/// window in ms, the payload, then the channels. The check, the record and the publish
-/// are one atomic step: concurrent retries publish once, and a key is never recorded
-/// for a push that was not published. Returns the id of the push that was made.
-const PUSH_ONCE: &str = r"
-local first = redis.call('GET', KEYS[1])
-if first then return first end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-for i = 4, #ARGV do redis.call('PUBLISH', ARGV[i], ARGV[3]) end
-return ARGV[1]
-";
-
 /// The outcome of a join.
 pub enum Joined {
     Added(i64),
@@ -57,19 +50,64 @@ pub enum Joined {
     TooManyGroups(usize),
 }
 
+/// How much each history keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Most entries of a user's inbox (approximately: trimming is by whole stream nodes).
+    pub inbox_max_len: usize,
+    /// Most entries of a group's or the broadcast history.
+    pub history_max_len: usize,
+    /// Oldest entry kept in any history; an idle history expires after it.
+    pub max_age: Duration,
+    /// How long a history's meta (epoch, last id) and a user's acks outlive their last use.
+    pub meta_ttl: Duration,
+}
+
+/// One page of a history (see [`history::REPLAY_BODY`]).
+#[derive(Debug)]
+pub struct Page {
+    pub epoch: u64,
+    /// The stream continues after this id.
+    pub point: StreamId,
+    /// `push.v1.Continuity`.
+    pub continuity: i32,
+    /// Entry ids and encoded messages.
+    pub entries: Vec<(StreamId, Bytes)>,
+}
+
+/// What a delivery receipt is made of.
+pub struct Receipts {
+    /// Per stream asked about: whether the message is in it, and the stream's epoch.
+    pub found: Vec<(bool, Option<u64>)>,
+    /// Per user: their devices' acknowledged positions (the raw acks hash).
+    pub acks: Vec<HashMap<String, String>>,
+}
+
 /// Typed access to the gateway's keys.
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
     keys: Keys,
+    pub retention: Retention,
     join: Script,
     leave: Script,
-    push_once: Script,
+    push: Script,
+    replay: Script,
+    ack: Script,
 }
 
 impl Store {
-    pub fn new(pool: Pool, keys: Keys) -> Self {
-        Self { pool, keys, join: Script::new(JOIN), leave: Script::new(LEAVE), push_once: Script::new(PUSH_ONCE) }
+    pub fn new(pool: Pool, keys: Keys, retention: Retention) -> Self {
+        Self {
+            pool,
+            keys,
+            retention,
+            join: Script::new(JOIN),
+            leave: Script::new(LEAVE),
+            push: Script::new(history::PUSH),
+            replay: Script::new(&history::with_ids(history::REPLAY_BODY)),
+            ack: Script::new(&history::with_ids(history::ACK_BODY)),
+        }
     }
 
     pub fn keys(&self) -> &Keys {
@@ -88,24 +126,105 @@ impl Store {
         Ok(())
     }
 
-    /// Publishes `payload` on every channel unless `key` was used within `window`.
-    /// Returns the message id of the push that counts: `id`, or the first push's.
-    #[tracing::instrument(skip(self, payload), fields(channels = channels.len()), err)]
-    pub async fn publish_once(
+    /// Appends `message` (encoded without its id) to every target history and publishes
+    /// it on the target's channel, in one atomic step; with an idempotency key, only if
+    /// the key was not used within its window. Targets: (history stream key, channel).
+    /// Returns the message id (the first push's, for a repeated key).
+    #[tracing::instrument(skip_all, fields(targets = targets.len()), err)]
+    pub async fn push(
         &self,
-        key: &str,
-        id: &str,
-        window: std::time::Duration,
-        channels: &[String],
-        payload: &Bytes,
+        targets: &[(String, String)],
+        max_len: usize,
+        message: &[u8],
+        idempotency: Option<(&str, Duration)>,
     ) -> Result<String, Error> {
-        let mut inv = self.push_once.key(self.keys.idempotency(key));
-        inv.arg(id).arg(window.as_millis() as u64).arg(payload.as_ref());
-        for ch in channels {
-            inv.arg(ch);
+        let r = &self.retention;
+        let mut inv = self.push.prepare_invoke();
+        for (stream, _) in targets {
+            inv.key(stream).key(history::meta_key(stream));
+        }
+        let window = match idempotency {
+            Some((key, window)) => {
+                inv.key(self.keys.idempotency(key));
+                window.as_millis().max(1) as u64
+            }
+            None => 0,
+        };
+        inv.arg(targets.len()).arg(window).arg(max_len).arg(r.max_age.as_millis() as u64);
+        inv.arg(r.meta_ttl.as_millis() as u64).arg(message);
+        for (_, channel) in targets {
+            inv.arg(channel);
         }
         let mut c = self.pool.get();
         Ok(inv.invoke_async(&mut c).await?)
+    }
+
+    /// One page of `stream` after `cursor` (`None`: at the end, nothing replayed).
+    #[tracing::instrument(skip(self), err)]
+    pub async fn replay(&self, stream: &str, cursor: Option<Pos>, page: usize) -> Result<Page, Error> {
+        let mut inv = self.replay.key(stream);
+        inv.key(history::meta_key(stream));
+        match cursor {
+            Some(p) => inv.arg(p.epoch.to_string()).arg(p.id.to_string()),
+            None => inv.arg("").arg(""),
+        };
+        inv.arg(page).arg(self.retention.meta_ttl.as_millis() as u64);
+        let mut c = self.pool.get();
+        let reply: Vec<Value> = inv.invoke_async(&mut c).await?;
+        parse_page(reply)
+    }
+
+    /// Moves `device`'s acknowledged positions forward.
+    #[tracing::instrument(skip(self, positions), err)]
+    pub async fn ack(&self, user: &str, device: &str, positions: &[(history::Source, Pos)]) -> Result<(), Error> {
+        let mut inv = self.ack.key(self.keys.acks(user));
+        inv.arg(self.retention.meta_ttl.as_millis() as u64);
+        for (source, p) in positions {
+            inv.arg(source.ack_field(device)).arg(p.epoch.to_string()).arg(p.id.to_string());
+        }
+        let mut c = self.pool.get();
+        let _: i64 = inv.invoke_async(&mut c).await?;
+        Ok(())
+    }
+
+    /// A device's acknowledged positions.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn acked(&self, user: &str, device: &str) -> Result<Vec<(history::Source, Pos)>, Error> {
+        let mut c = self.pool.get();
+        let all: HashMap<String, String> = redis::cmd("HGETALL").arg(self.keys.acks(user)).query_async(&mut c).await?;
+        Ok(all
+            .iter()
+            .filter_map(|(f, v)| {
+                let (d, source) = history::Source::of_ack_field(f)?;
+                (d == device).then_some((source, history::parse_ack(v)?))
+            })
+            .collect())
+    }
+
+    /// For a receipt: whether `id` is in each stream, each stream's epoch, and each
+    /// user's acks. `streams` holds one stream per user, or one for all of them.
+    #[tracing::instrument(skip_all, fields(users = users.len()), err)]
+    pub async fn receipts(&self, streams: &[String], id: StreamId, users: &[String]) -> Result<Receipts, Error> {
+        let mut pipe = redis::pipe();
+        let id = id.to_string();
+        for s in streams {
+            pipe.cmd("XRANGE").arg(s).arg(&id).arg(&id).arg("COUNT").arg(1);
+            pipe.cmd("HGET").arg(history::meta_key(s)).arg("epoch");
+        }
+        for u in users {
+            pipe.cmd("HGETALL").arg(self.keys.acks(u));
+        }
+        let mut c = self.pool.get();
+        let mut replies: Vec<Value> = pipe.query_async(&mut c).await?;
+        let acks = replies.split_off(streams.len() * 2);
+        let mut found = Vec::with_capacity(streams.len());
+        for pair in replies.chunks(2) {
+            let exists = matches!(&pair[0], Value::Array(a) if !a.is_empty());
+            let epoch: Option<String> = redis::from_redis_value_ref(&pair[1])?;
+            found.push((exists, epoch.as_deref().and_then(history::parse_epoch)));
+        }
+        let acks = acks.iter().map(redis::from_redis_value_ref).collect::<Result<_, _>>()?;
+        Ok(Receipts { found, acks })
     }
 
     fn membership<'s>(
@@ -171,4 +290,26 @@ impl Store {
         groups.sort();
         Ok(groups)
     }
+}
+
+fn parse_page(reply: Vec<Value>) -> Result<Page, Error> {
+    let bad = || Error::Protocol("the replay script returned an unexpected reply".into());
+    let text = |v: &Value| -> Option<String> { redis::from_redis_value_ref::<String>(v).ok() };
+    let mut it = reply.into_iter();
+    let epoch = it.next().as_ref().and_then(text).as_deref().and_then(history::parse_epoch).ok_or_else(bad)?;
+    let point = it.next().as_ref().and_then(text).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    let continuity = match it.next() {
+        Some(Value::Int(n)) => n as i32,
+        _ => return Err(bad()),
+    };
+    let mut entries = Vec::new();
+    while let (Some(id), Some(msg)) = (it.next(), it.next()) {
+        let id = text(&id).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let msg = match msg {
+            Value::BulkString(b) => Bytes::from(b),
+            _ => return Err(bad()),
+        };
+        entries.push((id, msg));
+    }
+    Ok(Page { epoch, point, continuity, entries })
 }

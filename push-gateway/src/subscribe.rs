@@ -13,6 +13,13 @@
 //! broadcast channel and its user's channel, and only then are its groups read and
 //! attached. A membership change committed in between is announced on the already
 //! subscribed user channel, so none is lost.
+//!
+//! Resuming: a history is replayed only after its channel is subscribed, so whatever is
+//! pushed after the replay's read arrives live; the queue holds live messages back
+//! until the replays are done and drops what it already has by id. The replays run in
+//! a task of their own once the stream is open, in pages, waiting while the device's
+//! queue is half full, so a long replay never overflows it. The same replay catches
+//! every stream up after the hub reconnected to Redis.
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, atomic::Ordering},
@@ -22,20 +29,25 @@ use std::{
 use push_common::{Error, validate::Violations};
 use push_proto::{
     presence::v1::{HeartbeatRequest, LoginRequest, LogoutRequest, presence_client::PresenceClient},
-    push::v1::SubscribeRequest,
+    push::v1::{Continuity, SubscribeRequest},
 };
 use tokio::sync::{Semaphore, mpsc};
 use tonic::{Code, Request, Status, transport::Channel};
 
 use crate::{
     downstream::passthrough,
-    hub::Hub,
+    history::{self, Pos, Source, Start},
+    hub::{Hub, HubEvent},
     queue::{DeviceStream, Limits, Queue},
     store::Store,
 };
 
 /// Presence calls in flight at once while renewing every stream.
 const RENEW_CONCURRENCY: usize = 64;
+/// Streams caught up at once after the hub reconnected.
+const CATCH_UP_CONCURRENCY: usize = 64;
+/// Entries read per replay round trip.
+const REPLAY_PAGE: usize = 256;
 
 /// Opens device streams; cheap to clone.
 #[derive(Clone)]
@@ -49,6 +61,7 @@ struct Inner {
     presence: PresenceClient<Channel>,
     lease: Duration,
     limits: Limits,
+    max_groups: usize,
     /// Ended streams, for the session task to clean up.
     closed: mpsc::UnboundedSender<Arc<Queue>>,
     /// Open streams by address, for renewals, and how many are open per (user, device):
@@ -69,29 +82,45 @@ pub struct StreamsConfig {
     pub presence: PresenceClient<Channel>,
     pub lease: Duration,
     pub limits: Limits,
+    /// Most groups per user (bounds the cursors of one request).
+    pub max_groups: usize,
 }
 
-/// The user and device a stream is for.
+/// The user and device a device-side call (Subscribe, Ack) is for.
 ///
 /// This is the one seam where device authentication plugs in: today the request names
 /// its user and device and is taken on trust; with device credentials the user comes
 /// from the verified token instead, and a request naming another user is refused.
-fn device_identity(req: &Request<SubscribeRequest>) -> Result<(String, String), Error> {
-    let r = req.get_ref();
-    let mut v = Violations::new();
-    v.id("user_id", &r.user_id);
-    v.id("device_id", &r.device_id);
-    v.check()?;
-    Ok((r.user_id.clone(), r.device_id.clone()))
+pub fn device_identity<T>(_req: &Request<T>, user_id: &str, device_id: &str, v: &mut Violations) -> (String, String) {
+    v.id("user_id", user_id);
+    v.id("device_id", device_id);
+    (user_id.to_owned(), device_id.to_owned())
+}
+
+/// Most cursors in one request: the inbox, the broadcast history and every group.
+pub fn max_cursors(max_groups_per_user: usize) -> usize {
+    max_groups_per_user + 2
+}
+
+/// Where a new stream starts in each history: the request's cursors, else the device's
+/// acknowledged positions, else now.
+struct Plan {
+    given: Vec<(Source, Pos)>,
+}
+
+impl Plan {
+    fn start(&self, source: &Source) -> Start {
+        self.given.iter().find(|(s, _)| s == source).map_or(Start::Now, |(_, p)| Start::After(*p))
+    }
 }
 
 impl Streams {
-    /// Starts the session task. `membership` receives what the hub announces: streams
-    /// whose user's groups changed.
+    /// Starts the session task. `events` receives what the hub asks for: streams whose
+    /// user's groups changed, and streams to catch up after it (re)subscribed.
     pub fn start(
         hub: Hub,
         config: StreamsConfig,
-        membership: mpsc::UnboundedReceiver<Arc<Queue>>,
+        events: mpsc::UnboundedReceiver<HubEvent>,
     ) -> (Streams, tokio::task::JoinHandle<()>) {
         let (closed_tx, closed_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
@@ -100,19 +129,30 @@ impl Streams {
             presence: config.presence,
             lease: config.lease,
             limits: config.limits,
+            max_groups: config.max_groups,
             closed: closed_tx,
             live: Mutex::default(),
         });
-        let task = tokio::spawn(run(inner.clone(), closed_rx, membership));
+        let task = tokio::spawn(run(inner.clone(), closed_rx, events));
         (Streams { inner }, task)
     }
 
     /// Opens one device stream.
     pub async fn open(&self, req: Request<SubscribeRequest>) -> Result<DeviceStream, Status> {
         let i = &self.inner;
-        let (user, device) = device_identity(&req)?;
+        let mut v = Violations::new();
+        let r = req.get_ref();
+        let (user, device) = device_identity(&req, &r.user_id, &r.device_id, &mut v);
+        let cursors = history::parse_cursors(&mut v, "cursors", &r.cursors, max_cursors(i.max_groups));
+        v.check()?;
+        let mut given = i.store.acked(&user, &device).await?;
+        given.retain(|(s, _)| !cursors.iter().any(|(c, _)| c == s));
+        given.extend(cursors);
+        let plan = Plan { given };
         i.login(&user, &device).await?;
         let queue = Queue::new(i.limits, &user, &device);
+        // Live messages wait until the broadcast history and the inbox are replayed.
+        queue.begin_sync();
         // From here on the stream's cleanup runs when `stream` drops, error or not.
         let stream = DeviceStream::new(queue.clone(), i.closed.clone());
         {
@@ -120,11 +160,111 @@ impl Streams {
             live.streams.insert(key(&queue), queue.clone());
             *live.devices.entry((queue.user.clone(), queue.device.clone())).or_default() += 1;
         }
-        i.hub.attach(&queue, &i.base_channels(&queue)).await?;
+        let mut replays = Vec::new();
+        let attached = async {
+            i.hub.attach(&queue, &i.base_channels(&queue)).await?;
+            for source in [Source::All, Source::Inbox] {
+                if let Some(from) = establish(i, &queue, &source, plan.start(&source)).await? {
+                    replays.push((source, from));
+                }
+            }
+            Ok::<_, Error>(())
+        };
+        if let Err(e) = attached.await {
+            queue.end_sync();
+            return Err(e.into());
+        }
+        tokio::spawn(sync(i.clone(), queue.clone(), replays));
         // The queue was created `scheduled`, so announcements arriving meanwhile only mark
         // it dirty and this first reconciliation picks them up.
-        reconcile(i, &queue).await?;
+        reconcile(i, &queue, &plan).await?;
         Ok(stream)
+    }
+
+    /// A device acknowledges what it has processed.
+    pub async fn ack(&self, req: Request<push_proto::push::v1::AckRequest>) -> Result<(), Error> {
+        let i = &self.inner;
+        let mut v = Violations::new();
+        let r = req.get_ref();
+        let (user, device) = device_identity(&req, &r.user_id, &r.device_id, &mut v);
+        let cursors = history::parse_cursors(&mut v, "cursors", &r.cursors, max_cursors(i.max_groups));
+        if r.cursors.is_empty() {
+            v.add("cursors", "must hold at least one cursor");
+        }
+        v.check()?;
+        i.store.ack(&user, &device, &cursors).await
+    }
+}
+
+/// Sets `q`'s position in `source` from `start` and tells the device (a HistoryState).
+/// Runs after the history's channel is subscribed and before anything is pushed to
+/// the stream's caller, so a push made once Subscribe answered is never taken for an
+/// old one. Returns where the replay continues from, when a cursor asks for one.
+async fn establish(i: &Inner, q: &Queue, source: &Source, start: Start) -> Result<Option<Pos>, Error> {
+    let (stream, _) = source.keys(i.store.keys(), &q.user);
+    let cursor = match start {
+        Start::After(p) => Some(p),
+        Start::Now => None,
+    };
+    let page = i.store.replay(&stream, cursor, 0).await?;
+    let pos = Pos { epoch: page.epoch, id: page.point };
+    q.set_position(source, pos, Continuity::try_from(page.continuity).unwrap_or(Continuity::Gap));
+    Ok(cursor.map(|_| pos))
+}
+
+/// Replays each of `sources` into `q` after its position, then ends one sync of `q`.
+/// Redis errors are retried for a while (the hub may be back before the pool is); then
+/// the stream ends with UNAVAILABLE and the device resumes from its cursors.
+async fn sync(i: Arc<Inner>, q: Arc<Queue>, sources: Vec<(Source, Pos)>) {
+    'sources: for (source, from) in sources {
+        let mut backoff = Duration::from_millis(50);
+        let give_up = tokio::time::Instant::now() + i.lease / 3;
+        loop {
+            if q.closed.load(Ordering::Acquire) {
+                break 'sources;
+            }
+            match replay(&i, &q, &source, from).await {
+                Ok(()) => break,
+                Err(e) if tokio::time::Instant::now() < give_up => {
+                    tracing::debug!(error = %e, user = &*q.user, "cannot replay a history yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, user = &*q.user, "cannot replay a history; ending the stream");
+                    q.close(Status::unavailable("cannot read the message history; reconnect with your cursors"));
+                    break 'sources;
+                }
+            }
+        }
+    }
+    q.end_sync();
+}
+
+/// Replays one history into `q`, page by page, after `from` (or after where `q` got to
+/// by now, if further). Tells the device when the history has a gap or a new epoch.
+async fn replay(i: &Inner, q: &Queue, source: &Source, from: Pos) -> Result<(), Error> {
+    let (stream, _) = source.keys(i.store.keys(), &q.user);
+    let mut cursor = from;
+    loop {
+        while q.is_busy() && !q.closed.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let page = i.store.replay(&stream, Some(cursor), REPLAY_PAGE).await?;
+        let continuity = Continuity::try_from(page.continuity).unwrap_or(Continuity::Gap);
+        if page.epoch != cursor.epoch || continuity == Continuity::Gap {
+            q.set_position(source, Pos { epoch: page.epoch, id: page.point }, continuity);
+        }
+        let full = page.entries.len() == REPLAY_PAGE;
+        let mut last = page.point;
+        for (id, message) in page.entries {
+            q.replayed(source, id, push_proto::wire::SubscribeResponse::message_entry(&message));
+            last = id;
+        }
+        if !full || q.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        cursor = Pos { epoch: page.epoch, id: last };
     }
 }
 
@@ -202,10 +342,10 @@ impl Inner {
 
 /// Makes `q`'s group channels match its user's groups in Redis. Runs only while `q` is
 /// `scheduled`, so never twice at once for one stream; loops while changes arrive.
-async fn reconcile(i: &Inner, q: &Arc<Queue>) -> Result<(), Error> {
+async fn reconcile(i: &Arc<Inner>, q: &Arc<Queue>, plan: &Plan) -> Result<(), Error> {
     loop {
         q.dirty.store(false, Ordering::Release);
-        if let Err(e) = apply_groups(i, q).await {
+        if let Err(e) = apply_groups(i, q, plan).await {
             q.scheduled.store(false, Ordering::Release);
             return Err(e);
         }
@@ -222,7 +362,9 @@ async fn reconcile(i: &Inner, q: &Arc<Queue>) -> Result<(), Error> {
     }
 }
 
-async fn apply_groups(i: &Inner, q: &Arc<Queue>) -> Result<(), Error> {
+/// Attaches `q` to the groups its user joined (replaying each from the plan's start, in
+/// a task) and detaches it from those the user left.
+async fn apply_groups(i: &Arc<Inner>, q: &Arc<Queue>, plan: &Plan) -> Result<(), Error> {
     let now = i.store.user_groups(&q.user).await?;
     let (joined, left) = {
         let mut cur = q.groups.lock().unwrap_or_else(|e| e.into_inner());
@@ -232,19 +374,83 @@ async fn apply_groups(i: &Inner, q: &Arc<Queue>) -> Result<(), Error> {
         (joined, left)
     };
     i.hub.detach(q, &i.group_channels(&left));
-    i.hub.attach(q, &i.group_channels(&joined)).await?;
+    q.forget(&left);
+    if joined.is_empty() {
+        return Ok(());
+    }
+    // Live group messages wait from before the subscription until the replay is done.
+    q.begin_sync();
+    if let Err(e) = i.hub.attach(q, &i.group_channels(&joined)).await {
+        // Not attached after all: the retry must see these groups as new again.
+        i.hub.detach(q, &i.group_channels(&joined));
+        q.groups.lock().unwrap_or_else(|e| e.into_inner()).retain(|g| !joined.contains(g));
+        q.end_sync();
+        return Err(e);
+    }
     if q.closed.load(Ordering::Acquire) {
         // The stream ended while we attached: its cleanup may have run before our attach.
         i.hub.detach(q, &i.group_channels(&joined));
+        q.end_sync();
+        return Ok(());
     }
+    let mut replays = Vec::new();
+    for g in joined {
+        let source = Source::Group(g.into());
+        match establish(i, q, &source, plan.start(&source)).await {
+            Ok(Some(from)) => replays.push((source, from)),
+            Ok(None) => {}
+            Err(e) => {
+                // The device is told to reconnect: it resumes with its cursors.
+                q.close(Status::unavailable("cannot read the message history; reconnect with your cursors"));
+                q.end_sync();
+                return Err(e);
+            }
+        }
+    }
+    tokio::spawn(sync(i.clone(), q.clone(), replays));
     Ok(())
+}
+
+/// Reconciles a stream whose user's groups changed, retrying while Redis fails.
+async fn membership_changed(inner: Arc<Inner>, q: Arc<Queue>) {
+    let plan = Plan { given: Vec::new() };
+    while !q.closed.load(Ordering::Acquire) {
+        match reconcile(&inner, &q, &plan).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, user = &*q.user, "cannot reconcile groups; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if !q.mark_membership_changed() {
+                    return; // someone else scheduled it meanwhile
+                }
+            }
+        }
+    }
+}
+
+/// After the hub (re)subscribed: replays every history of each stream from its
+/// position, then releases the live messages it held (the hub began the sync).
+async fn catch_up(inner: Arc<Inner>, queues: Vec<Arc<Queue>>) {
+    tracing::info!(streams = queues.len(), "catching streams up after the hub subscribed");
+    let gate = Arc::new(Semaphore::new(CATCH_UP_CONCURRENCY));
+    let mut jobs = tokio::task::JoinSet::new();
+    for q in queues {
+        let permit = gate.clone().acquire_owned().await;
+        let inner = inner.clone();
+        jobs.spawn(async move {
+            let sources = q.positions();
+            sync(inner, q, sources).await;
+            drop(permit);
+        });
+    }
+    jobs.join_all().await;
 }
 
 /// The session task.
 async fn run(
     inner: Arc<Inner>,
     mut closed: mpsc::UnboundedReceiver<Arc<Queue>>,
-    mut membership: mpsc::UnboundedReceiver<Arc<Queue>>,
+    mut events: mpsc::UnboundedReceiver<HubEvent>,
 ) {
     let every = inner.lease / 3;
     let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -253,23 +459,14 @@ async fn run(
     loop {
         tokio::select! {
             Some(q) = closed.recv() => inner.close(q),
-            Some(q) = membership.recv() => {
-                let inner = inner.clone();
-                tokio::spawn(async move {
-                    while !q.closed.load(Ordering::Acquire) {
-                        match reconcile(&inner, &q).await {
-                            Ok(()) => return,
-                            Err(e) => {
-                                tracing::warn!(error = %e, user = &*q.user, "cannot reconcile groups; retrying");
-                                tokio::time::sleep(Duration::from_millis(200)).await;
-                                if !q.mark_membership_changed() {
-                                    return; // someone else scheduled it meanwhile
-                                }
-                            }
-                        }
-                    }
-                });
-            }
+            Some(event) = events.recv() => match event {
+                HubEvent::CatchUp(queues) => {
+                    tokio::spawn(catch_up(inner.clone(), queues));
+                }
+                HubEvent::Membership(q) => {
+                    tokio::spawn(membership_changed(inner.clone(), q));
+                }
+            },
             _ = renew.tick() => {
                 // One renewal round at a time; a slow round delays the next, never doubles it.
                 let Ok(round) = renewing.clone().try_acquire_owned() else { continue };

@@ -302,20 +302,56 @@ pub async fn wait_health(addr: SocketAddr, service: &str, want: ServingStatus) {
 pub struct Device {
     rx: tokio::sync::mpsc::UnboundedReceiver<Result<push_proto::push::v1::Message, tonic::Status>>,
     task: JoinHandle<()>,
+    track: std::sync::Arc<std::sync::Mutex<Track>>,
+}
+
+/// What a device remembers to resume: per history its epoch and last message id, and
+/// every HistoryState it was sent.
+#[derive(Default)]
+pub struct Track {
+    /// (audience, group id) → (epoch, last message id).
+    pub positions: std::collections::BTreeMap<(i32, String), (String, String)>,
+    pub states: Vec<push_proto::push::v1::HistoryState>,
 }
 
 impl Device {
     /// Opens `Subscribe` for `user`/`device` on the gateway at `addr`; returns once the
     /// stream is established (the gateway answered with its headers).
     pub async fn connect(addr: SocketAddr, user: &str, device: &str) -> Result<Device, tonic::Status> {
+        Self::resume(addr, user, device, Vec::new()).await
+    }
+
+    /// Like `connect`, resuming from `cursors`.
+    pub async fn resume(
+        addr: SocketAddr,
+        user: &str,
+        device: &str,
+        cursors: Vec<push_proto::push::v1::Cursor>,
+    ) -> Result<Device, tonic::Status> {
         let mut c = PushGatewayClient::new(channel(addr).await);
-        let req = push_proto::push::v1::SubscribeRequest { user_id: user.into(), device_id: device.into() };
+        let req = push_proto::push::v1::SubscribeRequest { user_id: user.into(), device_id: device.into(), cursors };
         let mut stream = c.subscribe(req).await?.into_inner();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let track = std::sync::Arc::new(std::sync::Mutex::new(Track::default()));
+        let t = track.clone();
         let task = tokio::spawn(async move {
             loop {
                 match stream.message().await {
                     Ok(Some(item)) => {
+                        {
+                            let mut t = t.lock().unwrap();
+                            for s in &item.states {
+                                let c = s.cursor.clone().unwrap_or_default();
+                                t.positions.insert((c.audience, c.group_id), (c.epoch, c.message_id));
+                                t.states.push(s.clone());
+                            }
+                            for m in &item.messages {
+                                let key = (m.audience, m.group_id.clone());
+                                if let Some(p) = t.positions.get_mut(&key) {
+                                    p.1 = m.id.clone();
+                                }
+                            }
+                        }
                         for m in item.messages {
                             if tx.send(Ok(m)).is_err() {
                                 return;
@@ -330,7 +366,35 @@ impl Device {
                 }
             }
         });
-        Ok(Device { rx, task })
+        Ok(Device { rx, task, track })
+    }
+
+    /// Where to resume: a cursor per history this device has been told about.
+    pub fn cursors(&self) -> Vec<push_proto::push::v1::Cursor> {
+        let t = self.track.lock().unwrap();
+        t.positions
+            .iter()
+            .map(|((audience, group_id), (epoch, message_id))| push_proto::push::v1::Cursor {
+                audience: *audience,
+                group_id: group_id.clone(),
+                epoch: epoch.clone(),
+                message_id: message_id.clone(),
+            })
+            .collect()
+    }
+
+    /// The HistoryStates received so far.
+    pub fn states(&self) -> Vec<push_proto::push::v1::HistoryState> {
+        self.track.lock().unwrap().states.clone()
+    }
+
+    /// Waits (up to 10 s) until the stream has reported a state for `n` histories.
+    pub async fn wait_states(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.track.lock().unwrap().positions.len() < n {
+            assert!(Instant::now() < deadline, "fewer than {n} history states within 10 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// The next message (panics after 10 s, or if the stream ended with an error).

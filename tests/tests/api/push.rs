@@ -182,7 +182,7 @@ async fn a_slow_consumer_is_cut_off_and_a_fast_one_keeps_everything() {
 
     // The slow device opens its stream and never reads it.
     let mut slow_client = Client::new(channel(app.gateway.addr).await);
-    let req = pb::SubscribeRequest { user_id: "slow".into(), device_id: "d".into() };
+    let req = pb::SubscribeRequest { user_id: "slow".into(), device_id: "d".into(), cursors: vec![] };
     let mut slow = slow_client.subscribe(req).await.unwrap().into_inner();
 
     const N: usize = 400;
@@ -226,11 +226,10 @@ async fn open_streams_receive_again_after_redis_restarts() {
     assert_eq!(d.next().await.topic, "before");
 
     app.redis.restart();
-    // Pub/Sub is fire-and-forget: what is pushed while the hub re-subscribes is lost (the
-    // inbox issue closes that gap). What must hold: once the hub is back, new pushes reach
-    // the same open stream. Push until one arrives. The restarted Redis is empty (no
-    // persistence in tests), so the membership is gone, but the hub re-subscribed every
-    // channel it held, the group's included.
+    // Once the hub is back, new pushes reach the same open stream. Push until one
+    // arrives. The restarted Redis is empty (no persistence here; the AOF test in
+    // `inbox` checks that nothing acknowledged is lost with it), so the membership is
+    // gone, but the hub re-subscribed every channel it held, the group's included.
     wait_health(app.gateway.addr, "push.v1.PushGateway", ServingStatus::Serving).await;
     let mut tries = 0;
     loop {
@@ -380,14 +379,14 @@ async fn bad_pushes_are_refused_and_publish_nothing() {
 
     let mut sub = Client::new(channel(app.gateway.addr).await);
     for (user, device, field) in [("", "d", "user_id"), ("u", "a b", "device_id"), ("{u}", "d", "user_id")] {
-        let req = pb::SubscribeRequest { user_id: user.into(), device_id: device.into() };
+        let req = pb::SubscribeRequest { user_id: user.into(), device_id: device.into(), cursors: vec![] };
         assert_invalid(&sub.subscribe(req).await.unwrap_err(), field);
     }
 
-    // Nothing was published: the watcher's next message is the sentinel; nothing was written.
+    // Nothing was written, and nothing published: the watcher's next message is the sentinel.
+    assert_eq!(app.redis.keys(), keys_before);
     let got = topics_until_sentinel(&mut c, &mut [&mut watcher], "end").await;
     assert_eq!(got[0], Vec::<String>::new());
-    assert_eq!(app.redis.keys(), keys_before);
 }
 
 #[tokio::test]
