@@ -267,9 +267,14 @@ end
 /// Returns {epoch, point, continuity, id1, message1, id2, ...}: the stream continues
 /// after `point` with the entries listed. Continuity 1: resumed at the cursor, nothing
 /// missed. 2: no cursor, `point` is the last id. 3: a gap: the cursor's epoch is not
-/// the history's, or entries after it were trimmed or expired, or it is past the last
-/// id (the history was rolled back); `point` is then the newest id that may be gone and
-/// what is retained follows.
+/// the history's, or entries after it may have been trimmed or expired, or it is past
+/// the last id (the history was rolled back); `point` is then just before the first
+/// retained entry and what is retained follows.
+///
+/// Redis does not record the largest trimmed id (`max-deleted-entry-id` counts only
+/// XDEL), so a cursor before the first retained entry of a trimmed stream is a gap even
+/// in the rare case that the cursor was itself the last entry trimmed: a needless
+/// resync at worst, never a silent loss.
 pub const REPLAY_BODY: &str = r"
 local s, meta = KEYS[1], KEYS[2]
 local epoch = redis.call('HGET', meta, 'epoch')
@@ -281,35 +286,45 @@ end
 redis.call('PEXPIRE', meta, ARGV[4])
 local last = redis.call('HGET', meta, 'last') or '0-0'
 if ARGV[1] == '' then return {epoch, last, 2} end
--- Everything at or before the floor may be gone; computed only when it matters.
-local function floor()
-  if redis.call('EXISTS', s) == 0 then return last end
-  local f = redis.call('HGET', meta, 'floor') or '0-0'
-  local info = redis.call('XINFO', 'STREAM', s)
-  for i = 1, #info, 2 do
-    if info[i] == 'max-deleted-entry-id' and less(f, info[i + 1]) then f = info[i + 1] end
-  end
-  return f
+local first = redis.call('XRANGE', s, '-', '+', 'COUNT', 1)[1]
+first = first and first[1]
+-- Just before the first retained entry: where a replay of everything retained starts.
+local function before_first()
+  if not first then return last end
+  local a, b = split(first)
+  if b > 0 then return string.format('%d-%d', a, b - 1) end
+  return string.format('%d-%d', a - 1, 9007199254740991)
 end
 local point, continuity = ARGV[2], 1
 if ARGV[1] ~= epoch then
-  point, continuity = floor(), 3
+  point, continuity = before_first(), 3
 elseif less(last, point) then
   point, continuity = last, 3
-else
-  local first = redis.call('XRANGE', s, '-', '+', 'COUNT', 1)[1]
-  if not first or less(point, first[1]) then
-    local f = floor()
-    if less(point, f) then point, continuity = f, 3 end
+elseif not first then
+  if less(point, last) then point, continuity = last, 3 end
+elseif less(point, first) then
+  -- Entries before the first retained one were trimmed (Redis counts every entry ever
+  -- added) or expired with an earlier stream (the floor): conservatively a gap.
+  local floor = redis.call('HGET', meta, 'floor')
+  local trimmed = floor and less(point, floor)
+  if not trimmed then
+    local info = redis.call('XINFO', 'STREAM', s)
+    local added, length = 0, 0
+    for i = 1, #info, 2 do
+      if info[i] == 'entries-added' then added = info[i + 1] end
+      if info[i] == 'length' then length = info[i + 1] end
+    end
+    trimmed = added > length
   end
+  if trimmed then point, continuity = before_first(), 3 end
 end
 local out = {epoch, point, continuity}
+if tonumber(ARGV[3]) == 0 then return out end
 for _, e in ipairs(redis.call('XRANGE', s, '(' .. point, '+', 'COUNT', ARGV[3])) do
   out[#out + 1] = e[1]
   out[#out + 1] = e[2][2]
 end
-return out
-";
+return out";
 
 /// Moves a device's acknowledged positions forward (never back).
 ///

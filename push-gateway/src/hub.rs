@@ -341,9 +341,16 @@ async fn session(
             }
             cmd = cmds.recv() => match cmd {
                 None => return Ok(()),
-                Some(Cmd::Subscribe(chs)) => confirm(deadline, sink.subscribe(&chs)).await?,
-                Some(Cmd::Unsubscribe(chs)) => confirm(deadline, sink.unsubscribe(&chs)).await?,
-                Some(Cmd::Barrier(ack)) => { let _ = ack.send(()); }
+                Some(first) => {
+                    // A reconnect storm opens thousands of streams at once: take whatever
+                    // is queued and send runs of (un)subscribes as one command each.
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        let Ok(cmd) = cmds.try_recv() else { break };
+                        batch.push(cmd);
+                    }
+                    carry_out(&mut sink, deadline, batch).await?;
+                }
             },
             _ = tick.tick() => {
                 if let Some((_, sent)) = probe.outstanding
@@ -368,6 +375,48 @@ async fn session(
             }
         }
     }
+}
+
+/// Most commands taken from the queue at once.
+const MAX_BATCH: usize = 4096;
+
+/// Carries out `batch` in order, merging adjacent subscribes (and unsubscribes) into
+/// one command; a barrier is acknowledged once everything before it is confirmed.
+async fn carry_out(sink: &mut redis::aio::PubSubSink, deadline: Duration, batch: Vec<Cmd>) -> Result<(), String> {
+    async fn flush(
+        sink: &mut redis::aio::PubSubSink,
+        deadline: Duration,
+        run: Option<(bool, Vec<String>)>,
+    ) -> Result<(), String> {
+        let Some((subscribe, channels)) = run else { return Ok(()) };
+        for chunk in channels.chunks(1000) {
+            match subscribe {
+                true => confirm(deadline, sink.subscribe(chunk)).await?,
+                false => confirm(deadline, sink.unsubscribe(chunk)).await?,
+            }
+        }
+        Ok(())
+    }
+    let mut run: Option<(bool, Vec<String>)> = None;
+    for cmd in batch {
+        let (subscribe, channels) = match cmd {
+            Cmd::Subscribe(chs) => (true, chs),
+            Cmd::Unsubscribe(chs) => (false, chs),
+            Cmd::Barrier(ack) => {
+                flush(sink, deadline, run.take()).await?;
+                let _ = ack.send(());
+                continue;
+            }
+        };
+        match &mut run {
+            Some((kind, pending)) if *kind == subscribe => pending.extend(channels),
+            _ => {
+                flush(sink, deadline, run.take()).await?;
+                run = Some((subscribe, channels));
+            }
+        }
+    }
+    flush(sink, deadline, run).await
 }
 
 /// Awaits a SUBSCRIBE/UNSUBSCRIBE confirmation for at most `deadline`.

@@ -34,6 +34,19 @@ pub use config::Config;
 /// The name health reports under (besides "").
 pub const SERVICE_NAME: &str = "push.v1.PushGateway";
 
+/// Runs the gateway as a process: its own runtime (with `--worker-threads`), serving on
+/// `--listen` until SIGTERM or Ctrl-C.
+pub fn run(config: Config) -> Result<(), BoxError> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    runtime.enable_all().build()?.block_on(async {
+        let listener = TcpListener::bind(config.listen).await?;
+        serve(listener, config, push_common::shutdown::signal()).await
+    })
+}
+
 /// Serves the gateway on `listener` until `shutdown` completes. Health is SERVING only
 /// while both internal services report SERVING, Redis answers and the hub's Pub/Sub
 /// connection is up. On shutdown every device stream ends with UNAVAILABLE, so devices

@@ -30,11 +30,19 @@ static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 pub struct RedisServer {
     dir: PathBuf,
     child: Option<Child>,
+    /// Extra `redis-server` flags (they override the defaults).
+    flags: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a fresh server; panics with a hint when `redis-server` is missing.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a fresh server with extra flags, e.g. `["--appendonly", "yes"]`; they
+    /// stay in force across restarts (which keep the data directory).
+    pub fn start_with(flags: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "push-tests-{}-{}",
             std::process::id(),
@@ -42,7 +50,8 @@ impl RedisServer {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
-        let mut server = Self { dir, child: None };
+        let flags = flags.iter().map(|f| f.to_string()).collect();
+        let mut server = Self { dir, child: None, flags };
         server.restart();
         server
     }
@@ -79,6 +88,7 @@ impl RedisServer {
             .arg(self.socket())
             .args(["--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--dir"])
             .arg(&self.dir)
+            .args(&self.flags)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -198,10 +208,17 @@ pub async fn profile(redis_url: &str, extra: &[&str]) -> Running {
 
 /// Starts push-gateway on `redis_url` in front of the given internal services.
 pub async fn gateway(redis_url: &str, presence_url: &str, profile_url: &str, extra: &[&str]) -> Running {
+    let args = gateway_args("127.0.0.1:0", redis_url, presence_url, profile_url, extra);
+    let config = push_gateway::Config::parse_from(args);
+    spawn(|l, rx| push_gateway::serve(l, config, stopped(rx))).await
+}
+
+/// The gateway's command line as the tests run it.
+fn gateway_args(listen: &str, redis_url: &str, presence_url: &str, profile_url: &str, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
         "push-gateway",
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--redis-url",
         redis_url,
         "--presence-url",
@@ -215,8 +232,42 @@ pub async fn gateway(redis_url: &str, presence_url: &str, profile_url: &str, ext
     ];
     args.extend(FAST);
     args.extend(extra);
-    let config = push_gateway::Config::parse_from(args);
-    spawn(|l, rx| push_gateway::serve(l, config, stopped(rx))).await
+    args.into_iter().map(String::from).collect()
+}
+
+/// A gateway replica in a process of its own, which a test can kill with SIGKILL.
+pub struct GatewayProcess {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl GatewayProcess {
+    /// Starts `bin` (the test crate's `gateway-process`, from `env!("CARGO_BIN_EXE_…")`)
+    /// in front of `app`'s Redis and internal services; returns once it is SERVING.
+    pub async fn start(bin: &str, app: &App, extra: &[&str]) -> GatewayProcess {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let args = gateway_args(&addr.to_string(), &app.redis.url(), &app.presence.url(), &app.profile.url(), extra);
+        let child = Command::new(bin)
+            .args(&args[1..])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
+        let process = GatewayProcess { child, addr };
+        wait_health(addr, "", ServingStatus::Serving).await;
+        process
+    }
+
+    /// SIGKILL: no drain, no goodbye, as a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// A whole system on one fresh Redis.
@@ -235,7 +286,11 @@ impl App {
 
     /// Starts everything with extra flags for presence and for the gateway.
     pub async fn start_with(presence_flags: &[&str], gateway_flags: &[&str]) -> Self {
-        let redis = RedisServer::start();
+        Self::start_on(RedisServer::start(), presence_flags, gateway_flags).await
+    }
+
+    /// Starts everything on a given Redis.
+    pub async fn start_on(redis: RedisServer, presence_flags: &[&str], gateway_flags: &[&str]) -> Self {
         let presence = presence(&redis.url(), presence_flags).await;
         let profile = profile(&redis.url(), &[]).await;
         let gateway = gateway(&redis.url(), &presence.url(), &profile.url(), gateway_flags).await;
@@ -280,7 +335,8 @@ pub async fn channel(addr: SocketAddr) -> Channel {
 
 /// The health of `service` at `addr` (None when the call itself fails).
 pub async fn health(addr: SocketAddr, service: &str) -> Option<ServingStatus> {
-    let mut c = HealthClient::new(channel(addr).await);
+    let conn = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.ok()?;
+    let mut c = HealthClient::new(conn);
     let r = c.check(HealthCheckRequest { service: service.into() }).await.ok()?;
     ServingStatus::try_from(r.get_ref().status).ok()
 }
@@ -312,6 +368,8 @@ pub struct Track {
     /// (audience, group id) → (epoch, last message id).
     pub positions: std::collections::BTreeMap<(i32, String), (String, String)>,
     pub states: Vec<push_proto::push::v1::HistoryState>,
+    /// Every message received: (audience, group id, message id, topic).
+    pub received: Vec<(i32, String, String, String)>,
 }
 
 impl Device {
@@ -328,7 +386,17 @@ impl Device {
         device: &str,
         cursors: Vec<push_proto::push::v1::Cursor>,
     ) -> Result<Device, tonic::Status> {
-        let mut c = PushGatewayClient::new(channel(addr).await);
+        Self::resume_on(channel(addr).await, user, device, cursors).await
+    }
+
+    /// Like `resume`, on a given (possibly shared) connection.
+    pub async fn resume_on(
+        channel: Channel,
+        user: &str,
+        device: &str,
+        cursors: Vec<push_proto::push::v1::Cursor>,
+    ) -> Result<Device, tonic::Status> {
+        let mut c = PushGatewayClient::new(channel);
         let req = push_proto::push::v1::SubscribeRequest { user_id: user.into(), device_id: device.into(), cursors };
         let mut stream = c.subscribe(req).await?.into_inner();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -346,6 +414,7 @@ impl Device {
                                 t.states.push(s.clone());
                             }
                             for m in &item.messages {
+                                t.received.push((m.audience, m.group_id.clone(), m.id.clone(), m.topic.clone()));
                                 let key = (m.audience, m.group_id.clone());
                                 if let Some(p) = t.positions.get_mut(&key) {
                                     p.1 = m.id.clone();
@@ -381,6 +450,21 @@ impl Device {
                 message_id: message_id.clone(),
             })
             .collect()
+    }
+
+    /// Every message received so far: (audience, group id, message id, topic).
+    pub fn received(&self) -> Vec<(i32, String, String, String)> {
+        self.track.lock().unwrap().received.clone()
+    }
+
+    /// How many messages were received so far.
+    pub fn received_count(&self) -> usize {
+        self.track.lock().unwrap().received.len()
+    }
+
+    /// True once the stream has ended (its reader stopped).
+    pub fn ended(&self) -> bool {
+        self.task.is_finished()
     }
 
     /// The HistoryStates received so far.

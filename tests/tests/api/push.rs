@@ -7,36 +7,7 @@ use push_tests::{App, Device, channel, wait_health};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::helpers::assert_invalid;
-
-type Client = pb::push_gateway_client::PushGatewayClient<tonic::transport::Channel>;
-
-fn to_all(topic: &str) -> pb::PushToAllRequest {
-    pb::PushToAllRequest { topic: topic.into(), payload: topic.as_bytes().to_vec().into(), ..Default::default() }
-}
-
-fn to_users(users: &[&str], topic: &str) -> pb::PushToUsersRequest {
-    pb::PushToUsersRequest {
-        user_ids: users.iter().map(|u| u.to_string()).collect(),
-        topic: topic.into(),
-        payload: topic.as_bytes().to_vec().into(),
-        ..Default::default()
-    }
-}
-
-fn to_group(group: &str, topic: &str) -> pb::PushToGroupRequest {
-    pb::PushToGroupRequest {
-        group_id: group.into(),
-        topic: topic.into(),
-        payload: topic.as_bytes().to_vec().into(),
-        ..Default::default()
-    }
-}
-
-async fn join(c: &mut Client, group: &str, users: &[&str]) -> i32 {
-    let req = pb::JoinGroupRequest { group_id: group.into(), user_ids: users.iter().map(|u| u.to_string()).collect() };
-    c.join_group(req).await.unwrap().into_inner().added
-}
+use crate::helpers::{Client, assert_invalid, join, to_all, to_group, to_users};
 
 async fn leave(c: &mut Client, group: &str, users: &[&str]) -> i32 {
     let req = pb::LeaveGroupRequest { group_id: group.into(), user_ids: users.iter().map(|u| u.to_string()).collect() };
