@@ -37,6 +37,9 @@ const BATCH_MESSAGES: usize = 64;
 /// Most bytes in one stream item (a single larger message still goes alone).
 const BATCH_BYTES: usize = 64 * 1024;
 
+/// The first byte of a pre-encoded `SubscribeResponse.states` entry (field 2, bytes).
+const STATE_TAG: u8 = 0x12;
+
 /// Limits of one queue.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -74,11 +77,18 @@ struct State {
     waker: Option<Waker>,
     /// Set once: the stream ends with this status after what is already queued
     /// (or at once, for an overflow, since the queue was dropped).
-    end: Option<Status>,
+    /// Boxed, as is everything rarely there: an idle stream pays a pointer for it.
+    end: Option<Box<Status>>,
     /// Replays in progress; live messages are held while it is above 0.
     syncing: u32,
-    held: Vec<(Source, StreamId, Bytes)>,
+    held: Option<Box<Vec<(Source, StreamId, Bytes)>>>,
     positions: Positions,
+}
+
+impl State {
+    fn held_len(&self) -> usize {
+        self.held.as_ref().map_or(0, |h| h.len())
+    }
 }
 
 /// The last id queued per history.
@@ -152,7 +162,7 @@ impl Queue {
             }
             if s.syncing > 0 {
                 s.bytes += entry.len();
-                s.held.push((source.clone(), id, entry));
+                s.held.get_or_insert_default().push((source.clone(), id, entry));
                 self.check_limits(&mut s);
             } else if s.positions.advance(source, id) {
                 self.enqueue(&mut s, entry);
@@ -229,10 +239,11 @@ impl Queue {
         let waker = {
             let mut s = self.state();
             s.syncing = s.syncing.saturating_sub(1);
-            if s.syncing > 0 || s.held.is_empty() {
+            if s.syncing > 0 {
                 return;
             }
-            for (source, id, entry) in std::mem::take(&mut s.held) {
+            let Some(held) = s.held.take() else { return };
+            for (source, id, entry) in *held {
                 s.bytes -= entry.len();
                 if s.end.is_none() && s.positions.advance(&source, id) {
                     self.enqueue(&mut s, entry);
@@ -248,7 +259,7 @@ impl Queue {
     /// True while more than half the queue's room is taken (replays wait for room).
     pub fn is_busy(&self) -> bool {
         let s = self.state();
-        s.items.len() + s.held.len() > self.limits.messages / 2 || s.bytes > self.limits.bytes / 2
+        s.items.len() + s.held_len() > self.limits.messages / 2 || s.bytes > self.limits.bytes / 2
     }
 
     fn enqueue(&self, s: &mut State, entry: Bytes) {
@@ -258,11 +269,12 @@ impl Queue {
     }
 
     fn check_limits(&self, s: &mut State) {
-        if s.items.len() + s.held.len() > self.limits.messages || s.bytes > self.limits.bytes {
+        if s.items.len() + s.held_len() > self.limits.messages || s.bytes > self.limits.bytes {
             s.items = VecDeque::new();
-            s.held = Vec::new();
+            s.held = None;
             s.bytes = 0;
-            s.end = Some(Status::resource_exhausted("the device fell too far behind: its queue overflowed; reconnect"));
+            let status = Status::resource_exhausted("the device fell too far behind: its queue overflowed; reconnect");
+            s.end = Some(Box::new(status));
             tracing::info!("slow consumer disconnected");
         }
     }
@@ -272,7 +284,7 @@ impl Queue {
         let waker = {
             let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if s.end.is_none() {
-                s.end = Some(status);
+                s.end = Some(Box::new(status));
             }
             s.waker.take()
         };
@@ -293,23 +305,32 @@ impl Queue {
         if !s.items.is_empty() {
             let mut encoded = Vec::with_capacity(s.items.len().min(BATCH_MESSAGES));
             let mut size = 0;
+            let mut has_message = false;
             while let Some(front) = s.items.front() {
                 if !encoded.is_empty() && (encoded.len() == BATCH_MESSAGES || size + front.len() > BATCH_BYTES) {
                     break;
                 }
+                // A client reads an item's states and messages as two lists, so a state
+                // never follows a message within one item: it starts the next one.
+                let is_state = front.first() == Some(&STATE_TAG);
+                if is_state && has_message {
+                    break;
+                }
+                has_message |= !is_state;
                 size += front.len();
                 encoded.extend(s.items.pop_front());
             }
             s.bytes -= size;
-            if s.items.is_empty() && s.items.capacity() > 64 {
-                // Give back a burst's memory; an idle stream should cost next to nothing.
+            if s.items.is_empty() {
+                // Give the memory back: an idle stream should cost next to nothing (one
+                // allocation per batch is noise next to the write that sends it).
                 s.items = VecDeque::new();
             }
             return Poll::Ready(Some(Ok(SubscribeResponse { messages: Vec::new(), states: Vec::new(), encoded })));
         }
         if let Some(status) = &s.end {
             // Kept (not taken): an ended queue stays ended and ignores late pushes.
-            return Poll::Ready(Some(Err(status.clone())));
+            return Poll::Ready(Some(Err(Status::clone(status))));
         }
         if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             s.waker = Some(cx.waker().clone());
@@ -410,6 +431,19 @@ mod tests {
     }
 
     #[test]
+    fn a_state_never_follows_a_message_in_one_item() {
+        let q = queue(100, 1 << 20);
+        live(&q, 1, SubscribeResponse::message_entry(b"m1"));
+        q.set_position(&Source::All, Pos { epoch: 2, id: id(1) }, Continuity::Resumed);
+        live(&q, 2, SubscribeResponse::message_entry(b"m2"));
+        let Poll::Ready(Some(Ok(first))) = poll(&q) else { panic!() };
+        assert_eq!(first.encoded.len(), 1, "the message alone");
+        let Poll::Ready(Some(Ok(second))) = poll(&q) else { panic!() };
+        assert_eq!(second.encoded.len(), 2, "the state, then the message after it");
+        assert_eq!(second.encoded[0][0], STATE_TAG);
+    }
+
+    #[test]
     fn positions_are_reported_and_forgotten() {
         let q = queue(100, 1 << 20);
         let g = Source::Group("g".into());
@@ -429,13 +463,13 @@ mod tests {
         let q = queue(1000, 1 << 20);
         assert!(poll(&q).is_pending());
         for i in 0..100u8 {
-            live(&q, u64::from(i) + 1, Bytes::from(vec![i; 10]));
+            live(&q, u64::from(i) + 1, SubscribeResponse::message_entry(&[i; 10]));
         }
         let Poll::Ready(Some(Ok(first))) = poll(&q) else { panic!() };
         assert_eq!(first.encoded.len(), BATCH_MESSAGES);
         let Poll::Ready(Some(Ok(rest))) = poll(&q) else { panic!() };
         assert_eq!(rest.encoded.len(), 100 - BATCH_MESSAGES);
-        assert_eq!(rest.encoded.last().unwrap()[0], 99, "order kept");
+        assert_eq!(rest.encoded.last().unwrap().last(), Some(&99), "order kept");
         assert!(poll(&q).is_pending());
     }
 

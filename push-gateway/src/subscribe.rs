@@ -174,7 +174,7 @@ impl Streams {
             queue.end_sync();
             return Err(e.into());
         }
-        tokio::spawn(sync(i.clone(), queue.clone(), replays));
+        spawn_sync(i, &queue, replays);
         // The queue was created `scheduled`, so announcements arriving meanwhile only mark
         // it dirty and this first reconciliation picks them up.
         reconcile(i, &queue, &plan).await?;
@@ -215,6 +215,15 @@ async fn establish(i: &Inner, q: &Queue, source: &Source, start: Start) -> Resul
 /// Replays each of `sources` into `q` after its position, then ends one sync of `q`.
 /// Redis errors are retried for a while (the hub may be back before the pool is); then
 /// the stream ends with UNAVAILABLE and the device resumes from its cursors.
+/// Runs [`sync`] in a task of its own when there is anything to replay.
+fn spawn_sync(i: &Arc<Inner>, q: &Arc<Queue>, sources: Vec<(Source, Pos)>) {
+    if sources.is_empty() {
+        q.end_sync();
+    } else {
+        tokio::spawn(sync(i.clone(), q.clone(), sources));
+    }
+}
+
 async fn sync(i: Arc<Inner>, q: Arc<Queue>, sources: Vec<(Source, Pos)>) {
     'sources: for (source, from) in sources {
         let mut backoff = Duration::from_millis(50);
@@ -407,7 +416,7 @@ async fn apply_groups(i: &Arc<Inner>, q: &Arc<Queue>, plan: &Plan) -> Result<(),
             }
         }
     }
-    tokio::spawn(sync(i.clone(), q.clone(), replays));
+    spawn_sync(i, q, replays);
     Ok(())
 }
 
