@@ -9,7 +9,7 @@
 //! | `P:presence:events`                  | STREAM | capped (MAXLEN ~)           | presence-svc |
 //! | `P:profile:{u:UID}`                  | HASH   | none                        | profile-svc  |
 //! | `P:group:{g:GID}:members`           | ZSET   | none (gone with last member) | push-gateway |
-//! | `P:groups:{u:UID}`                  | SET    | none (gone with last group) | push-gateway |
+//! | `P:groups:{u:UID}`                  | HASH   | none (gone with last group) | push-gateway |
 //! | `P:idem:KEY`                        | STRING | idempotency window (24 h)   | push-gateway |
 //! | `P:inbox:{u:UID}`, `P:history:{g:GID}`, `P:history:all` | STREAM | capped by count and age | push-gateway |
 //! | the same + `:meta`                  | HASH   | meta TTL (7 d), renewed      | push-gateway |
@@ -86,7 +86,7 @@ impl Keys {
         format!("{}:group:{{g:{group_id}}}:members", self.prefix)
     }
 
-    /// The groups of a user (SET of group ids).
+    /// The groups of a user (HASH group id → `EPOCH/ID`, the group history when they joined).
     pub fn user_groups(&self, user_id: &str) -> String {
         format!("{}:groups:{{u:{user_id}}}", self.prefix)
     }

@@ -268,8 +268,9 @@ async fn run(
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let mut waiting = Vec::new();
     loop {
-        match session(&inner, &client, &pool, &config, &probe_channel, &mut cmds).await {
+        match session(&inner, &client, &pool, &config, &probe_channel, &mut cmds, &mut waiting).await {
             Ok(()) => return, // every Hub handle is gone: the server is shutting down
             Err(why) => {
                 if inner.healthy.swap(false, Ordering::Relaxed) {
@@ -295,6 +296,7 @@ async fn session(
     config: &HubConfig,
     probe_channel: &str,
     cmds: &mut mpsc::UnboundedReceiver<Cmd>,
+    waiting: &mut Vec<oneshot::Sender<()>>,
 ) -> Result<(), String> {
     let pubsub = tokio::time::timeout(config.connect_timeout, client.get_async_pubsub())
         .await
@@ -327,6 +329,10 @@ async fn session(
     if !queues.is_empty() {
         let _ = inner.events.send(HubEvent::CatchUp(queues));
     }
+    // Attaches cut short by the previous connection: their channels are subscribed now.
+    for ack in waiting.drain(..) {
+        let _ = ack.send(());
+    }
     inner.healthy.store(true, Ordering::Relaxed);
     tracing::info!(channels = channels.len() - 1, "push hub subscribed");
 
@@ -349,7 +355,7 @@ async fn session(
                         let Ok(cmd) = cmds.try_recv() else { break };
                         batch.push(cmd);
                     }
-                    carry_out(&mut sink, deadline, batch).await?;
+                    carry_out(&mut sink, deadline, batch, waiting).await?;
                 }
             },
             _ = tick.tick() => {
@@ -381,8 +387,35 @@ async fn session(
 const MAX_BATCH: usize = 4096;
 
 /// Carries out `batch` in order, merging adjacent subscribes (and unsubscribes) into
-/// one command; a barrier is acknowledged once everything before it is confirmed.
-async fn carry_out(sink: &mut redis::aio::PubSubSink, deadline: Duration, batch: Vec<Cmd>) -> Result<(), String> {
+/// one command; barriers are acknowledged once everything in the batch is confirmed.
+///
+/// When the connection fails, the barriers not yet reached are kept in `waiting`: the
+/// next connection subscribes everything the registry holds (their channels included)
+/// and then acknowledges them, so a stream opening during a reconnect waits instead of
+/// failing.
+async fn carry_out(
+    sink: &mut redis::aio::PubSubSink,
+    deadline: Duration,
+    batch: Vec<Cmd>,
+    waiting: &mut Vec<oneshot::Sender<()>>,
+) -> Result<(), String> {
+    let mut batch = batch.into_iter();
+    let result = carry_out_in_order(sink, deadline, &mut batch, waiting).await;
+    if result.is_err() {
+        waiting.extend(batch.filter_map(|c| match c {
+            Cmd::Barrier(ack) => Some(ack),
+            _ => None,
+        }));
+    }
+    result
+}
+
+async fn carry_out_in_order(
+    sink: &mut redis::aio::PubSubSink,
+    deadline: Duration,
+    batch: &mut std::vec::IntoIter<Cmd>,
+    waiting: &mut Vec<oneshot::Sender<()>>,
+) -> Result<(), String> {
     async fn flush(
         sink: &mut redis::aio::PubSubSink,
         deadline: Duration,
@@ -397,26 +430,42 @@ async fn carry_out(sink: &mut redis::aio::PubSubSink, deadline: Duration, batch:
         }
         Ok(())
     }
+    // Barriers are acknowledged at the end of the batch, once everything before them is
+    // confirmed; so they do not split runs of (un)subscribes.
     let mut run: Option<(bool, Vec<String>)> = None;
-    for cmd in batch {
+    let mut acks = Vec::new();
+    let mut result = Ok(());
+    for cmd in batch.by_ref() {
         let (subscribe, channels) = match cmd {
             Cmd::Subscribe(chs) => (true, chs),
             Cmd::Unsubscribe(chs) => (false, chs),
             Cmd::Barrier(ack) => {
-                flush(sink, deadline, run.take()).await?;
-                let _ = ack.send(());
+                acks.push(ack);
                 continue;
             }
         };
         match &mut run {
             Some((kind, pending)) if *kind == subscribe => pending.extend(channels),
             _ => {
-                flush(sink, deadline, run.take()).await?;
-                run = Some((subscribe, channels));
+                result = flush(sink, deadline, run.replace((subscribe, channels))).await;
+                if result.is_err() {
+                    break;
+                }
             }
         }
     }
-    flush(sink, deadline, run).await
+    if result.is_ok() {
+        result = flush(sink, deadline, run).await;
+    }
+    match result {
+        Ok(()) => {
+            for ack in acks {
+                let _ = ack.send(());
+            }
+        }
+        Err(_) => waiting.extend(acks),
+    }
+    result
 }
 
 /// Awaits a SUBSCRIBE/UNSUBSCRIBE confirmation for at most `deadline`.

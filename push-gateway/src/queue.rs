@@ -77,17 +77,17 @@ struct State {
     waker: Option<Waker>,
     /// Set once: the stream ends with this status after what is already queued
     /// (or at once, for an overflow, since the queue was dropped).
-    /// Boxed, as is everything rarely there: an idle stream pays a pointer for it.
+    /// Boxed, as it is rarely there: an idle stream pays a pointer for it.
     end: Option<Box<Status>>,
     /// Replays in progress; live messages are held while it is above 0.
     syncing: u32,
-    held: Option<Box<Vec<(Source, StreamId, Bytes)>>>,
+    held: Vec<(Source, StreamId, Bytes)>,
     positions: Positions,
 }
 
 impl State {
     fn held_len(&self) -> usize {
-        self.held.as_ref().map_or(0, |h| h.len())
+        self.held.len()
     }
 }
 
@@ -162,7 +162,7 @@ impl Queue {
             }
             if s.syncing > 0 {
                 s.bytes += entry.len();
-                s.held.get_or_insert_default().push((source.clone(), id, entry));
+                s.held.push((source.clone(), id, entry));
                 self.check_limits(&mut s);
             } else if s.positions.advance(source, id) {
                 self.enqueue(&mut s, entry);
@@ -242,8 +242,10 @@ impl Queue {
             if s.syncing > 0 {
                 return;
             }
-            let Some(held) = s.held.take() else { return };
-            for (source, id, entry) in *held {
+            if s.held.is_empty() {
+                return;
+            }
+            for (source, id, entry) in std::mem::take(&mut s.held) {
                 s.bytes -= entry.len();
                 if s.end.is_none() && s.positions.advance(&source, id) {
                     self.enqueue(&mut s, entry);
@@ -271,7 +273,7 @@ impl Queue {
     fn check_limits(&self, s: &mut State) {
         if s.items.len() + s.held_len() > self.limits.messages || s.bytes > self.limits.bytes {
             s.items = VecDeque::new();
-            s.held = None;
+            s.held = Vec::new();
             s.bytes = 0;
             let status = Status::resource_exhausted("the device fell too far behind: its queue overflowed; reconnect");
             s.end = Some(Box::new(status));

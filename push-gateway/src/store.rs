@@ -1,7 +1,8 @@
 //! Every Redis command of the gateway: histories (push, replay, acks, receipts),
 //! publishing, and group membership.
 //!
-//! A group's members are a ZSET (score 0, paged by id) and each user's groups a SET;
+//! A group's members are a ZSET (score 0, paged by id) and each user's groups a HASH
+//! (group → where its history stood when the user joined);
 //! join and leave change both in one Lua script, so the two views never disagree. In
 //! Redis Cluster the group key and the user keys live in different slots (see
 //! docs/ARCHITECTURE.md).
@@ -14,30 +15,41 @@ use redis::{Script, Value};
 
 use crate::history::{self, Pos, StreamId};
 
-/// KEYS: members, then each user's groups key. ARGV: group id, max groups per user,
-/// then the user ids (in KEYS order). Refuses the whole call when a user would exceed
-/// the limit: {-1, index of that user}; else {added}.
+/// KEYS: members, the group history's meta, then each user's groups key. ARGV: group
+/// id, max groups per user, meta TTL in ms, then the user ids (in KEYS order). Refuses
+/// the whole call when a user would exceed the limit: {-1, index of that user}; else
+/// {added}. Each new member's groups HASH records where the group's history stood when
+/// they joined (`EPOCH/ID`), so their devices receive the group from there on, even
+/// what was pushed before their streams attached.
 const JOIN: &str = r"
 local gid, max = ARGV[1], tonumber(ARGV[2])
-for i = 2, #KEYS do
-  if redis.call('SISMEMBER', KEYS[i], gid) == 0 and redis.call('SCARD', KEYS[i]) >= max then
-    return {-1, i - 2}
+for i = 3, #KEYS do
+  if redis.call('HEXISTS', KEYS[i], gid) == 0 and redis.call('HLEN', KEYS[i]) >= max then
+    return {-1, i - 3}
   end
 end
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  local t = redis.call('TIME')
+  epoch = string.format('%d%06d', t[1], t[2])
+  redis.call('HSET', KEYS[2], 'epoch', epoch)
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local at = epoch .. '/' .. (redis.call('HGET', KEYS[2], 'last') or '0-0')
 local added = 0
-for i = 2, #KEYS do
-  redis.call('SADD', KEYS[i], gid)
+for i = 3, #KEYS do
+  redis.call('HSETNX', KEYS[i], gid, at)
   added = added + redis.call('ZADD', KEYS[1], 0, ARGV[i + 1])
 end
 return {added}
 ";
 
-/// KEYS and ARGV as JOIN (ARGV[2] unused). Returns how many were members.
+/// KEYS and ARGV as JOIN (the meta and ARGV[2..3] unused). Returns how many were members.
 const LEAVE: &str = r"
 local gid = ARGV[1]
 local removed = 0
-for i = 2, #KEYS do
-  redis.call('SREM', KEYS[i], gid)
+for i = 3, #KEYS do
+  redis.call('HDEL', KEYS[i], gid)
   removed = removed + redis.call('ZREM', KEYS[1], ARGV[i + 1])
 end
 return removed
@@ -235,10 +247,11 @@ impl Store {
         max: usize,
     ) -> redis::ScriptInvocation<'s> {
         let mut inv = script.key(self.keys.group_members(group));
+        inv.key(history::meta_key(&self.keys.group_history(group)));
         for u in users {
             inv.key(self.keys.user_groups(u));
         }
-        inv.arg(group).arg(max);
+        inv.arg(group).arg(max).arg(self.retention.meta_ttl.as_millis() as u64);
         for u in users {
             inv.arg(u);
         }
@@ -285,10 +298,18 @@ impl Store {
     #[tracing::instrument(skip(self), err)]
     pub async fn user_groups(&self, user: &str) -> Result<Vec<String>, Error> {
         let mut c = self.pool.get();
-        let mut groups: Vec<String> =
-            redis::cmd("SMEMBERS").arg(self.keys.user_groups(user)).query_async(&mut c).await?;
+        let mut groups: Vec<String> = redis::cmd("HKEYS").arg(self.keys.user_groups(user)).query_async(&mut c).await?;
         groups.sort();
         Ok(groups)
+    }
+
+    /// The user's groups with where each group's history stood when the user joined.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn user_groups_since(&self, user: &str) -> Result<HashMap<String, Option<Pos>>, Error> {
+        let mut c = self.pool.get();
+        let all: HashMap<String, String> =
+            redis::cmd("HGETALL").arg(self.keys.user_groups(user)).query_async(&mut c).await?;
+        Ok(all.into_iter().map(|(g, at)| (g, history::parse_ack(&at))).collect())
     }
 }
 

@@ -102,15 +102,26 @@ pub fn max_cursors(max_groups_per_user: usize) -> usize {
     max_groups_per_user + 2
 }
 
-/// Where a new stream starts in each history: the request's cursors, else the device's
-/// acknowledged positions, else now.
+/// Where a stream starts in each history: the request's cursors, else the device's
+/// acknowledged positions, else now. A group without either starts where its history
+/// stood when the user joined, for a device that resumes (it has some cursor or ack)
+/// and for a group joined while the stream is open: so a device misses nothing pushed
+/// to a group after its user joined, not even in the moment before its stream attached.
 struct Plan {
     given: Vec<(Source, Pos)>,
+    since_join: bool,
 }
 
 impl Plan {
     fn start(&self, source: &Source) -> Start {
         self.given.iter().find(|(s, _)| s == source).map_or(Start::Now, |(_, p)| Start::After(*p))
+    }
+
+    fn start_group(&self, source: &Source, joined_at: Option<Pos>) -> Start {
+        match (self.start(source), joined_at) {
+            (Start::Now, Some(at)) if self.since_join => Start::After(at),
+            (start, _) => start,
+        }
     }
 }
 
@@ -148,7 +159,7 @@ impl Streams {
         let mut given = i.store.acked(&user, &device).await?;
         given.retain(|(s, _)| !cursors.iter().any(|(c, _)| c == s));
         given.extend(cursors);
-        let plan = Plan { given };
+        let plan = Plan { since_join: !given.is_empty(), given };
         i.login(&user, &device).await?;
         let queue = Queue::new(i.limits, &user, &device);
         // Live messages wait until the broadcast history and the inbox are replayed.
@@ -374,7 +385,9 @@ async fn reconcile(i: &Arc<Inner>, q: &Arc<Queue>, plan: &Plan) -> Result<(), Er
 /// Attaches `q` to the groups its user joined (replaying each from the plan's start, in
 /// a task) and detaches it from those the user left.
 async fn apply_groups(i: &Arc<Inner>, q: &Arc<Queue>, plan: &Plan) -> Result<(), Error> {
-    let now = i.store.user_groups(&q.user).await?;
+    let since = i.store.user_groups_since(&q.user).await?;
+    let mut now: Vec<String> = since.keys().cloned().collect();
+    now.sort();
     let (joined, left) = {
         let mut cur = q.groups.lock().unwrap_or_else(|e| e.into_inner());
         let joined: Vec<String> = now.iter().filter(|g| !cur.contains(g)).cloned().collect();
@@ -404,8 +417,9 @@ async fn apply_groups(i: &Arc<Inner>, q: &Arc<Queue>, plan: &Plan) -> Result<(),
     }
     let mut replays = Vec::new();
     for g in joined {
-        let source = Source::Group(g.into());
-        match establish(i, q, &source, plan.start(&source)).await {
+        let source = Source::Group(g.as_str().into());
+        let start = plan.start_group(&source, since.get(&g).copied().flatten());
+        match establish(i, q, &source, start).await {
             Ok(Some(from)) => replays.push((source, from)),
             Ok(None) => {}
             Err(e) => {
@@ -422,7 +436,7 @@ async fn apply_groups(i: &Arc<Inner>, q: &Arc<Queue>, plan: &Plan) -> Result<(),
 
 /// Reconciles a stream whose user's groups changed, retrying while Redis fails.
 async fn membership_changed(inner: Arc<Inner>, q: Arc<Queue>) {
-    let plan = Plan { given: Vec::new() };
+    let plan = Plan { given: Vec::new(), since_join: true };
     while !q.closed.load(Ordering::Acquire) {
         match reconcile(&inner, &q, &plan).await {
             Ok(()) => return,

@@ -228,7 +228,7 @@ fn gateway_args(listen: &str, redis_url: &str, presence_url: &str, profile_url: 
         "--rpc-timeout",
         "3s",
         "--hub-probe-interval",
-        "200ms",
+        "500ms",
     ];
     args.extend(FAST);
     args.extend(extra);

@@ -399,3 +399,47 @@ async fn pushes_acknowledged_before_a_redis_crash_are_delivered_after_it() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_group_reaches_a_member_from_the_moment_it_joined() {
+    let app = App::start(&[]).await;
+    let mut c = app.gateway_client().await;
+    let mut d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
+    d.wait_states(2).await;
+    // Joined while connected and pushed at once, before the stream can have attached:
+    // each push still arrives, from the group's history.
+    for k in 0..5 {
+        let group = format!("g{k}");
+        join(&mut c, &group, &["ann"]).await;
+        c.push_to_group(to_group(&group, &group)).await.unwrap();
+    }
+    let mut topics: Vec<String> = Vec::new();
+    for _ in 0..5 {
+        topics.push(d.next().await.topic);
+    }
+    topics.sort();
+    assert_eq!(topics, ["g0", "g1", "g2", "g3", "g4"]);
+    let cursors = d.cursors();
+    drop(d);
+
+    // Joined while away: a resuming device gets the group from the join on.
+    c.push_to_group(to_group("club", "before-joining")).await.unwrap();
+    join(&mut c, "club", &["ann"]).await;
+    for topic in ["c1", "c2"] {
+        c.push_to_group(to_group("club", topic)).await.unwrap();
+    }
+    let mut d = Device::resume(app.gateway.addr, "ann", "phone", cursors).await.unwrap();
+    assert_eq!(d.next().await.topic, "c1");
+    assert_eq!(d.next().await.topic, "c2");
+    d.wait_states(2 + 6).await;
+    assert!(continuity(&d).values().all(|c| *c == Continuity::Resumed), "{:?}", d.states());
+
+    // A new device (no cursor, no ack) starts from now everywhere.
+    let fresh = Device::connect(app.gateway.addr, "ann", "new-tablet").await.unwrap();
+    fresh.wait_states(2 + 6).await;
+    assert!(continuity(&fresh).values().all(|c| *c == Continuity::FromNow));
+    c.push_to_users(to_users(&["ann"], "sync")).await.unwrap();
+    let mut fresh = fresh;
+    assert_eq!(fresh.next().await.topic, "sync");
+    assert_eq!(fresh.received_count(), 1);
+}
