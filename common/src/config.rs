@@ -65,3 +65,48 @@ mod tests {
         assert!(duration("soon").is_err());
     }
 }
+
+/// How calls between the services are authenticated (see docs/SECURITY.md).
+#[derive(clap::Args, Clone, Debug)]
+pub struct AuthArgs {
+    /// File holding the shared internal token: presence-svc and profile-svc accept only
+    /// calls that carry it, and the gateway sends it. Mount it from a secret.
+    #[arg(long, env = "INTERNAL_TOKEN_FILE")]
+    pub internal_token_file: Option<std::path::PathBuf>,
+
+    /// Run without authentication: no internal token, and on the gateway no API keys or
+    /// device tokens. For local development only; a server refuses to start without
+    /// credentials unless this is given.
+    #[arg(long, env = "INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+}
+
+impl AuthArgs {
+    /// The internal token, if one is configured.
+    pub fn internal_token(&self) -> Result<Option<String>, crate::Error> {
+        let Some(path) = &self.internal_token_file else { return Ok(None) };
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| crate::Error::Config(format!("--internal-token-file {}: {e}", path.display())))?;
+        let token = token.trim();
+        if token.len() < 16 {
+            return Err(crate::Error::Config("the internal token must be at least 16 characters".into()));
+        }
+        Ok(Some(token.to_owned()))
+    }
+
+    /// What an internal service requires of its callers: the token, or nothing when
+    /// running insecurely; an error when neither is configured.
+    pub fn internal_policy(&self) -> Result<Option<std::sync::Arc<dyn crate::auth::Authorize>>, crate::Error> {
+        match (self.internal_token()?, self.insecure_no_auth) {
+            (Some(token), _) => Ok(Some(std::sync::Arc::new(crate::auth::InternalToken::new(&token)))),
+            (None, true) => {
+                tracing::warn!("running without authentication (--insecure-no-auth): for development only");
+                Ok(None)
+            }
+            (None, false) => Err(crate::Error::Config(
+                "no --internal-token-file: refusing to serve unauthenticated (pass --insecure-no-auth for local development)"
+                    .into(),
+            )),
+        }
+    }
+}

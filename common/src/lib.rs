@@ -13,6 +13,7 @@
 //! - [`token`]: hex encoding of opaque page tokens.
 //! - [`time`]: conversions between Redis millisecond clocks and protobuf types.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod health;

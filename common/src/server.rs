@@ -116,3 +116,28 @@ where
     drain_with_grace(running, started_rx, args.shutdown_grace).await?;
     Ok(())
 }
+
+/// Adds `service` to `router`, behind `policy` when there is one (health and reflection
+/// are added unguarded by [`run`]).
+pub fn add_guarded<S>(
+    router: tonic::transport::server::Router,
+    service: S,
+    policy: Option<std::sync::Arc<dyn crate::auth::Authorize>>,
+) -> tonic::transport::server::Router
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    match policy {
+        Some(policy) => router.add_service(crate::auth::Guarded::new(service, policy)),
+        None => router.add_service(service),
+    }
+}

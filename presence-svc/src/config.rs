@@ -1,7 +1,7 @@
 //! Configuration of presence-svc: flags with environment fallbacks.
 use std::{net::SocketAddr, time::Duration};
 
-use push_common::config::{RedisArgs, ServeArgs, duration};
+use push_common::config::{AuthArgs, RedisArgs, ServeArgs, duration};
 
 #[derive(clap::Parser, Clone, Debug)]
 #[command(name = "presence-svc", version, about = "Presence: user sessions as leases in Redis")]
@@ -15,6 +15,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub serve: ServeArgs,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
 
     /// Lease length when a Login or Heartbeat names none.
     #[arg(long, env = "PRESENCE_DEFAULT_TTL", default_value = "60s", value_parser = duration)]

@@ -30,6 +30,7 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
+    let policy = config.auth.internal_policy()?;
     let pool = redis::pool(&config.redis)?;
     let store = store::Store::new(
         pool.clone(),
@@ -64,7 +65,10 @@ pub async fn serve(
         async move { redis::ping(&pool, timeout).await }
     };
     let service = PresenceServer::new(service::PresenceService::new(store, config.clone()));
-    let result = server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, |r| r.add_service(service)).await;
+    let result = server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, |r| {
+        server::add_guarded(r, service, policy)
+    })
+    .await;
     sweeper.abort();
     result
 }

@@ -1,7 +1,7 @@
 //! Configuration of profile-svc: flags with environment fallbacks.
 use std::net::SocketAddr;
 
-use push_common::config::{RedisArgs, ServeArgs};
+use push_common::config::{AuthArgs, RedisArgs, ServeArgs};
 
 #[derive(clap::Parser, Clone, Debug)]
 #[command(name = "profile-svc", version, about = "Profiles: one Redis HASH per user")]
@@ -15,6 +15,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub serve: ServeArgs,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
 
     /// Most free attributes one profile may hold.
     #[arg(long, env = "PROFILE_MAX_ATTRIBUTES", default_value_t = 64)]

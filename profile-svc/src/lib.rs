@@ -28,6 +28,7 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
+    let policy = config.auth.internal_policy()?;
     let pool = redis::pool(&config.redis)?;
     let store = store::Store::new(pool.clone(), Keys::new(&config.redis.key_prefix));
 
@@ -37,5 +38,6 @@ pub async fn serve(
         async move { redis::ping(&pool, timeout).await }
     };
     let service = ProfileServer::new(service::ProfileService::new(store, config.clone()));
-    server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, |r| r.add_service(service)).await
+    server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, |r| server::add_guarded(r, service, policy))
+        .await
 }

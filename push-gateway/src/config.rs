@@ -1,7 +1,7 @@
 //! Configuration of push-gateway: flags with environment fallbacks.
 use std::{net::SocketAddr, time::Duration};
 
-use push_common::config::{RedisArgs, ServeArgs, duration};
+use push_common::config::{AuthArgs, RedisArgs, ServeArgs, duration};
 
 #[derive(clap::Parser, Clone, Debug)]
 #[command(name = "push-gateway", version, about = "The public PushGateway gRPC service")]
@@ -32,6 +32,41 @@ pub struct Config {
 
     #[command(flatten)]
     pub serve: ServeArgs,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
+
+    /// A backend API key: `NAME:SHA256HEX:SCOPES`, the SHA-256 of the key (never the key
+    /// itself) and a comma-separated list of publish, presence, profile, groups, admin.
+    /// Repeat the flag, or separate keys with `;` in the environment variable.
+    #[arg(long = "api-key", env = "GATEWAY_API_KEYS", value_delimiter = ';', hide_env_values = true)]
+    pub api_keys: Vec<String>,
+
+    /// A file of API keys, one `NAME:SHA256HEX:SCOPES` per line (`#` starts a comment).
+    #[arg(long, env = "GATEWAY_API_KEYS_FILE")]
+    pub api_keys_file: Option<std::path::PathBuf>,
+
+    /// Requests per second each API key may make (a burst of one second's worth); 0 for
+    /// no limit.
+    #[arg(long, env = "GATEWAY_API_KEY_RATE", default_value_t = 1000.0)]
+    pub api_key_rate: f64,
+
+    /// A key that verifies device tokens (JWT): `KID:ALG:PATH`, with an HMAC secret file
+    /// for HS256/384/512 or a PEM public key for RS*/PS*/ES256/ES384. Repeat for rotation.
+    #[arg(long = "jwt-key", env = "GATEWAY_JWT_KEYS", value_delimiter = ';')]
+    pub jwt_keys: Vec<String>,
+
+    /// Required `iss` of device tokens, if set.
+    #[arg(long, env = "GATEWAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of device tokens, if set.
+    #[arg(long, env = "GATEWAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew allowed when checking a token's `exp` and `nbf`.
+    #[arg(long, env = "GATEWAY_JWT_LEEWAY", default_value = "30s", value_parser = duration)]
+    pub jwt_leeway: Duration,
 
     /// Presence lease of a device stream; renewed every third of it while the stream is open.
     #[arg(long, env = "GATEWAY_STREAM_LEASE", default_value = "60s", value_parser = duration)]
@@ -88,4 +123,25 @@ pub struct Config {
     /// delivery on few threads (see docs/BENCHMARKS.md).
     #[arg(long, env = "GATEWAY_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
+}
+
+impl Config {
+    /// The policy's settings: the flags plus the keys file.
+    pub fn auth_settings(&self) -> Result<crate::auth::AuthSettings, push_common::Error> {
+        let mut api_keys: Vec<String> = self.api_keys.iter().filter(|k| !k.trim().is_empty()).cloned().collect();
+        if let Some(path) = &self.api_keys_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| push_common::Error::Config(format!("--api-keys-file {}: {e}", path.display())))?;
+            let lines = text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty());
+            api_keys.extend(lines.map(String::from));
+        }
+        Ok(crate::auth::AuthSettings {
+            api_keys,
+            jwt_keys: self.jwt_keys.iter().filter(|k| !k.trim().is_empty()).cloned().collect(),
+            jwt_issuer: self.jwt_issuer.clone(),
+            jwt_audience: self.jwt_audience.clone(),
+            jwt_leeway: self.jwt_leeway,
+            api_key_rate: self.api_key_rate,
+        })
+    }
 }

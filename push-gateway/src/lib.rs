@@ -13,6 +13,7 @@
 //! - [`service`]: the `PushGateway` implementation.
 //! - [`serve`]: runs the gRPC server.
 
+pub mod auth;
 pub mod config;
 pub mod downstream;
 pub mod history;
@@ -58,6 +59,16 @@ pub async fn serve(
 ) -> Result<(), BoxError> {
     let presence = downstream::channel(&config.presence_url, &config).map_err(|e| format!("--presence-url {e}"))?;
     let profile = downstream::channel(&config.profile_url, &config).map_err(|e| format!("--profile-url {e}"))?;
+    let internal_token = config.auth.internal_token()?;
+    let policy = auth::GatewayPolicy::new(&config.auth_settings()?)?;
+    if !config.auth.insecure_no_auth && (internal_token.is_none() || policy.is_none()) {
+        return Err("refusing to serve unauthenticated: configure --internal-token-file and API keys (--api-key, \
+                    --api-keys-file) or device token keys (--jwt-key), or pass --insecure-no-auth for local development"
+            .into());
+    }
+    let policy = policy.map(|p| std::sync::Arc::new(p) as std::sync::Arc<dyn push_common::auth::Authorize>);
+    let with_token = downstream::WithToken::new(internal_token.as_deref())?;
+    let internal = |c: &tonic::transport::Channel| downstream::Internal::new(c.clone(), with_token.clone());
     if config.history_meta_ttl < config.history_max_age {
         return Err("--history-meta-ttl must be at least --history-max-age".into());
     }
@@ -107,20 +118,24 @@ pub async fn serve(
     };
     let streams_config = subscribe::StreamsConfig {
         store,
-        presence: PresenceClient::new(presence.clone()),
+        presence: PresenceClient::new(internal(&presence)),
         lease: config.stream_lease,
         limits: queue::Limits { messages: config.stream_queue_messages, bytes: config.stream_queue_bytes },
         max_groups: config.max_groups_per_user,
     };
     let (streams, sessions_task) = subscribe::Streams::start(hub.clone(), streams_config, events_rx);
-    let service = PushGatewayServer::new(service::Gateway::new(presence, profile, pusher, streams))
-        .max_decoding_message_size(config.max_payload_bytes + (1 << 20));
+    let service =
+        PushGatewayServer::new(service::Gateway::new(internal(&presence), internal(&profile), pusher, streams))
+            .max_decoding_message_size(config.max_payload_bytes + (1 << 20));
     let closing = hub.clone();
     let shutdown = async move {
         shutdown.await;
         closing.close_all(tonic::Status::unavailable("the gateway is shutting down; reconnect"));
     };
-    let result = server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, |r| r.add_service(service)).await;
+    let result = server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, |r| {
+        server::add_guarded(r, service, policy)
+    })
+    .await;
     hub_task.abort();
     sessions_task.abort();
     result

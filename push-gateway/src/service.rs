@@ -4,10 +4,10 @@ use push_proto::{
     profile::v1::profile_client::ProfileClient,
     push::v1::{self as pb, push_gateway_server::PushGateway},
 };
-use tonic::{Request, Response, Status, transport::Channel};
+use tonic::{Request, Response, Status};
 
 use crate::{
-    downstream::{ForwardedStream, forward, forward_stream},
+    downstream::{ForwardedStream, Internal, forward, forward_stream},
     push::Pusher,
     queue::DeviceStream,
     subscribe::Streams,
@@ -17,14 +17,14 @@ use crate::{
 /// pushes and groups to Redis, device streams to the hub.
 #[derive(Clone)]
 pub struct Gateway {
-    presence: PresenceClient<Channel>,
-    profile: ProfileClient<Channel>,
+    presence: PresenceClient<Internal>,
+    profile: ProfileClient<Internal>,
     pusher: Pusher,
     streams: Streams,
 }
 
 impl Gateway {
-    pub fn new(presence: Channel, profile: Channel, pusher: Pusher, streams: Streams) -> Self {
+    pub fn new(presence: Internal, profile: Internal, pusher: Pusher, streams: Streams) -> Self {
         Self { presence: PresenceClient::new(presence), profile: ProfileClient::new(profile), pusher, streams }
     }
 }

@@ -32,10 +32,11 @@ use push_proto::{
     push::v1::{Continuity, SubscribeRequest},
 };
 use tokio::sync::{Semaphore, mpsc};
-use tonic::{Code, Request, Status, transport::Channel};
+use tonic::{Code, Request, Status};
 
 use crate::{
-    downstream::passthrough,
+    auth::device_user,
+    downstream::{Internal, passthrough},
     history::{self, Pos, Source, Start},
     hub::{Hub, HubEvent},
     queue::{DeviceStream, Limits, Queue},
@@ -58,7 +59,7 @@ pub struct Streams {
 struct Inner {
     hub: Hub,
     store: Store,
-    presence: PresenceClient<Channel>,
+    presence: PresenceClient<Internal>,
     lease: Duration,
     limits: Limits,
     max_groups: usize,
@@ -79,22 +80,26 @@ struct Live {
 /// What the session task needs besides the streams.
 pub struct StreamsConfig {
     pub store: Store,
-    pub presence: PresenceClient<Channel>,
+    pub presence: PresenceClient<Internal>,
     pub lease: Duration,
     pub limits: Limits,
     /// Most groups per user (bounds the cursors of one request).
     pub max_groups: usize,
 }
 
-/// The user and device a device-side call (Subscribe, Ack) is for.
-///
-/// This is the one seam where device authentication plugs in: today the request names
-/// its user and device and is taken on trust; with device credentials the user comes
-/// from the verified token instead, and a request naming another user is refused.
-pub fn device_identity<T>(_req: &Request<T>, user_id: &str, device_id: &str, v: &mut Violations) -> (String, String) {
-    v.id("user_id", user_id);
+/// The user and device a device-side call (Subscribe, Ack) is for: the verified device
+/// token's user (a request naming another user is PERMISSION_DENIED; it may leave
+/// `user_id` empty), or the named user for an admin key or without authentication.
+pub fn device_identity<T>(
+    req: &Request<T>,
+    user_id: &str,
+    device_id: &str,
+    v: &mut Violations,
+) -> Result<(String, String), Status> {
+    let user = device_user(req.extensions().get::<push_common::auth::Identity>(), user_id)?;
+    v.id("user_id", &user);
     v.id("device_id", device_id);
-    (user_id.to_owned(), device_id.to_owned())
+    Ok((user, device_id.to_owned()))
 }
 
 /// Most cursors in one request: the inbox, the broadcast history and every group.
@@ -153,7 +158,7 @@ impl Streams {
         let i = &self.inner;
         let mut v = Violations::new();
         let r = req.get_ref();
-        let (user, device) = device_identity(&req, &r.user_id, &r.device_id, &mut v);
+        let (user, device) = device_identity(&req, &r.user_id, &r.device_id, &mut v)?;
         let cursors = history::parse_cursors(&mut v, "cursors", &r.cursors, max_cursors(i.max_groups));
         v.check()?;
         let mut given = i.store.acked(&user, &device).await?;
@@ -193,17 +198,17 @@ impl Streams {
     }
 
     /// A device acknowledges what it has processed.
-    pub async fn ack(&self, req: Request<push_proto::push::v1::AckRequest>) -> Result<(), Error> {
+    pub async fn ack(&self, req: Request<push_proto::push::v1::AckRequest>) -> Result<(), Status> {
         let i = &self.inner;
         let mut v = Violations::new();
         let r = req.get_ref();
-        let (user, device) = device_identity(&req, &r.user_id, &r.device_id, &mut v);
+        let (user, device) = device_identity(&req, &r.user_id, &r.device_id, &mut v)?;
         let cursors = history::parse_cursors(&mut v, "cursors", &r.cursors, max_cursors(i.max_groups));
         if r.cursors.is_empty() {
             v.add("cursors", "must hold at least one cursor");
         }
         v.check()?;
-        i.store.ack(&user, &device, &cursors).await
+        Ok(i.store.ack(&user, &device, &cursors).await?)
     }
 }
 

@@ -185,6 +185,12 @@ async fn stopped(rx: oneshot::Receiver<()>) {
     let _ = rx.await;
 }
 
+/// Most tests run without authentication; the security tests configure credentials
+/// (an internal token file), and then nothing is insecure.
+fn insecure_unless_configured(extra: &[&str]) -> Option<&'static str> {
+    (!extra.contains(&"--internal-token-file")).then_some("--insecure-no-auth")
+}
+
 /// Common flags: fast health probes and a short drain so tests do not wait.
 const FAST: [&str; 4] = ["--health-interval", "100ms", "--shutdown-grace", "1s"];
 
@@ -192,6 +198,7 @@ const FAST: [&str; 4] = ["--health-interval", "100ms", "--shutdown-grace", "1s"]
 pub async fn presence(redis_url: &str, extra: &[&str]) -> Running {
     let mut args = vec!["presence-svc", "--listen", "127.0.0.1:0", "--redis-url", redis_url];
     args.extend(FAST);
+    args.extend(insecure_unless_configured(extra));
     args.extend(extra);
     let config = presence_svc::Config::parse_from(args);
     spawn(|l, rx| presence_svc::serve(l, config, stopped(rx))).await
@@ -201,6 +208,7 @@ pub async fn presence(redis_url: &str, extra: &[&str]) -> Running {
 pub async fn profile(redis_url: &str, extra: &[&str]) -> Running {
     let mut args = vec!["profile-svc", "--listen", "127.0.0.1:0", "--redis-url", redis_url];
     args.extend(FAST);
+    args.extend(insecure_unless_configured(extra));
     args.extend(extra);
     let config = profile_svc::Config::parse_from(args);
     spawn(|l, rx| profile_svc::serve(l, config, stopped(rx))).await
@@ -231,6 +239,7 @@ fn gateway_args(listen: &str, redis_url: &str, presence_url: &str, profile_url: 
         "500ms",
     ];
     args.extend(FAST);
+    args.extend(insecure_unless_configured(extra));
     args.extend(extra);
     args.into_iter().map(String::from).collect()
 }
@@ -291,8 +300,18 @@ impl App {
 
     /// Starts everything on a given Redis.
     pub async fn start_on(redis: RedisServer, presence_flags: &[&str], gateway_flags: &[&str]) -> Self {
+        Self::start_full(redis, presence_flags, &[], gateway_flags).await
+    }
+
+    /// Starts everything with extra flags for each service (e.g. credentials).
+    pub async fn start_full(
+        redis: RedisServer,
+        presence_flags: &[&str],
+        profile_flags: &[&str],
+        gateway_flags: &[&str],
+    ) -> Self {
         let presence = presence(&redis.url(), presence_flags).await;
-        let profile = profile(&redis.url(), &[]).await;
+        let profile = profile(&redis.url(), profile_flags).await;
         let gateway = gateway(&redis.url(), &presence.url(), &profile.url(), gateway_flags).await;
         let app = Self { redis, presence, profile, gateway };
         wait_health(app.gateway.addr, "", ServingStatus::Serving).await;
@@ -326,6 +345,26 @@ impl App {
     pub async fn profile_client(&self) -> ProfileClient<Channel> {
         ProfileClient::new(channel(self.profile.addr).await)
     }
+}
+
+/// Adds `authorization: Bearer …` to every call.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// A gateway client that sends `bearer` (an API key or a device token) with every call.
+pub async fn authorized(
+    addr: SocketAddr,
+    bearer: &str,
+) -> PushGatewayClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>> {
+    let value = format!("Bearer {bearer}").parse().expect("ascii token");
+    PushGatewayClient::with_interceptor(channel(addr).await, Bearer(value))
 }
 
 /// A connected channel to a loopback server.
@@ -396,8 +435,23 @@ impl Device {
         device: &str,
         cursors: Vec<push_proto::push::v1::Cursor>,
     ) -> Result<Device, tonic::Status> {
+        Self::resume_as(channel, None, user, device, cursors).await
+    }
+
+    /// Like `resume_on`, with `authorization: Bearer <bearer>` (a device token or key).
+    pub async fn resume_as(
+        channel: Channel,
+        bearer: Option<&str>,
+        user: &str,
+        device: &str,
+        cursors: Vec<push_proto::push::v1::Cursor>,
+    ) -> Result<Device, tonic::Status> {
         let mut c = PushGatewayClient::new(channel);
         let req = push_proto::push::v1::SubscribeRequest { user_id: user.into(), device_id: device.into(), cursors };
+        let mut req = tonic::Request::new(req);
+        if let Some(b) = bearer {
+            req.metadata_mut().insert("authorization", format!("Bearer {b}").parse().expect("ascii token"));
+        }
         let mut stream = c.subscribe(req).await?.into_inner();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let track = std::sync::Arc::new(std::sync::Mutex::new(Track::default()));
@@ -512,6 +566,12 @@ impl Device {
             out.push(m);
         }
         out
+    }
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").field("received", &self.received_count()).finish()
     }
 }
 

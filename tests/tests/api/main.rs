@@ -7,4 +7,5 @@ mod inbox;
 mod presence;
 mod profile;
 mod push;
+mod security;
 mod validation;

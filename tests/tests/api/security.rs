@@ -1,0 +1,305 @@
+//! Security: API keys with scopes on every RPC, device tokens (HS256, RS256, ES256,
+//! rotation, expiry, audience, issuer), the internal token, and the per-key rate limit.
+use std::{path::PathBuf, str::FromStr, time::Duration};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use prost::Message;
+use push_proto::push::v1 as pb;
+use push_tests::{App, Device, RedisServer, channel, health, wait_health};
+use tonic::{Code, codegen::http, transport::Channel};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::helpers::to_users;
+
+const HS_SECRET: &str = "an-hmac-secret-of-at-least-32-bytes!!";
+const HS_SECRET_2: &str = "the-next-hmac-secret-for-rotation-0001";
+const INTERNAL: &str = "internal-token-for-the-tests-0123";
+
+fn hex(d: [u8; 32]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+/// A directory with the secrets the services read, and the flags that use them.
+struct Secrets {
+    _dir: PathBuf,
+    internal: String,
+    gateway: Vec<String>,
+}
+
+fn secrets(extra: &[&str]) -> Secrets {
+    let dir = std::env::temp_dir().join(format!("push-sec-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let internal = write("internal", INTERNAL);
+    let hs1 = write("hs1", HS_SECRET);
+    let hs2 = write("hs2", HS_SECRET_2);
+    let key = |name: &str, secret: &str, scopes: &str| {
+        format!("{name}:{}:{scopes}", hex(push_common::auth::digest(secret.as_bytes())))
+    };
+    let mut gateway = vec![
+        "--internal-token-file".to_string(),
+        internal.clone(),
+        "--api-key".into(),
+        key("pusher", "k-publish", "publish"),
+        "--api-key".into(),
+        key("watcher", "k-presence", "presence"),
+        "--api-key".into(),
+        key("profiler", "k-profile", "profile"),
+        "--api-key".into(),
+        key("grouper", "k-groups", "groups"),
+        "--api-key".into(),
+        key("ops", "k-admin", "admin"),
+        "--jwt-key".into(),
+        format!("hs1:HS256:{hs1}"),
+        "--jwt-key".into(),
+        format!("hs2:HS256:{hs2}"),
+        "--jwt-key".into(),
+        format!("rs1:RS256:{}", fixture("rsa-test.pub").display()),
+        "--jwt-key".into(),
+        format!("es1:ES256:{}", fixture("ec-test.pub").display()),
+        "--jwt-audience".into(),
+        "push".into(),
+        "--jwt-issuer".into(),
+        "auth.example".into(),
+    ];
+    gateway.extend(extra.iter().map(|s| s.to_string()));
+    Secrets { _dir: dir, internal, gateway }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+async fn secure_app(extra: &[&str]) -> (App, Secrets) {
+    let s = secrets(extra);
+    let internal = ["--internal-token-file", s.internal.as_str()];
+    let gateway: Vec<&str> = s.gateway.iter().map(String::as_str).collect();
+    let app = App::start_full(RedisServer::start(), &internal, &internal, &gateway).await;
+    (app, s)
+}
+
+#[derive(serde::Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: u64,
+    aud: &'a str,
+    iss: &'a str,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A device token for `sub`, signed by the key `kid` with `alg`.
+fn token(kid: &str, alg: Algorithm, sub: &str, exp: u64, aud: &str, iss: &str) -> String {
+    let key = match alg {
+        // "forged": claims to be hs1 but is signed with hs2's secret.
+        Algorithm::HS256 if kid == "hs2" || kid == "forged" => EncodingKey::from_secret(HS_SECRET_2.as_bytes()),
+        Algorithm::HS256 => EncodingKey::from_secret(HS_SECRET.as_bytes()),
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(&std::fs::read(fixture("rsa-test.key")).unwrap()).unwrap(),
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&std::fs::read(fixture("ec-test.key")).unwrap()).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let kid = if kid == "forged" { "hs1" } else { kid };
+    let header = Header { kid: Some(kid.into()), ..Header::new(alg) };
+    jsonwebtoken::encode(&header, &Claims { sub, exp, aud, iss }, &key).unwrap()
+}
+
+fn device_token(sub: &str) -> String {
+    token("hs1", Algorithm::HS256, sub, now() + 600, "push", "auth.example")
+}
+
+/// Calls `path` with an empty request (every field at its default) and returns the code.
+async fn call(ch: &Channel, path: &str, streaming: bool, bearer: Option<&str>) -> Code {
+    let mut g = tonic::client::Grpc::new(ch.clone());
+    g.ready().await.unwrap();
+    let mut req = tonic::Request::new(());
+    if let Some(b) = bearer {
+        req.metadata_mut().insert("authorization", format!("Bearer {b}").parse().unwrap());
+    }
+    let path = http::uri::PathAndQuery::from_str(path).unwrap();
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    let result = if streaming {
+        g.server_streaming(req, path, codec).await.map(drop)
+    } else {
+        g.unary(req, path, codec).await.map(drop)
+    };
+    result.err().map_or(Code::Ok, |s| s.code())
+}
+
+/// Every method of push.v1.PushGateway: (name, server streaming).
+fn gateway_methods() -> Vec<(String, bool)> {
+    let fds = prost_types::FileDescriptorSet::decode(push_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let svc = fds.file.iter().flat_map(|f| &f.service).find(|s| s.name() == "PushGateway").unwrap();
+    svc.method.iter().map(|m| (m.name().to_string(), m.server_streaming())).collect()
+}
+
+/// The credential each method needs, as documented in docs/SECURITY.md.
+fn key_for(method: &str) -> &'static str {
+    match method {
+        "Subscribe" | "Ack" => "device",
+        "PushToAll" | "PushToUsers" | "PushToGroup" | "GetDeliveryStatus" => "k-publish",
+        "Login" | "Heartbeat" | "Logout" | "GetPresence" | "ListOnlineUsers" | "CountOnlineUsers" | "WatchPresence" => {
+            "k-presence"
+        }
+        "PutProfile" | "UpdateProfile" | "GetProfile" | "BatchGetProfiles" | "DeleteProfile" => "k-profile",
+        "JoinGroup" | "LeaveGroup" | "ListGroupMembers" | "ListUserGroups" => "k-groups",
+        other => panic!("{other} has no documented credential: add it to SECURITY.md and here"),
+    }
+}
+
+#[tokio::test]
+async fn every_rpc_checks_credentials_and_scopes() {
+    let (app, _s) = secure_app(&["--api-key-rate", "0"]).await;
+    let ch = channel(app.gateway.addr).await;
+    let keys = app.redis.keys();
+    let device = device_token("ann");
+    for (method, streaming) in gateway_methods() {
+        let path = format!("/push.v1.PushGateway/{method}");
+        let need = key_for(&method);
+        let wrong_scope = if need == "k-publish" { "k-groups" } else { "k-publish" };
+        assert_eq!(call(&ch, &path, streaming, None).await, Code::Unauthenticated, "{method} without credentials");
+        assert_eq!(call(&ch, &path, streaming, Some("k-wrong")).await, Code::Unauthenticated, "{method} wrong key");
+        let forged = token("hs1", Algorithm::HS256, "ann", now() + 600, "push", "auth.example").replace('.', ".x");
+        assert_eq!(call(&ch, &path, streaming, Some(&forged)).await, Code::Unauthenticated, "{method} forged");
+        assert_eq!(call(&ch, &path, streaming, Some(wrong_scope)).await, Code::PermissionDenied, "{method} scope");
+        if need != "device" {
+            let code = call(&ch, &path, streaming, Some(&device)).await;
+            assert_eq!(code, Code::PermissionDenied, "{method} with a device token");
+        }
+        assert_eq!(app.redis.keys(), keys, "a refused {method} wrote to Redis");
+        // The right credential gets past authentication (the empty request may still be
+        // invalid, which is the service's answer, not the policy's).
+        let right = if need == "device" { device.as_str() } else { need };
+        for bearer in [right, "k-admin"] {
+            let code = call(&ch, &path, streaming, Some(bearer)).await;
+            assert!(
+                !matches!(code, Code::Unauthenticated | Code::PermissionDenied),
+                "{method} with {bearer}: {code:?}"
+            );
+        }
+    }
+    // Health and reflection stay open.
+    assert_eq!(health(app.gateway.addr, "push.v1.PushGateway").await, Some(ServingStatus::Serving));
+}
+
+async fn subscribe(app: &App, bearer: &str, user: &str) -> Result<Device, tonic::Status> {
+    Device::resume_as(channel(app.gateway.addr).await, Some(bearer), user, "phone", Vec::new()).await
+}
+
+#[tokio::test]
+async fn devices_receive_only_their_own_user_with_valid_tokens() {
+    let (app, _s) = secure_app(&[]).await;
+    let mut c = push_tests::authorized(app.gateway.addr, "k-publish").await;
+    let ok = [
+        token("hs1", Algorithm::HS256, "ann", now() + 600, "push", "auth.example"),
+        token("hs2", Algorithm::HS256, "ann", now() + 600, "push", "auth.example"),
+        token("rs1", Algorithm::RS256, "ann", now() + 600, "push", "auth.example"),
+        token("es1", Algorithm::ES256, "ann", now() + 600, "push", "auth.example"),
+    ];
+    for (k, t) in ok.iter().enumerate() {
+        // The request may name its user or leave it to the token.
+        let mut d = subscribe(&app, t, if k % 2 == 0 { "ann" } else { "" }).await.unwrap();
+        d.wait_states(2).await;
+        c.push_to_users(to_users(&["ann"], &format!("for-ann-{k}"))).await.unwrap();
+        assert_eq!(d.next().await.topic, format!("for-ann-{k}"));
+    }
+    let t = &ok[0];
+    assert_eq!(subscribe(&app, t, "bob").await.unwrap_err().code(), Code::PermissionDenied);
+    let bad = [
+        token("hs1", Algorithm::HS256, "ann", now() - 120, "push", "auth.example"),
+        token("hs1", Algorithm::HS256, "ann", now() + 600, "other", "auth.example"),
+        token("hs1", Algorithm::HS256, "ann", now() + 600, "push", "evil.example"),
+        token("nope", Algorithm::HS256, "ann", now() + 600, "push", "auth.example"),
+        token("hs1", Algorithm::HS256, "a{n}", now() + 600, "push", "auth.example"),
+        token("forged", Algorithm::HS256, "ann", now() + 600, "push", "auth.example"),
+    ];
+    for t in &bad {
+        assert_eq!(subscribe(&app, t, "ann").await.unwrap_err().code(), Code::Unauthenticated, "{t}");
+    }
+    // Ack is a device call too: only for the token's user.
+    let mut ack = pb::AckRequest {
+        user_id: "bob".into(),
+        device_id: "phone".into(),
+        cursors: vec![pb::Cursor {
+            audience: pb::Audience::User as i32,
+            group_id: String::new(),
+            epoch: "1".into(),
+            message_id: "1-0".into(),
+        }],
+    };
+    let mut dc = push_tests::authorized(app.gateway.addr, t).await;
+    assert_eq!(dc.ack(ack.clone()).await.unwrap_err().code(), Code::PermissionDenied);
+    ack.user_id = "ann".into();
+    dc.ack(ack).await.unwrap();
+}
+
+#[tokio::test]
+async fn internal_services_accept_only_the_gateway() {
+    let (app, _s) = secure_app(&[]).await;
+    // Through the gateway, presence and profiles work (it sends the internal token).
+    let mut c = push_tests::authorized(app.gateway.addr, "k-presence").await;
+    let login = pb::LoginRequest { user_id: "ann".into(), session_id: "d".into(), ttl: None };
+    c.login(login).await.unwrap();
+    // Directly, nothing: no token, a wrong token, or a gateway API key.
+    for bearer in [None, Some("wrong-token-wrong-token"), Some("k-admin")] {
+        let p = app.presence.addr;
+        let req = push_proto::presence::v1::LoginRequest { user_id: "eve".into(), session_id: "d".into(), ttl: None };
+        let mut req = tonic::Request::new(req);
+        if let Some(b) = bearer {
+            req.metadata_mut().insert("authorization", format!("Bearer {b}").parse().unwrap());
+        }
+        let mut direct = push_proto::presence::v1::presence_client::PresenceClient::new(channel(p).await);
+        assert_eq!(direct.login(req).await.unwrap_err().code(), Code::Unauthenticated);
+        let mut prof = push_proto::profile::v1::profile_client::ProfileClient::new(channel(app.profile.addr).await);
+        let get = push_proto::profile::v1::GetProfileRequest { user_id: "ann".into() };
+        assert_eq!(prof.get_profile(get).await.unwrap_err().code(), Code::Unauthenticated);
+    }
+    assert!(!app.redis.keys().iter().any(|k| k.contains("{u:eve}")), "a refused call wrote");
+    // Health stays open on them (Kubernetes probes).
+    wait_health(app.presence.addr, "", ServingStatus::Serving).await;
+    wait_health(app.profile.addr, "", ServingStatus::Serving).await;
+}
+
+#[tokio::test]
+async fn an_api_key_over_its_rate_gets_resource_exhausted() {
+    let (app, _s) = secure_app(&["--api-key-rate", "5"]).await;
+    let mut c = push_tests::authorized(app.gateway.addr, "k-presence").await;
+    let mut refused = 0;
+    for _ in 0..30 {
+        match c.count_online_users(pb::CountOnlineUsersRequest {}).await {
+            Ok(_) => {}
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted);
+                assert!(s.message().contains("--api-key-rate"), "{}", s.message());
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 15, "only {refused} of 30 refused");
+    // The budget refills.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.count_online_users(pb::CountOnlineUsersRequest {}).await.unwrap();
+}
+
+#[tokio::test]
+async fn servers_refuse_to_start_without_credentials() {
+    use clap::Parser;
+    let redis = RedisServer::start();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = push_gateway::Config::parse_from(["push-gateway", "--redis-url", &redis.url()]);
+    let err = push_gateway::serve(listener, config, std::future::pending()).await.unwrap_err();
+    assert!(err.to_string().contains("--insecure-no-auth"), "{err}");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = presence_svc::Config::parse_from(["presence-svc", "--redis-url", &redis.url()]);
+    let err = presence_svc::serve(listener, config, std::future::pending()).await.unwrap_err();
+    assert!(err.to_string().contains("--internal-token-file"), "{err}");
+}
