@@ -37,6 +37,10 @@ redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --d
 pids+=($!)
 until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT" RUST_LOG=warn
+# Authenticated as in production (fresh credentials in the temp dir), with the per-key
+# rate limit off: the load generator is one admin key pushing as fast as it can.
+creds_dir="$dir/creds" . scripts/dev-credentials.sh
+export GATEWAY_API_KEY_RATE=0 PUSH_LOADGEN_BEARER="$ADMIN_KEY"
 "$bin/presence-svc" --listen "127.0.0.1:$PRESENCE_PORT" & pids+=($!)
 "$bin/profile-svc" --listen "127.0.0.1:$PROFILE_PORT" & pids+=($!)
 

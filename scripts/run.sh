@@ -43,6 +43,7 @@ done
 redis-cli -p "$REDIS_PORT" ping >/dev/null || { echo "redis-server did not start; see $run_dir/redis.log" >&2; exit 1; }
 
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+. scripts/dev-credentials.sh
 "$bin/presence-svc" --listen "127.0.0.1:$PRESENCE_PORT" & pids+=($!)
 "$bin/profile-svc" --listen "127.0.0.1:$PROFILE_PORT" & pids+=($!)
 "$bin/push-gateway" --listen "127.0.0.1:$GATEWAY_PORT" \
@@ -58,7 +59,13 @@ push system running (Ctrl-C to stop):
   profile-svc   127.0.0.1:$PROFILE_PORT   (internal: profile.v1.Profile)
   redis-server  127.0.0.1:$REDIS_PORT    (data and AOF in $run_dir)
 
+credentials (made once, kept in $run_dir; see docs/SECURITY.md):
+  admin API key   $run_dir/admin.key
+  device tokens   HS256, kid "dev", secret in $run_dir/device-hs256.secret
+
 try: grpcurl -plaintext 127.0.0.1:$GATEWAY_PORT list
+     A="authorization: Bearer \$(cat .run/admin.key)"
+     grpcurl -plaintext -H "\$A" 127.0.0.1:$GATEWAY_PORT push.v1.PushGateway/CountOnlineUsers
 
 MSG
 # Stay in the foreground until a child exits or we are told to stop.

@@ -75,6 +75,11 @@ struct Args {
     /// Prefix of the user, device and group ids this run uses.
     #[arg(long, default_value = "lg")]
     prefix: String,
+    /// Credential sent with every call: an admin API key of the gateway (it may open
+    /// streams for the load generator's users and push). Unset for a gateway running
+    /// with --insecure-no-auth.
+    #[arg(long, env = "PUSH_LOADGEN_BEARER", hide_env_values = true)]
+    bearer: Option<String>,
     /// Streams being opened at once.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
@@ -118,6 +123,26 @@ fn user(args: &Args, i: usize) -> String {
 
 fn group(args: &Args, i: usize) -> String {
     format!("{}-g{i}", args.prefix)
+}
+
+/// Adds the `--bearer` credential to every call.
+#[derive(Clone)]
+struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Client = PushGatewayClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+fn client(channel: Channel, bearer: &Option<String>) -> Client {
+    let value = bearer.as_ref().and_then(|b| format!("Bearer {b}").parse().ok());
+    PushGatewayClient::with_interceptor(channel, Bearer(value)).max_decoding_message_size(16 << 20)
 }
 
 async fn connect(target: &str) -> anyhow::Result<Channel> {
@@ -182,7 +207,7 @@ async fn push_loop(args: Arc<Args>, shared: Arc<Shared>, next: Arc<AtomicU64>, s
         count(&shared.push_errors, "connect".into());
         return;
     };
-    let mut c = PushGatewayClient::new(channel).max_decoding_message_size(16 << 20);
+    let mut c = client(channel, &args.bearer);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
     let group_size = |g: usize| (args.streams / args.groups) as u64 + u64::from(g < args.streams % args.groups);
     loop {
@@ -273,7 +298,7 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
 
     // Groups: stream i's user belongs to group i % groups.
     if args.mode == Mode::Groups {
-        let mut c = PushGatewayClient::new(connect(&args.target).await?);
+        let mut c = client(connect(&args.target).await?, &args.bearer);
         for g in 0..args.groups {
             let members: Vec<String> = (g..args.streams).step_by(args.groups).map(|i| user(&args, i)).collect();
             for chunk in members.chunks(1000) {
@@ -304,7 +329,7 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
                 Some(c) => c,
                 None => connect(&args.target).await?,
             };
-            let mut c = PushGatewayClient::new(channel).max_decoding_message_size(16 << 20);
+            let mut c = client(channel, &args.bearer);
             let (user_id, device_id) = (user(&args, i), format!("{}-d", args.prefix));
             let req = pb::SubscribeRequest { user_id, device_id, cursors: vec![] };
             let stream = c.subscribe(req).await?.into_inner();
