@@ -449,7 +449,7 @@ async fn a_retried_push_with_the_same_key_is_delivered_once() {
 async fn the_session_limit_also_bounds_streams_per_user() {
     let app = App::start(&["--max-sessions-per-user", "1"]).await;
     let _first = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
-    let err = Device::connect(app.gateway.addr, "ann", "laptop").await.err().expect("a second device is refused");
+    let err = Device::connect(app.gateway.addr, "ann", "laptop").await.expect_err("a second device is refused");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     // The same device reconnecting renews its session rather than adding one.
     let again = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
