@@ -52,6 +52,37 @@ pub struct ServeArgs {
     /// How long to wait for in-flight requests after SIGTERM before exiting anyway.
     #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
     pub shutdown_grace: Duration,
+
+    /// PEM certificate chain to serve TLS with (with --tls-key); plaintext without it.
+    #[arg(long = "tls-cert", env = "TLS_CERT_FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long = "tls-key", env = "TLS_KEY_FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// PEM CA bundle: when set, clients must present a certificate it signed (mTLS).
+    #[arg(long = "tls-client-ca", env = "TLS_CLIENT_CA_FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+}
+
+/// Reads a file named by `flag`, for a configuration error that says which.
+pub fn read_file(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, crate::Error> {
+    std::fs::read(path).map_err(|e| crate::Error::Config(format!("{flag} {}: {e}", path.display())))
+}
+
+impl ServeArgs {
+    /// The server's TLS settings, if TLS is configured.
+    pub fn tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, crate::Error> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        let identity = Identity::from_pem(read_file("--tls-cert", cert)?, read_file("--tls-key", key)?);
+        let mut tls = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.tls_client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read_file("--tls-client-ca", ca)?));
+        }
+        Ok(Some(tls))
+    }
 }
 
 #[cfg(test)]

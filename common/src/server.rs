@@ -104,7 +104,12 @@ where
         let _ = started_tx.send(());
     };
     tracing::info!(addr = %listener.local_addr()?, service = name, "listening");
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = args.tls()? {
+        builder = builder.tls_config(tls).map_err(|e| crate::Error::Config(format!("TLS: {e}")))?;
+        tracing::info!(mutual = args.tls_client_ca.is_some(), "serving TLS");
+    }
+    let router = builder
         .max_concurrent_streams(args.max_concurrent_streams)
         .http2_keepalive_interval(Some(args.keepalive_interval))
         .http2_keepalive_timeout(Some(args.keepalive_timeout))

@@ -18,6 +18,20 @@ pub struct Config {
     #[arg(long, env = "PROFILE_URL", default_value = "http://127.0.0.1:50062")]
     pub profile_url: String,
 
+    /// PEM CA bundle that signed the internal services' certificates: calls to them use
+    /// TLS (their URLs must be https://).
+    #[arg(long, env = "INTERNAL_TLS_CA_FILE")]
+    pub internal_tls_ca: Option<std::path::PathBuf>,
+
+    /// PEM client certificate the gateway presents to the internal services (mTLS), with
+    /// --internal-tls-key.
+    #[arg(long, env = "INTERNAL_TLS_CERT_FILE", requires = "internal_tls_key", requires = "internal_tls_ca")]
+    pub internal_tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --internal-tls-cert.
+    #[arg(long, env = "INTERNAL_TLS_KEY_FILE", requires = "internal_tls_cert")]
+    pub internal_tls_key: Option<std::path::PathBuf>,
+
     /// Deadline of each call to an internal service (a caller's shorter deadline wins).
     #[arg(long, env = "GATEWAY_RPC_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub rpc_timeout: Duration,

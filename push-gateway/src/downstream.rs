@@ -46,6 +46,21 @@ pub fn channel(url: &str, config: &Config) -> Result<Channel, String> {
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true);
+    let endpoint = match &config.internal_tls_ca {
+        None => endpoint,
+        Some(ca) => {
+            use push_common::config::read_file;
+            use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+            let ca = read_file("--internal-tls-ca", ca).map_err(|e| e.to_string())?;
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+            if let (Some(cert), Some(key)) = (&config.internal_tls_cert, &config.internal_tls_key) {
+                let cert = read_file("--internal-tls-cert", cert).map_err(|e| e.to_string())?;
+                let key = read_file("--internal-tls-key", key).map_err(|e| e.to_string())?;
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            endpoint.tls_config(tls).map_err(|e| format!("{url}: TLS: {e}"))?
+        }
+    };
     Ok(endpoint.connect_lazy())
 }
 

@@ -363,8 +363,29 @@ pub async fn authorized(
     addr: SocketAddr,
     bearer: &str,
 ) -> PushGatewayClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>> {
+    authorized_on(channel(addr).await, bearer)
+}
+
+/// Like `authorized`, on a given channel (e.g. a TLS one).
+pub fn authorized_on(
+    channel: Channel,
+    bearer: &str,
+) -> PushGatewayClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>> {
     let value = format!("Bearer {bearer}").parse().expect("ascii token");
-    PushGatewayClient::with_interceptor(channel(addr).await, Bearer(value))
+    PushGatewayClient::with_interceptor(channel, Bearer(value))
+}
+
+/// A TLS channel to `localhost:<port of addr>` trusting `ca_pem`, presenting
+/// `identity` (certificate and key PEM) when given.
+pub async fn tls_channel(addr: SocketAddr, ca_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> Result<Channel, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    let endpoint = Channel::from_shared(format!("https://localhost:{}", addr.port())).unwrap();
+    let endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?.connect_timeout(Duration::from_secs(5));
+    endpoint.connect().await.map_err(|e| format!("{e:?}"))
 }
 
 /// A connected channel to a loopback server.

@@ -303,3 +303,65 @@ async fn servers_refuse_to_start_without_credentials() {
     let err = presence_svc::serve(listener, config, std::future::pending()).await.unwrap_err();
     assert!(err.to_string().contains("--internal-token-file"), "{err}");
 }
+
+#[tokio::test]
+async fn every_hop_can_run_tls_with_mtls_to_the_internal_services() {
+    let s = secrets(&[]);
+    let redis = RedisServer::start();
+    let path = |n: &str| fixture(n).to_string_lossy().into_owned();
+    let (ca, cert, key) = (path("ca-test.pem"), path("server-test.pem"), path("server-test.key"));
+    let (client_cert, client_key) = (path("client-test.pem"), path("client-test.key"));
+    let internal =
+        ["--internal-token-file", s.internal.as_str(), "--tls-cert", &cert, "--tls-key", &key, "--tls-client-ca", &ca];
+    let presence = push_tests::presence(&redis.url(), &internal).await;
+    let profile = push_tests::profile(&redis.url(), &internal).await;
+    let mut flags: Vec<&str> = s.gateway.iter().map(String::as_str).collect();
+    flags.extend(["--tls-cert", &cert, "--tls-key", &key, "--internal-tls-ca", &ca]);
+    flags.extend(["--internal-tls-cert", &client_cert, "--internal-tls-key", &client_key]);
+    let presence_url = format!("https://localhost:{}", presence.addr.port());
+    let profile_url = format!("https://localhost:{}", profile.addr.port());
+    let gateway = push_tests::gateway(&redis.url(), &presence_url, &profile_url, &flags).await;
+
+    let ca_pem = std::fs::read(&ca).unwrap();
+    let ch = push_tests::tls_channel(gateway.addr, &ca_pem, None).await.unwrap();
+    // SERVING over TLS means the gateway reached both internal services over mTLS.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut h = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+        let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
+        if h.check(req).await.is_ok_and(|r| r.get_ref().status == ServingStatus::Serving as i32) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the TLS gateway never became SERVING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A device over TLS receives a push made over TLS; presence goes through mTLS.
+    let mut d = Device::resume_as(ch.clone(), Some(&device_token("ann")), "ann", "phone", vec![]).await.unwrap();
+    d.wait_states(2).await;
+    let mut c = push_tests::authorized_on(ch.clone(), "k-admin");
+    c.push_to_users(to_users(&["ann"], "over-tls")).await.unwrap();
+    assert_eq!(d.next().await.topic, "over-tls");
+    let presence_req = pb::GetPresenceRequest { user_ids: vec!["ann".into()] };
+    let online = c.get_presence(presence_req).await.unwrap().into_inner();
+    assert!(online.presences[0].online, "the stream's session went through mTLS to presence-svc");
+
+    // Plaintext gets nowhere on a TLS port.
+    assert_eq!(health(gateway.addr, "").await, None);
+    // An internal service refuses a TLS client without a client certificate, and
+    // accepts one with it (and the internal token).
+    let no_cert = match push_tests::tls_channel(presence.addr, &ca_pem, None).await {
+        Err(_) => true,
+        Ok(ch) => {
+            let mut p = push_proto::presence::v1::presence_client::PresenceClient::new(ch);
+            let req = push_proto::presence::v1::GetPresenceRequest { user_ids: vec!["ann".into()] };
+            p.get_presence(req).await.is_err()
+        }
+    };
+    assert!(no_cert, "mTLS let a client without a certificate in");
+    let identity = (std::fs::read(&client_cert).unwrap(), std::fs::read(&client_key).unwrap());
+    let ch = push_tests::tls_channel(presence.addr, &ca_pem, Some((&identity.0, &identity.1))).await.unwrap();
+    let mut p = push_proto::presence::v1::presence_client::PresenceClient::new(ch);
+    let mut req = tonic::Request::new(push_proto::presence::v1::GetPresenceRequest { user_ids: vec!["ann".into()] });
+    req.metadata_mut().insert("authorization", format!("Bearer {INTERNAL}").parse().unwrap());
+    assert!(p.get_presence(req).await.unwrap().into_inner().presences[0].online);
+}
