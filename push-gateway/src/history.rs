@@ -167,6 +167,9 @@ pub fn parse_cursors(v: &mut Violations, field: &str, cursors: &[pb::Cursor], ma
             }
             _ => {
                 v.add(at("audience"), "must be AUDIENCE_ALL, AUDIENCE_USER or AUDIENCE_GROUP");
+                if !c.group_id.is_empty() {
+                    v.id(&at("group_id"), &c.group_id);
+                }
                 None
             }
         };

@@ -234,6 +234,9 @@ impl Pusher {
             }
             _ => {
                 v.add("audience", "must be AUDIENCE_USER, AUDIENCE_GROUP or AUDIENCE_ALL");
+                if !r.group_id.is_empty() {
+                    v.id("group_id", &r.group_id);
+                }
                 None
             }
         };

@@ -3,6 +3,7 @@ mod events;
 mod gateway;
 mod health;
 mod helpers;
+mod hostile;
 mod inbox;
 mod presence;
 mod profile;
