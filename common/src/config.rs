@@ -53,6 +53,11 @@ pub struct ServeArgs {
     #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
     pub shutdown_grace: Duration,
 
+    /// Do not serve gRPC reflection (it describes the API, not data; grpcurl needs it
+    /// or the .proto files).
+    #[arg(long = "no-reflection", env = "NO_REFLECTION")]
+    pub no_reflection: bool,
+
     /// PEM certificate chain to serve TLS with (with --tls-key); plaintext without it.
     #[arg(long = "tls-cert", env = "TLS_CERT_FILE", requires = "tls_key")]
     pub tls_cert: Option<std::path::PathBuf>,

@@ -115,8 +115,8 @@ where
         .http2_keepalive_timeout(Some(args.keepalive_timeout))
         .trace_fn(rpc_span)
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+        .add_optional_service((!args.no_reflection).then_some(reflection_v1))
+        .add_optional_service((!args.no_reflection).then_some(reflection_v1alpha));
     let running = add(router).serve_with_incoming_shutdown(incoming(listener), signal);
     drain_with_grace(running, started_rx, args.shutdown_grace).await?;
     Ok(())

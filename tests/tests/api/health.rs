@@ -80,3 +80,18 @@ async fn reflection_lists_the_services_on_every_server() {
         );
     }
 }
+
+#[tokio::test]
+async fn reflection_can_be_turned_off() {
+    use tonic_reflection::pb::v1;
+    let app = App::start_with(&[], &["--no-reflection"]).await;
+    let mut c = v1::server_reflection_client::ServerReflectionClient::new(channel(app.gateway.addr).await);
+    let req = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let err = c.server_reflection_info(tokio_stream::iter([req])).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    // Health stays on.
+    assert_eq!(push_tests::health(app.gateway.addr, "").await, Some(Serving));
+}
