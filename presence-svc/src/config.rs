@@ -31,6 +31,10 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_MAX_TTL", default_value = "1h", value_parser = duration)]
     pub max_ttl: Duration,
 
+    /// Largest page of ListOnlineUsers; a larger page_size is coerced to it (AIP-158).
+    #[arg(long, env = "PRESENCE_MAX_PAGE_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_page_size: u32,
+
     /// Live sessions (devices) one user may hold; one more is RESOURCE_EXHAUSTED.
     #[arg(long, env = "PRESENCE_MAX_SESSIONS_PER_USER", default_value_t = 64)]
     pub max_sessions_per_user: u32,

@@ -22,7 +22,6 @@ const WATCH_BATCH: usize = 500;
 
 /// Default and maximum page sizes of ListOnlineUsers (AIP-158: larger asks are coerced).
 const DEFAULT_PAGE: usize = 100;
-const MAX_PAGE: usize = 1000;
 
 /// The Presence service.
 #[derive(Clone)]
@@ -242,7 +241,7 @@ impl Presence for PresenceService {
         v.check()?;
         let want = match r.page_size {
             0 => DEFAULT_PAGE,
-            n => (n as usize).min(MAX_PAGE),
+            n => (n as usize).min(self.config.max_page_size as usize),
         };
         // Walk buckets in order and each bucket in id order; the cursor is the last id
         // scanned, so heartbeats (which change scores, not ids) cannot reorder the walk.

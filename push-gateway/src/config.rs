@@ -102,6 +102,10 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_USERS_PER_CALL", default_value_t = 1000)]
     pub max_users_per_call: usize,
 
+    /// Largest page of ListGroupMembers; a larger page_size is coerced to it (AIP-158).
+    #[arg(long, env = "GATEWAY_MAX_PAGE_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_page_size: u32,
+
     /// Most groups one user may belong to.
     #[arg(long, env = "GATEWAY_MAX_GROUPS_PER_USER", default_value_t = 1000)]
     pub max_groups_per_user: usize,

@@ -113,6 +113,7 @@ pub async fn serve(
             max_payload_bytes: config.max_payload_bytes,
             max_users_per_call: config.max_users_per_call,
             max_groups_per_user: config.max_groups_per_user,
+            max_page_size: config.max_page_size as usize,
             idempotency_window: config.idempotency_window,
         },
     };

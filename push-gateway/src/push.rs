@@ -15,7 +15,6 @@ use crate::{
 const MAX_TOPIC: usize = 128;
 const MAX_CONTENT_TYPE: usize = 128;
 const DEFAULT_PAGE: usize = 100;
-const MAX_PAGE: usize = 1000;
 
 /// Limits on pushes and groups.
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +22,8 @@ pub struct PushLimits {
     pub max_payload_bytes: usize,
     pub max_users_per_call: usize,
     pub max_groups_per_user: usize,
+    /// Largest page of a list; larger requests are coerced to it.
+    pub max_page_size: usize,
     /// How long an idempotency key is remembered.
     pub idempotency_window: std::time::Duration,
 }
@@ -203,7 +204,7 @@ impl Pusher {
         v.check()?;
         let want = match r.page_size {
             0 => DEFAULT_PAGE,
-            n => (n as usize).min(MAX_PAGE),
+            n => (n as usize).min(self.limits.max_page_size),
         };
         let user_ids = self.store.members(&r.group_id, &after.unwrap_or_default(), want).await?;
         let next_page_token = match user_ids.last() {

@@ -501,3 +501,14 @@ async fn channels_are_subscribed_while_needed_and_released_after_the_last_stream
     drop(laptop);
     wait_subscribed(&app.redis, &[]).await;
 }
+
+#[tokio::test]
+async fn a_page_larger_than_the_configured_maximum_is_coerced_to_it() {
+    let app = App::start_with(&[], &["--max-page-size", "2"]).await;
+    let mut c = app.gateway_client().await;
+    join(&mut c, "g", &["a", "b", "c"]).await;
+    let req = pb::ListGroupMembersRequest { group_id: "g".into(), page_size: 100, page_token: String::new() };
+    let page = c.list_group_members(req).await.unwrap().into_inner();
+    assert_eq!(page.user_ids, ["a", "b"]);
+    assert!(!page.next_page_token.is_empty());
+}
