@@ -21,8 +21,9 @@ use tonic::{Status, codegen::http, server::NamedService};
 /// Who is calling, as established by the policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Identity {
-    /// A device, for this user (from a verified token).
-    Device { user: String },
+    /// A device, for this user (from a verified token), whose credential is good until
+    /// `until` (seconds since the Unix epoch, leeway included).
+    Device { user: String, until: u64 },
     /// A backend, by the name of its API key; `admin` keys may act for any user.
     Backend { key: String, admin: bool },
     /// The gateway calling an internal service.

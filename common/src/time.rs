@@ -37,3 +37,8 @@ mod tests {
         assert_eq!(proto_duration(&d), Some(Duration::from_millis(2500)));
     }
 }
+
+/// Seconds since the Unix epoch, by this machine's clock (0 before 1970).
+pub fn unix_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

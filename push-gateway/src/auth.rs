@@ -169,6 +169,7 @@ pub struct GatewayPolicy {
 #[derive(serde::Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
 }
 
 impl GatewayPolicy {
@@ -206,8 +207,8 @@ impl GatewayPolicy {
         found
     }
 
-    /// The user a device token is for.
-    fn device(&self, token: &str) -> Result<String, Status> {
+    /// The user a device token is for, and until when it is good (leeway included).
+    fn device(&self, token: &str) -> Result<(String, u64), Status> {
         let invalid = |why: &str| Status::unauthenticated(format!("invalid device token: {why}"));
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed"))?;
         let candidates: Vec<&JwtKey> = match &header.kid {
@@ -234,7 +235,7 @@ impl GatewayPolicy {
                     if let Some(p) = id_problem(&data.claims.sub) {
                         return Err(invalid(&format!("sub {p}")));
                     }
-                    return Ok(data.claims.sub);
+                    return Ok((data.claims.sub, data.claims.exp.saturating_add(self.leeway.as_secs())));
                 }
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind as K;
@@ -282,9 +283,9 @@ impl Authorize for GatewayPolicy {
         let token = bearer(headers)?;
         let need = need(method);
         if is_jwt(token) {
-            let user = self.device(token)?;
+            let (user, until) = self.device(token)?;
             return match need {
-                Need::Device => Ok(Identity::Device { user }),
+                Need::Device => Ok(Identity::Device { user, until }),
                 Need::Scope(_) => Err(Status::permission_denied("a device token may only call Subscribe and Ack")),
             };
         }
@@ -316,8 +317,8 @@ impl Authorize for GatewayPolicy {
 /// when an admin key (or no authentication) is in force.
 pub fn device_user(identity: Option<&Identity>, requested: &str) -> Result<String, Status> {
     match identity {
-        Some(Identity::Device { user }) if requested.is_empty() || requested == user => Ok(user.clone()),
-        Some(Identity::Device { user }) => Err(Status::permission_denied(format!(
+        Some(Identity::Device { user, .. }) if requested.is_empty() || requested == user => Ok(user.clone()),
+        Some(Identity::Device { user, .. }) => Err(Status::permission_denied(format!(
             "this device token is for user {user:?}; it cannot act for {requested:?}"
         ))),
         _ => Ok(requested.to_owned()),
@@ -398,7 +399,7 @@ mod tests {
 
     #[test]
     fn device_calls_act_only_for_the_token_user() {
-        let ann = Identity::Device { user: "ann".into() };
+        let ann = Identity::Device { user: "ann".into(), until: u64::MAX };
         assert_eq!(device_user(Some(&ann), "ann").unwrap(), "ann");
         assert_eq!(device_user(Some(&ann), "").unwrap(), "ann");
         assert_eq!(device_user(Some(&ann), "bob").unwrap_err().code(), tonic::Code::PermissionDenied);

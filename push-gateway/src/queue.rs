@@ -68,6 +68,9 @@ pub struct Queue {
     pub scheduled: AtomicBool,
     /// Set once when the stream has ended, before its channels are detached.
     pub closed: AtomicBool,
+    /// When the device's credential runs out (seconds since the Unix epoch; 0: never):
+    /// the stream is ended then, and the device reconnects with a fresh token.
+    pub until: u64,
 }
 
 #[derive(Debug, Default)]
@@ -134,6 +137,11 @@ impl Positions {
 
 impl Queue {
     pub fn new(limits: Limits, user: &str, device: &str) -> Arc<Self> {
+        Self::until(limits, user, device, 0)
+    }
+
+    /// A queue whose stream must end at `until` (seconds since the Unix epoch; 0: never).
+    pub fn until(limits: Limits, user: &str, device: &str, until: u64) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::default(),
             limits,
@@ -144,6 +152,7 @@ impl Queue {
             dirty: AtomicBool::new(true),
             scheduled: AtomicBool::new(true),
             closed: AtomicBool::new(false),
+            until,
         })
     }
 

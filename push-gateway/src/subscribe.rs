@@ -4,7 +4,8 @@
 //! which groups it is attached to), and nothing else: no task or timer per stream. One
 //! session task per gateway does, for all of them:
 //! - renew each stream's presence session every third of the lease (logging in again
-//!   when the lease was lost, e.g. Redis restarted without persistence);
+//!   when the lease was lost, e.g. Redis restarted without persistence), and end a
+//!   stream whose device token has expired (UNAUTHENTICATED: reconnect with a new one);
 //! - reconcile a stream's group channels when its user's memberships change (announced
 //!   on the user's channel), so join/leave takes effect on open streams;
 //! - when a stream ends, detach it from every channel and log its device out.
@@ -166,7 +167,11 @@ impl Streams {
         given.extend(cursors);
         let plan = Plan { since_join: !given.is_empty(), given };
         i.login(&user, &device).await?;
-        let queue = Queue::new(i.limits, &user, &device);
+        let until = match req.extensions().get::<push_common::auth::Identity>() {
+            Some(push_common::auth::Identity::Device { until, .. }) => *until,
+            _ => 0,
+        };
+        let queue = Queue::until(i.limits, &user, &device, until);
         // Live messages wait until the broadcast history and the inbox are replayed.
         queue.begin_sync();
         // From here on the stream's cleanup runs when `stream` drops, error or not.
@@ -506,7 +511,9 @@ async fn run(
                     for q in streams {
                         let (inner, permit) = (inner.clone(), gate.clone().acquire_owned().await);
                         calls.spawn(async move {
-                            if !q.closed.load(Ordering::Acquire) {
+                            if q.until != 0 && push_common::time::unix_secs() >= q.until {
+                                q.close(Status::unauthenticated("the device token expired; reconnect with a fresh one"));
+                            } else if !q.closed.load(Ordering::Acquire) {
                                 inner.renew(&q).await;
                             }
                             drop(permit);

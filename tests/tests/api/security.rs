@@ -365,3 +365,22 @@ async fn every_hop_can_run_tls_with_mtls_to_the_internal_services() {
     req.metadata_mut().insert("authorization", format!("Bearer {INTERNAL}").parse().unwrap());
     assert!(p.get_presence(req).await.unwrap().into_inner().presences[0].online);
 }
+
+#[tokio::test]
+async fn a_stream_ends_when_its_device_token_expires() {
+    let s = secrets(&["--jwt-leeway", "0s", "--stream-lease", "900ms"]);
+    let internal = ["--internal-token-file", s.internal.as_str()];
+    let presence = ["--internal-token-file", s.internal.as_str(), "--min-ttl", "100ms"];
+    let gateway: Vec<&str> = s.gateway.iter().map(String::as_str).collect();
+    let app = App::start_full(RedisServer::start(), &presence, &internal, &gateway).await;
+    let short = token("hs1", Algorithm::HS256, "ann", now() + 2, "push", "auth.example");
+    let mut d = subscribe(&app, &short, "ann").await.unwrap();
+    let started = std::time::Instant::now();
+    let end = d.end().await.expect("the stream ended with a status");
+    assert_eq!(end.code(), Code::Unauthenticated, "{end:?}");
+    assert!(end.message().contains("expired"), "{end:?}");
+    assert!(started.elapsed() < Duration::from_secs(6), "ended {:?} after opening", started.elapsed());
+    // A fresh token opens a new stream.
+    let mut d = subscribe(&app, &device_token("ann"), "ann").await.unwrap();
+    d.wait_states(2).await;
+}
