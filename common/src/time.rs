@@ -17,6 +17,11 @@ pub fn proto_duration(d: &prost_types::Duration) -> Option<Duration> {
     Some(Duration::new(d.seconds as u64, d.nanos as u32))
 }
 
+/// Seconds since the Unix epoch, by this machine's clock (0 before 1970).
+pub fn unix_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,9 +41,4 @@ mod tests {
         let d = prost_types::Duration { seconds: 2, nanos: 500_000_000 };
         assert_eq!(proto_duration(&d), Some(Duration::from_millis(2500)));
     }
-}
-
-/// Seconds since the Unix epoch, by this machine's clock (0 before 1970).
-pub fn unix_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
