@@ -381,6 +381,6 @@ async fn a_stream_ends_when_its_device_token_expires() {
     assert!(end.message().contains("expired"), "{end:?}");
     assert!(started.elapsed() < Duration::from_secs(6), "ended {:?} after opening", started.elapsed());
     // A fresh token opens a new stream.
-    let mut d = subscribe(&app, &device_token("ann"), "ann").await.unwrap();
+    let d = subscribe(&app, &device_token("ann"), "ann").await.unwrap();
     d.wait_states(2).await;
 }
