@@ -3,6 +3,7 @@
 //! | key                                  | type   | TTL                         | owner        |
 //! |--------------------------------------|--------|-----------------------------|--------------|
 //! | `P:presence:{u:UID}`                 | ZSET   | until the last lease ends   | presence-svc |
+//! | `P:owners:{u:UID}`                 | HASH   | as the sessions             | presence-svc |
 //! | `P:seen:{u:UID}`                     | STRING | last-seen retention (30 d)  | presence-svc |
 //! | `P:online:{b:N}`                     | ZSET   | none                        | presence-svc |
 //! | `P:online:{b:N}:ids`                 | ZSET   | none                        | presence-svc |
@@ -54,6 +55,11 @@ impl Keys {
     /// A user's sessions (ZSET session id → lease expiry ms).
     pub fn sessions(&self, user_id: &str) -> String {
         format!("{}:presence:{{u:{user_id}}}", self.prefix)
+    }
+
+    /// Who holds each of a user's sessions (HASH session id → owner), if anyone.
+    pub fn session_owners(&self, user_id: &str) -> String {
+        format!("{}:owners:{{u:{user_id}}}", self.prefix)
     }
 
     /// When the user was last seen (STRING, ms since the epoch).

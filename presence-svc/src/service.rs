@@ -57,15 +57,19 @@ impl PresenceService {
         session: &str,
         ttl: Option<&prost_types::Duration>,
         login: bool,
+        owner: &str,
     ) -> Result<(pb::Session, Touched), Error> {
         let mut v = Violations::new();
         v.id("user_id", user);
         v.id("session_id", session);
+        if !owner.is_empty() {
+            v.id("owner", owner);
+        }
         let ttl = self.ttl(&mut v, ttl);
         v.check()?;
         let c = &self.config;
         let outcome =
-            self.store.touch(user, session, ttl, c.last_seen_retention, c.max_sessions_per_user, login).await?;
+            self.store.touch(user, session, ttl, c.last_seen_retention, c.max_sessions_per_user, login, owner).await?;
         match outcome {
             TouchOutcome::Touched(t) => {
                 let s = pb::Session { session_id: session.to_owned(), expire_time: Some(ms_to_timestamp(t.expire_ms)) };
@@ -76,6 +80,9 @@ impl PresenceService {
             ))),
             TouchOutcome::TooManySessions(n) => Err(Error::ResourceExhausted(format!(
                 "user {user:?} already has {n} live sessions (max_sessions_per_user)"
+            ))),
+            TouchOutcome::TakenOver => Err(Error::Aborted(format!(
+                "session {session:?} of user {user:?} is held by another owner now; it was not extended"
             ))),
         }
     }
@@ -166,7 +173,7 @@ impl Presence for PresenceService {
 
     async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
         let r = req.into_inner();
-        let (session, t) = self.touch(&r.user_id, &r.session_id, r.ttl.as_ref(), true).await?;
+        let (session, t) = self.touch(&r.user_id, &r.session_id, r.ttl.as_ref(), true, &r.owner).await?;
         Ok(Response::new(pb::LoginResponse {
             session: Some(session),
             user_came_online: t.came_online,
@@ -176,7 +183,7 @@ impl Presence for PresenceService {
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = req.into_inner();
-        let (session, _) = self.touch(&r.user_id, &r.session_id, r.ttl.as_ref(), false).await?;
+        let (session, _) = self.touch(&r.user_id, &r.session_id, r.ttl.as_ref(), false, &r.owner).await?;
         Ok(Response::new(pb::HeartbeatResponse { session: Some(session) }))
     }
 
@@ -185,8 +192,12 @@ impl Presence for PresenceService {
         let mut v = Violations::new();
         v.id("user_id", &r.user_id);
         v.id("session_id", &r.session_id);
+        if !r.owner.is_empty() {
+            v.id("owner", &r.owner);
+        }
         v.check()?;
-        let (found, left) = self.store.logout(&r.user_id, &r.session_id, self.config.last_seen_retention).await?;
+        let seen = self.config.last_seen_retention;
+        let (found, left) = self.store.logout(&r.user_id, &r.session_id, seen, &r.owner).await?;
         Ok(Response::new(pb::LogoutResponse {
             session_found: found,
             user_online: left > 0,

@@ -22,10 +22,16 @@ use push_common::{
 };
 use redis::Script;
 
-/// Login or Heartbeat. KEYS: sessions, last seen, bucket by expiry, bucket by id, events.
-/// ARGV: user, session, ttl ms, last-seen ttl ms, max sessions, "login"|"heartbeat",
-/// events max length. Returns {expiry, came_online, session_count} or {-1} (no such
-/// session) or {-2, count} (session limit reached).
+/// Login or Heartbeat. KEYS: sessions, last seen, bucket by expiry, bucket by id, events,
+/// session owners. ARGV: user, session, ttl ms, last-seen ttl ms, max sessions,
+/// "login"|"heartbeat", events max length, owner ('' for none). Returns {expiry,
+/// came_online, session_count} or {-1} (no such session) or {-2, count} (session limit
+/// reached) or {-3} (a heartbeat by an owner that no longer holds the session).
+///
+/// Owners: a login records who holds the session (or clears it); a heartbeat or logout
+/// naming another owner changes nothing. So when a device's connection moves from one
+/// gateway replica to another, the old replica's late logout cannot end the session the
+/// new one holds.
 ///
 /// Presence events are written exactly where the user enters or leaves the online index,
 /// in the same atomic step, so each transition is recorded once, whoever causes it.
@@ -39,11 +45,23 @@ if not exists then
   if ARGV[6] == 'heartbeat' then return {-1} end
   if before >= tonumber(ARGV[5]) then return {-2, before} end
 end
+if ARGV[6] == 'heartbeat' and ARGV[8] ~= '' then
+  local holder = redis.call('HGET', KEYS[6], ARGV[2])
+  if holder and holder ~= ARGV[8] then return {-3} end
+end
 local expiry = now + tonumber(ARGV[3])
 redis.call('ZADD', KEYS[1], expiry, ARGV[2])
 local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 local latest = tonumber(top[2])
 redis.call('PEXPIREAT', KEYS[1], latest)
+if ARGV[6] == 'login' then
+  if ARGV[8] ~= '' then
+    redis.call('HSET', KEYS[6], ARGV[2], ARGV[8])
+  else
+    redis.call('HDEL', KEYS[6], ARGV[2])
+  end
+end
+if redis.call('EXISTS', KEYS[6]) == 1 then redis.call('PEXPIREAT', KEYS[6], latest) end
 local indexed = redis.call('ZSCORE', KEYS[3], ARGV[1])
 if indexed and tonumber(indexed) <= now then
   -- The user's leases ran out before a sweep noticed: record that transition first.
@@ -61,16 +79,22 @@ end
 return {expiry, came_online, redis.call('ZCARD', KEYS[1])}
 ";
 
-/// Logout. KEYS as TOUCH; ARGV: user, session, last-seen ttl ms, events max length.
-/// Returns {removed (0|1), sessions left}.
+/// Logout. KEYS as TOUCH; ARGV: user, session, last-seen ttl ms, events max length,
+/// owner ('' for any). Returns {removed (0|1), sessions left}.
 const LOGOUT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ARGV[5] ~= '' then
+  local holder = redis.call('HGET', KEYS[6], ARGV[2])
+  if holder and holder ~= ARGV[5] then return {0, redis.call('ZCARD', KEYS[1])} end
+end
 local removed = redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('HDEL', KEYS[6], ARGV[2])
 local left = redis.call('ZCARD', KEYS[1])
 if left == 0 then
   redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[6])
   local indexed = redis.call('ZSCORE', KEYS[3], ARGV[1])
   if indexed then
     redis.call('ZREM', KEYS[3], ARGV[1])
@@ -150,6 +174,8 @@ pub enum TouchOutcome {
     NoSuchSession,
     /// Login of one session more than the per-user limit.
     TooManySessions(i64),
+    /// Heartbeat by an owner that no longer holds the session.
+    TakenOver,
 }
 
 /// What is known of one user.
@@ -193,7 +219,7 @@ impl Store {
         self.buckets
     }
 
-    fn user_keys(&self, user: &str) -> [String; 5] {
+    fn user_keys(&self, user: &str) -> [String; 6] {
         let b = bucket_of(user, self.buckets);
         [
             self.keys.sessions(user),
@@ -201,6 +227,7 @@ impl Store {
             self.keys.online_by_expiry(b),
             self.keys.online_by_id(b),
             self.keys.presence_events(),
+            self.keys.session_owners(user),
         ]
     }
 
@@ -214,6 +241,7 @@ impl Store {
         seen_ttl: Duration,
         max_sessions: u32,
         login: bool,
+        owner: &str,
     ) -> Result<TouchOutcome, Error> {
         let mut c = self.pool.get();
         let reply: Vec<i64> = self
@@ -226,10 +254,12 @@ impl Store {
             .arg(max_sessions)
             .arg(if login { "login" } else { "heartbeat" })
             .arg(self.events_max_len)
+            .arg(owner)
             .invoke_async(&mut c)
             .await?;
         match reply.as_slice() {
             [-1] => Ok(TouchOutcome::NoSuchSession),
+            [-3] => Ok(TouchOutcome::TakenOver),
             [-2, n] => Ok(TouchOutcome::TooManySessions(*n)),
             [expire_ms, came, count] => Ok(TouchOutcome::Touched(Touched {
                 expire_ms: *expire_ms,
@@ -242,7 +272,13 @@ impl Store {
 
     /// Ends a session; returns (whether it existed, sessions left).
     #[tracing::instrument(skip(self), err)]
-    pub async fn logout(&self, user: &str, session: &str, seen_ttl: Duration) -> Result<(bool, i64), Error> {
+    pub async fn logout(
+        &self,
+        user: &str,
+        session: &str,
+        seen_ttl: Duration,
+        owner: &str,
+    ) -> Result<(bool, i64), Error> {
         let mut c = self.pool.get();
         let (removed, left): (i64, i64) = self
             .logout
@@ -251,6 +287,7 @@ impl Store {
             .arg(session)
             .arg(ms(seen_ttl))
             .arg(self.events_max_len)
+            .arg(owner)
             .invoke_async(&mut c)
             .await?;
         Ok((removed == 1, left))

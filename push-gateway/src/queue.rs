@@ -71,6 +71,9 @@ pub struct Queue {
     /// When the device's credential runs out (seconds since the Unix epoch; 0: never):
     /// the stream is ended then, and the device reconnects with a fresh token.
     pub until: u64,
+    /// This stream's number on its replica: with the replica's id, the owner of the
+    /// device's presence session while the stream holds it.
+    pub serial: u64,
 }
 
 #[derive(Debug, Default)]
@@ -137,11 +140,12 @@ impl Positions {
 
 impl Queue {
     pub fn new(limits: Limits, user: &str, device: &str) -> Arc<Self> {
-        Self::until(limits, user, device, 0)
+        Self::open(limits, user, device, 0, 0)
     }
 
-    /// A queue whose stream must end at `until` (seconds since the Unix epoch; 0: never).
-    pub fn until(limits: Limits, user: &str, device: &str, until: u64) -> Arc<Self> {
+    /// A queue whose stream must end at `until` (seconds since the Unix epoch; 0: never),
+    /// number `serial` on its replica.
+    pub fn open(limits: Limits, user: &str, device: &str, until: u64, serial: u64) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::default(),
             limits,
@@ -153,6 +157,7 @@ impl Queue {
             scheduled: AtomicBool::new(true),
             closed: AtomicBool::new(false),
             until,
+            serial,
         })
     }
 

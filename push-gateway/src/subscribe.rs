@@ -64,6 +64,10 @@ struct Inner {
     lease: Duration,
     limits: Limits,
     max_groups: usize,
+    /// This replica's id and the next stream's number: together, a stream's presence
+    /// session owner.
+    replica: String,
+    serials: std::sync::atomic::AtomicU64,
     /// Ended streams, for the session task to clean up.
     closed: mpsc::UnboundedSender<Arc<Queue>>,
     /// Open streams by address, for renewals, and how many are open per (user, device):
@@ -147,6 +151,8 @@ impl Streams {
             lease: config.lease,
             limits: config.limits,
             max_groups: config.max_groups,
+            replica: uuid::Uuid::now_v7().simple().to_string(),
+            serials: std::sync::atomic::AtomicU64::new(1),
             closed: closed_tx,
             live: Mutex::default(),
         });
@@ -166,12 +172,13 @@ impl Streams {
         given.retain(|(s, _)| !cursors.iter().any(|(c, _)| c == s));
         given.extend(cursors);
         let plan = Plan { since_join: !given.is_empty(), given };
-        i.login(&user, &device).await?;
         let until = match req.extensions().get::<push_common::auth::Identity>() {
             Some(push_common::auth::Identity::Device { until, .. }) => *until,
             _ => 0,
         };
-        let queue = Queue::until(i.limits, &user, &device, until);
+        let serial = i.serials.fetch_add(1, Ordering::Relaxed);
+        i.login(&user, &device, &i.owner(serial)).await?;
+        let queue = Queue::open(i.limits, &user, &device, until, serial);
         // Live messages wait until the broadcast history and the inbox are replayed.
         queue.begin_sync();
         // From here on the stream's cleanup runs when `stream` drops, error or not.
@@ -316,20 +323,36 @@ impl Inner {
         groups.into_iter().map(|g| self.store.keys().channel_group(g)).collect()
     }
 
-    async fn login(&self, user: &str, device: &str) -> Result<(), Status> {
+    /// The owner of a stream's presence session: this replica and the stream's number, so
+    /// a device that moved to another stream (here or on another replica) is not logged
+    /// out, or kept alive, by its old one.
+    fn owner(&self, serial: u64) -> String {
+        format!("{}.{serial}", self.replica)
+    }
+
+    async fn login(&self, user: &str, device: &str, owner: &str) -> Result<(), Status> {
         let ttl = prost_types::Duration::try_from(self.lease).ok();
-        let req = LoginRequest { user_id: user.to_owned(), session_id: device.to_owned(), ttl };
+        let req =
+            LoginRequest { user_id: user.to_owned(), session_id: device.to_owned(), ttl, owner: owner.to_owned() };
         self.presence.clone().login(req).await.map(drop).map_err(passthrough)
     }
 
     /// Renews one stream's session, logging in again if the lease was lost.
     async fn renew(&self, q: &Queue) {
         let ttl = prost_types::Duration::try_from(self.lease).ok();
-        let req = HeartbeatRequest { user_id: q.user.to_string(), session_id: q.device.to_string(), ttl };
+        let owner = self.owner(q.serial);
+        let req = HeartbeatRequest {
+            user_id: q.user.to_string(),
+            session_id: q.device.to_string(),
+            ttl,
+            owner: owner.clone(),
+        };
         let result = match self.presence.clone().heartbeat(req).await {
             // The lease was lost (it expired while presence was unreachable, or Redis lost
             // it): the device is still connected, so it is online again.
-            Err(s) if s.code() == Code::NotFound => self.login(&q.user, &q.device).await,
+            Err(s) if s.code() == Code::NotFound => self.login(&q.user, &q.device, &owner).await,
+            // The device opened a newer stream, which holds its session now.
+            Err(s) if s.code() == Code::Aborted => Ok(()),
             other => other.map(drop),
         };
         if let Err(e) = result {
@@ -361,7 +384,11 @@ impl Inner {
         }
         let inner = self.clone();
         tokio::spawn(async move {
-            let req = LogoutRequest { user_id: q.user.to_string(), session_id: q.device.to_string() };
+            let req = LogoutRequest {
+                user_id: q.user.to_string(),
+                session_id: q.device.to_string(),
+                owner: inner.owner(q.serial),
+            };
             if let Err(e) = inner.presence.clone().logout(req).await {
                 // The lease ends by itself; the user shows offline after it at the latest.
                 tracing::debug!(error = %e, user = &*q.user, "logout of a closed stream failed");

@@ -40,7 +40,7 @@ async fn until_sentinel(
     rx: &mut mpsc::UnboundedReceiver<PresenceEvent>,
     sentinel: &str,
 ) -> Vec<(String, Kind, Reason, String)> {
-    let req = pb::LoginRequest { user_id: sentinel.into(), session_id: "s".into(), ttl: None };
+    let req = pb::LoginRequest { user_id: sentinel.into(), session_id: "s".into(), ttl: None, ..Default::default() };
     c.login(req).await.unwrap();
     let mut out = Vec::new();
     loop {
@@ -54,11 +54,11 @@ async fn until_sentinel(
 }
 
 fn login(user: &str, session: &str) -> pb::LoginRequest {
-    pb::LoginRequest { user_id: user.into(), session_id: session.into(), ttl: None }
+    pb::LoginRequest { user_id: user.into(), session_id: session.into(), ttl: None, ..Default::default() }
 }
 
 fn logout(user: &str, session: &str) -> pb::LogoutRequest {
-    pb::LogoutRequest { user_id: user.into(), session_id: session.into() }
+    pb::LogoutRequest { user_id: user.into(), session_id: session.into(), ..Default::default() }
 }
 
 fn ev(user: &str, kind: Kind, reason: Reason, session: &str) -> (String, Kind, Reason, String) {
@@ -111,7 +111,12 @@ async fn expiry_is_recorded_exactly_once_with_two_replicas_sweeping() {
 
     const N: usize = 50;
     for i in 0..N {
-        let req = pb::LoginRequest { user_id: format!("u{i:02}"), session_id: "d".into(), ttl: ttl(150) };
+        let req = pb::LoginRequest {
+            user_id: format!("u{i:02}"),
+            session_id: "d".into(),
+            ttl: ttl(150),
+            ..Default::default()
+        };
         c.login(req).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(800)).await; // all leases end and are swept
@@ -130,7 +135,7 @@ async fn a_lease_that_ran_out_unswept_is_recorded_before_the_next_login() {
     let app = App::start(&["--min-ttl", "50ms", "--sweep-interval", "1h"]).await;
     let mut c = app.gateway_client().await;
     let mut rx = watch(&mut c, "").await.unwrap();
-    let short = pb::LoginRequest { user_id: "ann".into(), session_id: "d".into(), ttl: ttl(100) };
+    let short = pb::LoginRequest { user_id: "ann".into(), session_id: "d".into(), ttl: ttl(100), ..Default::default() };
     c.login(short.clone()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(c.login(short).await.unwrap().into_inner().user_came_online);

@@ -25,15 +25,21 @@ async fn two_devices_one_logs_out_the_other_goes_silent() {
     let app = App::start(&["--min-ttl", "50ms"]).await;
     let mut c = app.gateway_client().await;
 
-    let login =
-        |session: &str, ms| pb::LoginRequest { user_id: "ann".into(), session_id: session.into(), ttl: ttl(ms) };
+    let login = |session: &str, ms| pb::LoginRequest {
+        user_id: "ann".into(),
+        session_id: session.into(),
+        ttl: ttl(ms),
+        ..Default::default()
+    };
     assert!(c.login(login("phone", 60_000)).await.unwrap().into_inner().user_came_online);
     c.login(login("laptop", 400)).await.unwrap();
     let p = presence_of(&mut c, "ann").await;
     assert!(p.online);
     assert_eq!(p.sessions.len(), 2);
 
-    c.logout(pb::LogoutRequest { user_id: "ann".into(), session_id: "phone".into() }).await.unwrap();
+    c.logout(pb::LogoutRequest { user_id: "ann".into(), session_id: "phone".into(), ..Default::default() })
+        .await
+        .unwrap();
     assert!(presence_of(&mut c, "ann").await.online, "still online on the laptop");
     assert_eq!(online_count(&mut c).await, 1);
     let list = c.list_online_users(pb::ListOnlineUsersRequest::default()).await.unwrap().into_inner();
@@ -43,7 +49,8 @@ async fn two_devices_one_logs_out_the_other_goes_silent() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(!presence_of(&mut c, "ann").await.online, "offline after the laptop's TTL");
     assert_eq!(online_count(&mut c).await, 0);
-    let hb = pb::HeartbeatRequest { user_id: "ann".into(), session_id: "laptop".into(), ttl: None };
+    let hb =
+        pb::HeartbeatRequest { user_id: "ann".into(), session_id: "laptop".into(), ttl: None, ..Default::default() };
     assert_eq!(c.heartbeat(hb).await.unwrap_err().code(), Code::NotFound);
 }
 
@@ -79,7 +86,7 @@ async fn profiles_round_trip_and_conflict_through_the_gateway() {
 async fn error_details_pass_through_unchanged() {
     let app = App::start(&[]).await;
     let mut c = app.gateway_client().await;
-    let bad = pb::LoginRequest { user_id: "a b".into(), session_id: "".into(), ttl: None };
+    let bad = pb::LoginRequest { user_id: "a b".into(), session_id: "".into(), ttl: None, ..Default::default() };
     let err = c.login(bad).await.unwrap_err();
     assert_invalid(&err, "user_id");
     assert_invalid(&err, "session_id");
@@ -93,7 +100,7 @@ async fn a_down_internal_service_is_unavailable_and_the_other_still_works() {
     let mut c = push_tests::App::gateway_client_at(gw_addr).await;
     presence.shutdown().await;
 
-    let login = pb::LoginRequest { user_id: "u".into(), session_id: "d".into(), ttl: None };
+    let login = pb::LoginRequest { user_id: "u".into(), session_id: "d".into(), ttl: None, ..Default::default() };
     assert_eq!(c.login(login).await.unwrap_err().code(), Code::Unavailable);
     let p = UserProfile { user_id: "u".into(), display_name: "U".into(), ..Default::default() };
     c.put_profile(pb::PutProfileRequest { profile: Some(p) }).await.unwrap();

@@ -25,7 +25,7 @@ async fn health_turns_not_serving_while_redis_is_down_and_back_after() {
         wait_health(addr, "", NotServing).await;
     }
     // Calls fail fast with UNAVAILABLE (passed through by the gateway), and write nothing.
-    let login = pb::LoginRequest { user_id: "u".into(), session_id: "d".into(), ttl: None };
+    let login = pb::LoginRequest { user_id: "u".into(), session_id: "d".into(), ttl: None, ..Default::default() };
     assert_eq!(c.login(login.clone()).await.unwrap_err().code(), Code::Unavailable);
     let get = pb::GetProfileRequest { user_id: "u".into() };
     assert_eq!(c.get_profile(get).await.unwrap_err().code(), Code::Unavailable);

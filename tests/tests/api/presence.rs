@@ -10,7 +10,7 @@ use crate::helpers::ttl;
 const SHORT: &[&str] = &["--min-ttl", "50ms", "--sweep-interval", "100ms"];
 
 fn login(user: &str, session: &str, ms: u64) -> pb::LoginRequest {
-    pb::LoginRequest { user_id: user.into(), session_id: session.into(), ttl: ttl(ms) }
+    pb::LoginRequest { user_id: user.into(), session_id: session.into(), ttl: ttl(ms), ..Default::default() }
 }
 
 async fn online(
@@ -38,7 +38,12 @@ async fn a_lease_expires_unless_renewed() {
     // Heartbeats keep it alive past the first lease.
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let hb = pb::HeartbeatRequest { user_id: "ann".into(), session_id: "phone".into(), ttl: ttl(400) };
+        let hb = pb::HeartbeatRequest {
+            user_id: "ann".into(),
+            session_id: "phone".into(),
+            ttl: ttl(400),
+            ..Default::default()
+        };
         c.heartbeat(hb).await.unwrap();
     }
     assert!(online(&mut c, "ann").await.online);
@@ -53,7 +58,8 @@ async fn a_lease_expires_unless_renewed() {
     assert_eq!(count(&mut c).await, 0);
     let list = c.list_online_users(pb::ListOnlineUsersRequest::default()).await.unwrap().into_inner();
     assert!(list.user_ids.is_empty());
-    let hb = pb::HeartbeatRequest { user_id: "ann".into(), session_id: "phone".into(), ttl: None };
+    let hb =
+        pb::HeartbeatRequest { user_id: "ann".into(), session_id: "phone".into(), ttl: None, ..Default::default() };
     assert_eq!(c.heartbeat(hb).await.unwrap_err().code(), Code::NotFound);
 
     // The sweeper removes the expired user from the index; the sessions key expired itself.
@@ -81,7 +87,10 @@ async fn a_user_is_online_while_any_device_is() {
     assert_eq!(ids, ["laptop", "phone"], "soonest expiry first");
 
     // One device logs out: still online through the other.
-    let out = c.logout(pb::LogoutRequest { user_id: "bob".into(), session_id: "phone".into() }).await.unwrap();
+    let out = c
+        .logout(pb::LogoutRequest { user_id: "bob".into(), session_id: "phone".into(), ..Default::default() })
+        .await
+        .unwrap();
     let out = out.into_inner();
     assert!(out.session_found && out.user_online);
     assert_eq!(out.session_count, 1);
@@ -94,7 +103,10 @@ async fn a_user_is_online_while_any_device_is() {
     assert_eq!(count(&mut c).await, 0);
 
     // Logout is idempotent.
-    let again = c.logout(pb::LogoutRequest { user_id: "bob".into(), session_id: "phone".into() }).await.unwrap();
+    let again = c
+        .logout(pb::LogoutRequest { user_id: "bob".into(), session_id: "phone".into(), ..Default::default() })
+        .await
+        .unwrap();
     assert!(!again.into_inner().session_found);
 }
 
@@ -103,7 +115,10 @@ async fn logout_of_the_last_device_takes_the_user_offline_at_once() {
     let app = App::start(&[]).await;
     let mut c = app.presence_client().await;
     c.login(login("cy", "d1", 60_000)).await.unwrap();
-    let out = c.logout(pb::LogoutRequest { user_id: "cy".into(), session_id: "d1".into() }).await.unwrap();
+    let out = c
+        .logout(pb::LogoutRequest { user_id: "cy".into(), session_id: "d1".into(), ..Default::default() })
+        .await
+        .unwrap();
     assert!(!out.into_inner().user_online);
     assert!(!online(&mut c, "cy").await.online);
     assert_eq!(count(&mut c).await, 0);
@@ -151,7 +166,7 @@ async fn paging_returns_every_online_user_exactly_once() {
         for u in page.user_ids {
             assert!(seen.insert(u.clone()), "{u} returned twice");
             // Heartbeats during the walk change scores, never the walk.
-            let hb = pb::HeartbeatRequest { user_id: u, session_id: "d".into(), ttl: None };
+            let hb = pb::HeartbeatRequest { user_id: u, session_id: "d".into(), ttl: None, ..Default::default() };
             c.heartbeat(hb).await.unwrap();
         }
         pages += 1;
@@ -176,7 +191,9 @@ async fn paging_skips_users_who_went_offline() {
         c.login(login(&format!("u{i}"), "d", 60_000)).await.unwrap();
     }
     for i in (0..10).step_by(2) {
-        c.logout(pb::LogoutRequest { user_id: format!("u{i}"), session_id: "d".into() }).await.unwrap();
+        c.logout(pb::LogoutRequest { user_id: format!("u{i}"), session_id: "d".into(), ..Default::default() })
+            .await
+            .unwrap();
     }
     let page = c.list_online_users(pb::ListOnlineUsersRequest { page_size: 100, page_token: String::new() });
     let mut ids = page.await.unwrap().into_inner().user_ids;
@@ -195,4 +212,31 @@ async fn get_presence_answers_in_request_order() {
     let summary: Vec<_> = r.iter().map(|p| (p.user_id.as_str(), p.online, p.last_seen_time.is_some())).collect();
     assert_eq!(summary, [("never", false, false), ("on", true, true), ("never", false, false)]);
     assert!(r[1].sessions[0].expire_time.is_some());
+}
+
+#[tokio::test]
+async fn a_session_taken_over_by_another_owner_ignores_the_old_one() {
+    let app = App::start(&[]).await;
+    let mut c = app.presence_client().await;
+    let with_owner = |owner: &str| pb::LoginRequest { owner: owner.into(), ..login("ann", "phone", 60_000) };
+    c.login(with_owner("stream-1")).await.unwrap();
+    c.login(with_owner("stream-2")).await.unwrap(); // the device reconnected elsewhere
+    // The old owner's heartbeat extends nothing, and its logout ends nothing.
+    let hb = pb::HeartbeatRequest {
+        user_id: "ann".into(),
+        session_id: "phone".into(),
+        ttl: ttl(60_000),
+        owner: "stream-1".into(),
+    };
+    assert_eq!(c.heartbeat(hb.clone()).await.unwrap_err().code(), Code::Aborted);
+    let out = pb::LogoutRequest { user_id: "ann".into(), session_id: "phone".into(), owner: "stream-1".into() };
+    assert!(!c.logout(out.clone()).await.unwrap().into_inner().session_found);
+    assert!(online(&mut c, "ann").await.online);
+    // The holder's calls work; a logout without owner ends it whoever holds it.
+    c.heartbeat(pb::HeartbeatRequest { owner: "stream-2".into(), ..hb }).await.unwrap();
+    let out = pb::LogoutRequest { owner: String::new(), ..out };
+    assert!(c.logout(out).await.unwrap().into_inner().session_found);
+    assert!(!online(&mut c, "ann").await.online);
+    let bad = pb::LoginRequest { owner: "a b".into(), ..login("ann", "phone", 60_000) };
+    assert_eq!(c.login(bad).await.unwrap_err().code(), Code::InvalidArgument);
 }

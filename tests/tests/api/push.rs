@@ -512,3 +512,20 @@ async fn a_page_larger_than_the_configured_maximum_is_coerced_to_it() {
     assert_eq!(page.user_ids, ["a", "b"]);
     assert!(!page.next_page_token.is_empty());
 }
+
+#[tokio::test]
+async fn a_device_that_moved_to_another_replica_keeps_its_session_when_the_old_stream_closes() {
+    let app = App::start(&[]).await;
+    let b = app.replica(&[]).await;
+    let mut c = app.gateway_client().await;
+    let old = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
+    let new = Device::connect(b.addr, "ann", "phone").await.unwrap();
+    new.wait_states(2).await;
+    drop(old); // replica A notices and logs its stream's session out: as the old owner
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let req = pb::GetPresenceRequest { user_ids: vec!["ann".into()] };
+    let p = c.get_presence(req).await.unwrap().into_inner().presences.remove(0);
+    assert!(p.online, "the new stream's session was ended by the old stream's logout");
+    assert_eq!(p.sessions.len(), 1);
+    drop(new);
+}

@@ -247,12 +247,17 @@ async fn internal_services_accept_only_the_gateway() {
     let (app, _s) = secure_app(&[]).await;
     // Through the gateway, presence and profiles work (it sends the internal token).
     let mut c = push_tests::authorized(app.gateway.addr, "k-presence").await;
-    let login = pb::LoginRequest { user_id: "ann".into(), session_id: "d".into(), ttl: None };
+    let login = pb::LoginRequest { user_id: "ann".into(), session_id: "d".into(), ttl: None, ..Default::default() };
     c.login(login).await.unwrap();
     // Directly, nothing: no token, a wrong token, or a gateway API key.
     for bearer in [None, Some("wrong-token-wrong-token"), Some("k-admin")] {
         let p = app.presence.addr;
-        let req = push_proto::presence::v1::LoginRequest { user_id: "eve".into(), session_id: "d".into(), ttl: None };
+        let req = push_proto::presence::v1::LoginRequest {
+            user_id: "eve".into(),
+            session_id: "d".into(),
+            ttl: None,
+            ..Default::default()
+        };
         let mut req = tonic::Request::new(req);
         if let Some(b) = bearer {
             req.metadata_mut().insert("authorization", format!("Bearer {b}").parse().unwrap());

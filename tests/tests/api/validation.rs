@@ -39,13 +39,13 @@ async fn presence_requests_are_validated() {
     let mut c = c;
 
     for id in bad_ids() {
-        let req = pb::LoginRequest { user_id: id.clone(), session_id: "d".into(), ttl: None };
+        let req = pb::LoginRequest { user_id: id.clone(), session_id: "d".into(), ttl: None, ..Default::default() };
         assert_invalid(&c.login(req).await.unwrap_err(), "user_id");
-        let req = pb::LoginRequest { user_id: "u".into(), session_id: id.clone(), ttl: None };
+        let req = pb::LoginRequest { user_id: "u".into(), session_id: id.clone(), ttl: None, ..Default::default() };
         assert_invalid(&c.login(req).await.unwrap_err(), "session_id");
-        let req = pb::HeartbeatRequest { user_id: id.clone(), session_id: "d".into(), ttl: None };
+        let req = pb::HeartbeatRequest { user_id: id.clone(), session_id: "d".into(), ttl: None, ..Default::default() };
         assert_invalid(&c.heartbeat(req).await.unwrap_err(), "user_id");
-        let req = pb::LogoutRequest { user_id: "u".into(), session_id: id.clone() };
+        let req = pb::LogoutRequest { user_id: "u".into(), session_id: id.clone(), ..Default::default() };
         assert_invalid(&c.logout(req).await.unwrap_err(), "session_id");
         let req = pb::GetPresenceRequest { user_ids: vec!["fine".into(), id.clone()] };
         assert_invalid(&c.get_presence(req).await.unwrap_err(), "user_ids[1]");
@@ -54,9 +54,9 @@ async fn presence_requests_are_validated() {
     // Leases outside the configured bounds (1s..1h by default), and negative ones.
     let negative = Some(prost_types::Duration { seconds: -1, nanos: 0 });
     for t in [ttl(10), ttl(2 * 3600 * 1000), negative] {
-        let req = pb::LoginRequest { user_id: "u".into(), session_id: "d".into(), ttl: t };
+        let req = pb::LoginRequest { user_id: "u".into(), session_id: "d".into(), ttl: t, ..Default::default() };
         assert_invalid(&c.login(req).await.unwrap_err(), "ttl");
-        let req = pb::HeartbeatRequest { user_id: "u".into(), session_id: "d".into(), ttl: t };
+        let req = pb::HeartbeatRequest { user_id: "u".into(), session_id: "d".into(), ttl: t, ..Default::default() };
         assert_invalid(&c.heartbeat(req).await.unwrap_err(), "ttl");
     }
 
@@ -82,7 +82,7 @@ async fn oversized_requests_are_refused_before_any_work() {
     let app = App::start(&[]).await;
     let mut c = app.gateway_client().await;
     let huge = "y".repeat(10 * 1024 * 1024);
-    let req = pb::LoginRequest { user_id: huge.clone(), session_id: "d".into(), ttl: None };
+    let req = pb::LoginRequest { user_id: huge.clone(), session_id: "d".into(), ttl: None, ..Default::default() };
     let code = c.login(req).await.unwrap_err().code();
     assert!(matches!(code, tonic::Code::OutOfRange | tonic::Code::ResourceExhausted), "{code:?}");
     let req = pb::PutProfileRequest { profile: profile(|p| p.display_name = huge) };
