@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     config::Config,
-    store::{Event, Store, TouchOutcome, Touched, parse_event_id, read_events},
+    store::{Event, Store, Touch, TouchOutcome, Touched, parse_event_id, read_events},
     token::PageToken,
 };
 
@@ -68,8 +68,8 @@ impl PresenceService {
         let ttl = self.ttl(&mut v, ttl);
         v.check()?;
         let c = &self.config;
-        let outcome =
-            self.store.touch(user, session, ttl, c.last_seen_retention, c.max_sessions_per_user, login, owner).await?;
+        let touch = Touch { ttl, seen_ttl: c.last_seen_retention, max_sessions: c.max_sessions_per_user, login, owner };
+        let outcome = self.store.touch(user, session, touch).await?;
         match outcome {
             TouchOutcome::Touched(t) => {
                 let s = pb::Session { session_id: session.to_owned(), expire_time: Some(ms_to_timestamp(t.expire_ms)) };

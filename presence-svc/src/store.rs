@@ -158,6 +158,19 @@ for _, k in ipairs(KEYS) do n = n + redis.call('ZCOUNT', k, '(' .. now, '+inf') 
 return n
 ";
 
+/// What a login or heartbeat asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Touch<'a> {
+    pub ttl: Duration,
+    /// How long last-seen is kept.
+    pub seen_ttl: Duration,
+    pub max_sessions: u32,
+    /// A login (creates the session) rather than a heartbeat (renews it).
+    pub login: bool,
+    /// Who holds the session ('' for no one in particular).
+    pub owner: &'a str,
+}
+
 /// A session that was created or renewed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Touched {
@@ -233,16 +246,8 @@ impl Store {
 
     /// Creates (`login`) or renews a session's lease.
     #[tracing::instrument(skip(self), err)]
-    pub async fn touch(
-        &self,
-        user: &str,
-        session: &str,
-        ttl: Duration,
-        seen_ttl: Duration,
-        max_sessions: u32,
-        login: bool,
-        owner: &str,
-    ) -> Result<TouchOutcome, Error> {
+    pub async fn touch(&self, user: &str, session: &str, t: Touch<'_>) -> Result<TouchOutcome, Error> {
+        let Touch { ttl, seen_ttl, max_sessions, login, owner } = t;
         let mut c = self.pool.get();
         let reply: Vec<i64> = self
             .touch
