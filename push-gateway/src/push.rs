@@ -98,18 +98,21 @@ impl Content<'_> {
 }
 
 impl Pusher {
-    pub async fn to_all(&self, r: pb::PushToAllRequest) -> Result<pb::PushToAllResponse, Error> {
+    /// `caller` is the API key's name ('' without authentication): idempotency keys are
+    /// per caller, so two backends cannot collide on one.
+    pub async fn to_all(&self, caller: &str, r: pb::PushToAllRequest) -> Result<pb::PushToAllResponse, Error> {
         let c = content!(r);
         let mut v = Violations::new();
         c.check(&mut v, &self.limits);
         v.check()?;
         let keys = self.store.keys();
         let target = [(keys.all_history(), keys.channel_all())];
-        let message_id = self.push(&c, &target, self.store.retention.history_max_len, Audience::All, "").await?;
+        let message_id =
+            self.push(caller, &c, &target, self.store.retention.history_max_len, Audience::All, "").await?;
         Ok(pb::PushToAllResponse { message_id })
     }
 
-    pub async fn to_users(&self, r: pb::PushToUsersRequest) -> Result<pb::PushToUsersResponse, Error> {
+    pub async fn to_users(&self, caller: &str, r: pb::PushToUsersRequest) -> Result<pb::PushToUsersResponse, Error> {
         let c = content!(r);
         let mut v = Violations::new();
         v.ids("user_ids", &r.user_ids, self.limits.max_users_per_call);
@@ -121,11 +124,12 @@ impl Pusher {
         users.dedup();
         let keys = self.store.keys();
         let targets: Vec<(String, String)> = users.into_iter().map(|u| (keys.inbox(u), keys.channel_user(u))).collect();
-        let message_id = self.push(&c, &targets, self.store.retention.inbox_max_len, Audience::User, "").await?;
+        let message_id =
+            self.push(caller, &c, &targets, self.store.retention.inbox_max_len, Audience::User, "").await?;
         Ok(pb::PushToUsersResponse { message_id })
     }
 
-    pub async fn to_group(&self, r: pb::PushToGroupRequest) -> Result<pb::PushToGroupResponse, Error> {
+    pub async fn to_group(&self, caller: &str, r: pb::PushToGroupRequest) -> Result<pb::PushToGroupResponse, Error> {
         let c = content!(r);
         let mut v = Violations::new();
         v.id("group_id", &r.group_id);
@@ -134,7 +138,7 @@ impl Pusher {
         let keys = self.store.keys();
         let target = [(keys.group_history(&r.group_id), keys.channel_group(&r.group_id))];
         let max_len = self.store.retention.history_max_len;
-        let message_id = self.push(&c, &target, max_len, Audience::Group, &r.group_id).await?;
+        let message_id = self.push(caller, &c, &target, max_len, Audience::Group, &r.group_id).await?;
         Ok(pb::PushToGroupResponse { message_id })
     }
 
@@ -142,6 +146,7 @@ impl Pusher {
     /// the push has one; returns the id of the push that counts.
     async fn push(
         &self,
+        caller: &str,
         c: &Content<'_>,
         targets: &[(String, String)],
         max_len: usize,
@@ -149,7 +154,12 @@ impl Pusher {
         group_id: &str,
     ) -> Result<String, Error> {
         let message = c.encode(audience, group_id);
-        let key = (!c.idempotency_key.is_empty()).then_some((c.idempotency_key, self.limits.idempotency_window));
+        let key = (!c.idempotency_key.is_empty()).then(|| match caller {
+            "" => c.idempotency_key.to_owned(),
+            // '|' cannot occur in an id, so callers cannot collide through their names.
+            caller => format!("{caller}|{}", c.idempotency_key),
+        });
+        let key = key.as_deref().map(|k| (k, self.limits.idempotency_window));
         self.store.push(targets, max_len, &message, key).await
     }
 

@@ -29,6 +29,14 @@ impl Gateway {
     }
 }
 
+/// The API key a backend call came with ('' for none).
+fn caller<T>(req: &Request<T>) -> String {
+    match req.extensions().get::<push_common::auth::Identity>() {
+        Some(push_common::auth::Identity::Backend { key, .. }) => key.clone(),
+        _ => String::new(),
+    }
+}
+
 // Presence and profile methods forward to the internal method of the same name (see
 // `forward`); push, group and stream methods are the gateway's own.
 #[tonic::async_trait]
@@ -129,21 +137,21 @@ impl PushGateway for Gateway {
     }
 
     async fn push_to_all(&self, req: Request<pb::PushToAllRequest>) -> Result<Response<pb::PushToAllResponse>, Status> {
-        Ok(Response::new(self.pusher.to_all(req.into_inner()).await?))
+        Ok(Response::new(self.pusher.to_all(&caller(&req), req.into_inner()).await?))
     }
 
     async fn push_to_users(
         &self,
         req: Request<pb::PushToUsersRequest>,
     ) -> Result<Response<pb::PushToUsersResponse>, Status> {
-        Ok(Response::new(self.pusher.to_users(req.into_inner()).await?))
+        Ok(Response::new(self.pusher.to_users(&caller(&req), req.into_inner()).await?))
     }
 
     async fn push_to_group(
         &self,
         req: Request<pb::PushToGroupRequest>,
     ) -> Result<Response<pb::PushToGroupResponse>, Status> {
-        Ok(Response::new(self.pusher.to_group(req.into_inner()).await?))
+        Ok(Response::new(self.pusher.to_group(&caller(&req), req.into_inner()).await?))
     }
 
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {

@@ -389,3 +389,20 @@ async fn a_stream_ends_when_its_device_token_expires() {
     let d = subscribe(&app, &device_token("ann"), "ann").await.unwrap();
     d.wait_states(2).await;
 }
+
+#[tokio::test]
+async fn idempotency_keys_belong_to_their_api_key() {
+    let (app, _s) = secure_app(&[]).await;
+    let mut d = subscribe(&app, &device_token("ann"), "ann").await.unwrap();
+    d.wait_states(2).await;
+    let req = |topic: &str| pb::PushToUsersRequest { idempotency_key: "order-1".into(), ..to_users(&["ann"], topic) };
+    let mut billing = push_tests::authorized(app.gateway.addr, "k-publish").await;
+    let mut ops = push_tests::authorized(app.gateway.addr, "k-admin").await;
+    let first = billing.push_to_users(req("billing")).await.unwrap().into_inner().message_id;
+    let other = ops.push_to_users(req("ops")).await.unwrap().into_inner().message_id;
+    assert_ne!(first, other, "another key's identical idempotency key is another push");
+    let again = billing.push_to_users(req("billing-retry")).await.unwrap().into_inner().message_id;
+    assert_eq!(again, first, "a retry with the same key and idempotency key is the first push");
+    let topics = [d.next().await.topic, d.next().await.topic];
+    assert_eq!(topics, ["billing", "ops"]);
+}
