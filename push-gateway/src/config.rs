@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 use push_common::config::{AuthArgs, RedisArgs, ServeArgs, duration};
 
 #[derive(clap::Parser, Clone, Debug)]
-#[command(name = "push-gateway", version, about = "The public PushGateway gRPC service")]
+#[command(name = "push-gateway", version, about = "The public PushGateway gRPC service", args_override_self = true)]
 pub struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:50051")]

@@ -186,6 +186,29 @@ impl Store {
         parse_page(reply)
     }
 
+    /// Each history's epoch and last id, from its meta (None without one), in one round
+    /// trip.
+    #[tracing::instrument(skip_all, fields(histories = streams.len()), err)]
+    pub async fn history_tops(&self, streams: &[String]) -> Result<Vec<Option<Pos>>, Error> {
+        if streams.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for s in streams {
+            pipe.cmd("HMGET").arg(history::meta_key(s)).arg("epoch").arg("last");
+        }
+        let mut c = self.pool.get();
+        let replies: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut c).await?;
+        Ok(replies
+            .into_iter()
+            .map(|(epoch, last)| {
+                let epoch = history::parse_epoch(&epoch?)?;
+                let id = last.as_deref().unwrap_or("0-0").parse().ok()?;
+                Some(Pos { epoch, id })
+            })
+            .collect())
+    }
+
     /// Moves `device`'s acknowledged positions forward.
     #[tracing::instrument(skip(self, positions), err)]
     pub async fn ack(&self, user: &str, device: &str, positions: &[(history::Source, Pos)]) -> Result<(), Error> {

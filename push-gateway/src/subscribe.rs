@@ -48,6 +48,9 @@ use crate::{
 const RENEW_CONCURRENCY: usize = 64;
 /// Streams caught up at once after the hub reconnected.
 const CATCH_UP_CONCURRENCY: usize = 64;
+/// How long the audit waits before it takes a stream that looks behind for one that
+/// missed messages (rather than one whose messages are still on their way).
+const AUDIT_GRACE: Duration = Duration::from_secs(1);
 /// Entries read per replay round trip.
 const REPLAY_PAGE: usize = 256;
 
@@ -488,6 +491,68 @@ async fn membership_changed(inner: Arc<Inner>, q: Arc<Queue>) {
     }
 }
 
+/// Checks that every stream has reached the end of each history it follows, as its
+/// histories' meta record it, and catches up the ones behind (or told of a new epoch).
+/// A message can be stored while its live notification is lost (a Pub/Sub hiccup the
+/// probe has not caught yet); this finds it within a renewal round. A stream that looks
+/// behind only because the message is still on its way gets a replay that the queue
+/// dedups, nothing worse. One pipelined read per round for all distinct histories.
+async fn audit(i: &Arc<Inner>, streams: &[Arc<Queue>]) {
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut checks: Vec<(&Arc<Queue>, Vec<(Source, Pos, usize)>)> = Vec::with_capacity(streams.len());
+    for q in streams.iter().filter(|q| !q.closed.load(Ordering::Acquire)) {
+        let per_source = q
+            .positions()
+            .into_iter()
+            .map(|(source, pos)| {
+                let (stream, _) = source.keys(i.store.keys(), &q.user);
+                let n = index.len();
+                let k = *index.entry(stream).or_insert(n);
+                (source, pos, k)
+            })
+            .collect();
+        checks.push((q, per_source));
+    }
+    let mut keys = vec![String::new(); index.len()];
+    for (k, n) in index {
+        keys[n] = k;
+    }
+    let tops = match i.store.history_tops(&keys).await {
+        Ok(tops) => tops,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot audit the streams' positions this round");
+            return;
+        }
+    };
+    // Streams that look behind: (stream, history, the top it must reach).
+    let mut suspects: Vec<(&Arc<Queue>, Source, Pos)> = Vec::new();
+    for (q, per_source) in checks {
+        for (source, pos, k) in per_source {
+            if let Some(top) = tops[k].filter(|top| top.epoch != pos.epoch || top.id > pos.id) {
+                suspects.push((q, source, top));
+            }
+        }
+    }
+    if suspects.is_empty() {
+        return;
+    }
+    // What is merely on its way arrives within milliseconds; what is still missing after
+    // a moment was lost.
+    tokio::time::sleep(AUDIT_GRACE).await;
+    let mut behind: HashMap<usize, (Arc<Queue>, Vec<(Source, Pos)>)> = HashMap::new();
+    for (q, source, top) in suspects {
+        let now = q.positions().into_iter().find(|(s, _)| *s == source).map(|(_, p)| p);
+        if let Some(now) = now.filter(|p| p.epoch != top.epoch || p.id < top.id) {
+            behind.entry(key(q)).or_insert_with(|| (q.clone(), Vec::new())).1.push((source, now));
+        }
+    }
+    for (q, sources) in behind.into_values() {
+        tracing::info!(user = &*q.user, histories = sources.len(), "a stream missed messages; catching up");
+        q.begin_sync();
+        tokio::spawn(sync(i.clone(), q, sources));
+    }
+}
+
 /// After the hub (re)subscribed: replays every history of each stream from its
 /// position, then releases the live messages it held (the hub began the sync).
 async fn catch_up(inner: Arc<Inner>, queues: Vec<Arc<Queue>>) {
@@ -533,6 +598,7 @@ async fn run(
                 let streams: Vec<Arc<Queue>> = inner.live().streams.values().cloned().collect();
                 let inner = inner.clone();
                 tokio::spawn(async move {
+                    audit(&inner, &streams).await;
                     let gate = Arc::new(Semaphore::new(RENEW_CONCURRENCY));
                     let mut calls = tokio::task::JoinSet::new();
                     for q in streams {

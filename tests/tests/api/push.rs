@@ -529,3 +529,27 @@ async fn a_device_that_moved_to_another_replica_keeps_its_session_when_the_old_s
     assert_eq!(p.sessions.len(), 1);
     drop(new);
 }
+
+#[tokio::test]
+async fn a_stream_catches_up_on_messages_whose_live_notification_was_lost() {
+    let app = App::start(&["--min-ttl", "100ms"]).await;
+    let proxy = push_tests::Proxy::start(&app.redis).await;
+    // A probe too slow to notice within the test: only the audit can find the loss.
+    let flags = ["--hub-probe-interval", "60s", "--stream-lease", "600ms"];
+    let gw = app.replica_via(&proxy.url(), &flags).await;
+    let mut c = app.gateway_client().await;
+    let mut d = Device::connect(gw.addr, "ann", "phone").await.unwrap();
+    d.wait_states(2).await;
+
+    proxy.swallow_pubsub(true); // stored in Redis, but the live notifications are lost
+    c.push_to_users(to_users(&["ann"], "lost-1")).await.unwrap();
+    c.push_to_all(to_all("lost-2")).await.unwrap();
+    let mut got = [d.next().await.topic, d.next().await.topic];
+    got.sort();
+    assert_eq!(got, ["lost-1", "lost-2"]);
+
+    proxy.swallow_pubsub(false);
+    c.push_to_users(to_users(&["ann"], "live")).await.unwrap();
+    assert_eq!(d.next().await.topic, "live");
+    assert_eq!(d.received_count(), 3, "nothing twice");
+}
