@@ -499,19 +499,15 @@ async fn membership_changed(inner: Arc<Inner>, q: Arc<Queue>) {
 /// dedups, nothing worse. One pipelined read per round for all distinct histories.
 async fn audit(i: &Arc<Inner>, streams: &[Arc<Queue>]) {
     let mut index: HashMap<String, usize> = HashMap::new();
-    let mut checks: Vec<(&Arc<Queue>, Vec<(Source, Pos, usize)>)> = Vec::with_capacity(streams.len());
+    // (stream, history, its position, index of the history's key)
+    let mut checks = Vec::with_capacity(streams.len() * 2);
     for q in streams.iter().filter(|q| !q.closed.load(Ordering::Acquire)) {
-        let per_source = q
-            .positions()
-            .into_iter()
-            .map(|(source, pos)| {
-                let (stream, _) = source.keys(i.store.keys(), &q.user);
-                let n = index.len();
-                let k = *index.entry(stream).or_insert(n);
-                (source, pos, k)
-            })
-            .collect();
-        checks.push((q, per_source));
+        for (source, pos) in q.positions() {
+            let (stream, _) = source.keys(i.store.keys(), &q.user);
+            let n = index.len();
+            let k = *index.entry(stream).or_insert(n);
+            checks.push((q, source, pos, k));
+        }
     }
     let mut keys = vec![String::new(); index.len()];
     for (k, n) in index {
@@ -526,11 +522,9 @@ async fn audit(i: &Arc<Inner>, streams: &[Arc<Queue>]) {
     };
     // Streams that look behind: (stream, history, the top it must reach).
     let mut suspects: Vec<(&Arc<Queue>, Source, Pos)> = Vec::new();
-    for (q, per_source) in checks {
-        for (source, pos, k) in per_source {
-            if let Some(top) = tops[k].filter(|top| top.epoch != pos.epoch || top.id > pos.id) {
-                suspects.push((q, source, top));
-            }
+    for (q, source, pos, k) in checks {
+        if let Some(top) = tops[k].filter(|top| top.epoch != pos.epoch || top.id > pos.id) {
+            suspects.push((q, source, top));
         }
     }
     if suspects.is_empty() {
