@@ -491,6 +491,9 @@ async fn membership_changed(inner: Arc<Inner>, q: Arc<Queue>) {
     }
 }
 
+/// A stream and where it stands in the histories it is behind in.
+type Behind = (Arc<Queue>, Vec<(Source, Pos)>);
+
 /// Checks that every stream has reached the end of each history it follows, as its
 /// histories' meta record it, and catches up the ones behind (or told of a new epoch).
 /// A message can be stored while its live notification is lost (a Pub/Sub hiccup the
@@ -533,7 +536,7 @@ async fn audit(i: &Arc<Inner>, streams: &[Arc<Queue>]) {
     // What is merely on its way arrives within milliseconds; what is still missing after
     // a moment was lost.
     tokio::time::sleep(AUDIT_GRACE).await;
-    let mut behind: HashMap<usize, (Arc<Queue>, Vec<(Source, Pos)>)> = HashMap::new();
+    let mut behind: HashMap<usize, Behind> = HashMap::new();
     for (q, source, top) in suspects {
         let now = q.positions().into_iter().find(|(s, _)| *s == source).map(|(_, p)| p);
         if let Some(now) = now.filter(|p| p.epoch != top.epoch || p.id < top.id) {
