@@ -94,6 +94,29 @@ impl Authorize for InternalToken {
     }
 }
 
+/// A client-side interceptor that sends `authorization: Bearer <token>` with every call
+/// (nothing when there is no token): the gateway to the internal services, the load
+/// generator and the tests to the gateway.
+#[derive(Clone, Debug)]
+pub struct SendBearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl SendBearer {
+    pub fn new(token: Option<&str>) -> Result<Self, crate::Error> {
+        let value = token.map(|t| format!("Bearer {t}").parse()).transpose();
+        let value = value.map_err(|_| crate::Error::Config("a bearer token must be printable ASCII".into()))?;
+        Ok(Self(value))
+    }
+}
+
+impl tonic::service::Interceptor for SendBearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
 /// A gRPC service behind a policy.
 pub struct Guarded<S> {
     inner: S,

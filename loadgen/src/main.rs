@@ -19,6 +19,7 @@ use std::{
 
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
+use push_common::auth::SendBearer;
 use push_common::config::duration;
 use push_proto::push::v1::{self as pb, push_gateway_client::PushGatewayClient};
 use tokio::sync::Semaphore;
@@ -125,24 +126,13 @@ fn group(args: &Args, i: usize) -> String {
     format!("{}-g{i}", args.prefix)
 }
 
-/// Adds the `--bearer` credential to every call.
-#[derive(Clone)]
-struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+type Client = PushGatewayClient<tonic::service::interceptor::InterceptedService<Channel, SendBearer>>;
 
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
-type Client = PushGatewayClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
-
+/// A gateway client that sends the `--bearer` credential with every call.
 fn client(channel: Channel, bearer: &Option<String>) -> Client {
-    let value = bearer.as_ref().and_then(|b| format!("Bearer {b}").parse().ok());
-    PushGatewayClient::with_interceptor(channel, Bearer(value)).max_decoding_message_size(16 << 20)
+    // Checked for ASCII in main, right after the arguments are read.
+    let bearer = SendBearer::new(bearer.as_deref()).unwrap_or_else(|_| SendBearer::new(None).expect("no token"));
+    PushGatewayClient::with_interceptor(channel, bearer).max_decoding_message_size(16 << 20)
 }
 
 async fn connect(target: &str) -> anyhow::Result<Channel> {
@@ -274,6 +264,7 @@ fn pct(h: &Histogram<u64>, q: f64) -> String {
 
 fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
+    SendBearer::new(args.bearer.as_deref()).map_err(|_| anyhow::anyhow!("--bearer must be printable ASCII"))?;
     anyhow::ensure!(
         args.groups > 0 && args.streams > 0 && args.pushers > 0,
         "streams, groups and pushers must be positive"

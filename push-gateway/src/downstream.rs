@@ -2,10 +2,10 @@
 use std::time::Duration;
 
 use prost::Message;
+use push_common::auth::SendBearer;
 use tonic::{
     Request, Response, Status,
-    metadata::{Ascii, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
+    service::interceptor::InterceptedService,
     transport::{Channel, Endpoint},
 };
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
@@ -13,28 +13,7 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus,
 use crate::config::Config;
 
 /// A channel to an internal service that sends the internal token with every call.
-pub type Internal = InterceptedService<Channel, WithToken>;
-
-/// Adds `authorization: Bearer <internal token>` to every call (nothing when running
-/// without authentication).
-#[derive(Clone)]
-pub struct WithToken(Option<MetadataValue<Ascii>>);
-
-impl WithToken {
-    pub fn new(token: Option<&str>) -> Result<Self, String> {
-        let value = token.map(|t| format!("Bearer {t}").parse()).transpose();
-        Ok(Self(value.map_err(|_| "the internal token must be printable ASCII".to_string())?))
-    }
-}
-
-impl Interceptor for WithToken {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
+pub type Internal = InterceptedService<Channel, SendBearer>;
 
 /// A lazily connected channel: the gateway starts (NOT_SERVING) before its
 /// dependencies and reconnects by itself when they come back.

@@ -67,7 +67,7 @@ pub async fn serve(
             .into());
     }
     let policy = policy.map(|p| std::sync::Arc::new(p) as std::sync::Arc<dyn push_common::auth::Authorize>);
-    let with_token = downstream::WithToken::new(internal_token.as_deref())?;
+    let with_token = push_common::auth::SendBearer::new(internal_token.as_deref())?;
     let internal = |c: &tonic::transport::Channel| downstream::Internal::new(c.clone(), with_token.clone());
     if config.history_meta_ttl < config.history_max_age {
         return Err("--history-meta-ttl must be at least --history-max-age".into());

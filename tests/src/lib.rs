@@ -347,22 +347,11 @@ impl App {
     }
 }
 
-/// Adds `authorization: Bearer …` to every call.
-#[derive(Clone)]
-pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
-}
-
 /// A gateway client that sends `bearer` (an API key or a device token) with every call.
 pub async fn authorized(
     addr: SocketAddr,
     bearer: &str,
-) -> PushGatewayClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>> {
+) -> PushGatewayClient<tonic::service::interceptor::InterceptedService<Channel, SendBearer>> {
     authorized_on(channel(addr).await, bearer)
 }
 
@@ -370,9 +359,8 @@ pub async fn authorized(
 pub fn authorized_on(
     channel: Channel,
     bearer: &str,
-) -> PushGatewayClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>> {
-    let value = format!("Bearer {bearer}").parse().expect("ascii token");
-    PushGatewayClient::with_interceptor(channel, Bearer(value))
+) -> PushGatewayClient<tonic::service::interceptor::InterceptedService<Channel, SendBearer>> {
+    PushGatewayClient::with_interceptor(channel, SendBearer::new(Some(bearer)).expect("ascii token"))
 }
 
 /// A TLS channel to `localhost:<port of addr>` trusting `ca_pem`, presenting
@@ -387,6 +375,8 @@ pub async fn tls_channel(addr: SocketAddr, ca_pem: &[u8], identity: Option<(&[u8
     let endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?.connect_timeout(Duration::from_secs(5));
     endpoint.connect().await.map_err(|e| format!("{e:?}"))
 }
+
+pub use push_common::auth::SendBearer;
 
 /// A connected channel to a loopback server.
 pub async fn channel(addr: SocketAddr) -> Channel {
