@@ -12,7 +12,7 @@ use prost::{
     bytes::{Buf, BufMut, Bytes},
 };
 use prost_types::{DescriptorProto, FileDescriptorSet, field_descriptor_proto::Type};
-use push_tests::{App, RedisServer, channel, health};
+use push_tests::{channel, health};
 use tonic::{
     Code, Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
@@ -190,15 +190,7 @@ async fn send(ch: &tonic::transport::Channel, path: &str, streaming: bool, body:
 
 #[tokio::test]
 async fn hostile_requests_to_every_rpc_get_a_deliberate_status_and_write_nothing() {
-    let dir = std::env::temp_dir().join(format!("push-hostile-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token = dir.join("internal");
-    std::fs::write(&token, "internal-token-for-the-tests-0123").unwrap();
-    let token = token.to_string_lossy().into_owned();
-    let key = format!("ops:{}:admin", push_common::auth::digest(b"k-admin").map(|b| format!("{b:02x}")).concat());
-    let internal = ["--internal-token-file", token.as_str()];
-    let gateway = ["--internal-token-file", token.as_str(), "--api-key", &key, "--api-key-rate", "0"];
-    let app = App::start_full(RedisServer::start(), &internal, &internal, &gateway).await;
+    let (app, _secrets) = crate::security::secure_app(&["--api-key-rate", "0"]).await;
     let ch = channel(app.gateway.addr).await;
 
     let fds = FileDescriptorSet::decode(push_proto::FILE_DESCRIPTOR_SET).unwrap();

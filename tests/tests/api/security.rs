@@ -24,7 +24,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 /// A directory with the secrets the services read, and the flags that use them.
-struct Secrets {
+pub(crate) struct Secrets {
     _dir: PathBuf,
     internal: String,
     gateway: Vec<String>,
@@ -78,7 +78,10 @@ fn rand_suffix() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
 }
 
-async fn secure_app(extra: &[&str]) -> (App, Secrets) {
+/// A system with every credential configured (API keys `k-publish`, `k-presence`,
+/// `k-profile`, `k-groups`, `k-admin`; device keys hs1, hs2, rs1, es1), plus `extra`
+/// gateway flags. Keep the `Secrets` alive as long as the system.
+pub(crate) async fn secure_app(extra: &[&str]) -> (App, Secrets) {
     let s = secrets(extra);
     let internal = ["--internal-token-file", s.internal.as_str()];
     let gateway: Vec<&str> = s.gateway.iter().map(String::as_str).collect();
