@@ -11,7 +11,7 @@
 //! | `P:profile:{u:UID}`                  | HASH   | none                        | profile-svc  |
 //! | `P:group:{g:GID}:members`           | ZSET   | none (gone with last member) | push-gateway |
 //! | `P:groups:{u:UID}`                  | HASH   | none (gone with last group) | push-gateway |
-//! | `P:idem:KEY`                        | STRING | idempotency window (24 h)   | push-gateway |
+//! | `P:idem:[CALLER|]KEY`               | STRING | idempotency window (24 h)   | push-gateway |
 //! | `P:inbox:{u:UID}`, `P:history:{g:GID}`, `P:history:all` | STREAM | capped by count and age | push-gateway |
 //! | the same + `:meta`                  | HASH   | meta TTL (7 d), renewed      | push-gateway |
 //! | `P:acks:{u:UID}`                    | HASH   | meta TTL, renewed by acks    | push-gateway |
@@ -98,8 +98,12 @@ impl Keys {
     }
 
     /// The message id of the push made with an idempotency key (STRING, expiring).
-    pub fn idempotency(&self, key: &str) -> String {
-        format!("{}:idem:{key}", self.prefix)
+    pub fn idempotency(&self, caller: &str, key: &str) -> String {
+        match caller {
+            "" => format!("{}:idem:{key}", self.prefix),
+            // '|' cannot occur in an id, so callers cannot alias through their names.
+            caller => format!("{}:idem:{caller}|{key}", self.prefix),
+        }
     }
 
     /// A user's inbox (STREAM); its meta HASH is this key + `:meta`.
@@ -193,6 +197,8 @@ mod tests {
         assert_eq!(k.channel_all(), "push:ch:all");
         assert_eq!(k.inbox("alice"), "push:inbox:{u:alice}");
         assert_eq!(k.acks("alice"), "push:acks:{u:alice}");
+        assert_eq!(k.idempotency("", "k1"), "push:idem:k1");
+        assert_eq!(k.idempotency("billing", "k1"), "push:idem:billing|k1");
         assert_eq!(k.group_history("g1"), "push:history:{g:g1}");
         assert_eq!(k.all_history(), "push:history:all");
         assert_eq!(k.parse_channel(&k.channel_all()), Some(ChannelOf::All));

@@ -359,8 +359,9 @@ pub fn with_ids(body: &str) -> String {
     format!("{LUA_IDS}{body}")
 }
 
-/// An acknowledged position as stored: `EPOCH/ID`.
-pub fn parse_ack(value: &str) -> Option<Pos> {
+/// A stored position, `EPOCH/ID`: a device's acknowledged one, or where a group's
+/// history stood when a user joined it.
+pub fn parse_position(value: &str) -> Option<Pos> {
     let (e, id) = value.split_once('/')?;
     Some(Pos { epoch: parse_epoch(e)?, id: id.parse().ok()? })
 }
@@ -400,8 +401,8 @@ mod tests {
             let f = s.ack_field("phone");
             assert_eq!(Source::of_ack_field(&f), Some(("phone", s)));
         }
-        assert_eq!(parse_ack("17/5-1"), Some(Pos { epoch: 17, id: StreamId { ms: 5, seq: 1 } }));
-        assert_eq!(parse_ack("17-5-1"), None);
+        assert_eq!(parse_position("17/5-1"), Some(Pos { epoch: 17, id: StreamId { ms: 5, seq: 1 } }));
+        assert_eq!(parse_position("17-5-1"), None);
     }
 
     fn fields(v: Violations) -> Vec<String> {

@@ -154,12 +154,8 @@ impl Pusher {
         group_id: &str,
     ) -> Result<String, Error> {
         let message = c.encode(audience, group_id);
-        let key = (!c.idempotency_key.is_empty()).then(|| match caller {
-            "" => c.idempotency_key.to_owned(),
-            // '|' cannot occur in an id, so callers cannot collide through their names.
-            caller => format!("{caller}|{}", c.idempotency_key),
-        });
-        let key = key.as_deref().map(|k| (k, self.limits.idempotency_window));
+        let key =
+            (!c.idempotency_key.is_empty()).then_some((caller, c.idempotency_key, self.limits.idempotency_window));
         self.store.push(targets, max_len, &message, key).await
     }
 
@@ -273,7 +269,7 @@ impl Pusher {
                     .iter()
                     .filter_map(|(field, value)| {
                         let device = field.strip_suffix(suffix.as_str())?;
-                        let pos = history::parse_ack(value)?;
+                        let pos = history::parse_position(value)?;
                         (exists && Some(pos.epoch) == epoch && pos.id >= id).then(|| device.to_owned())
                     })
                     .collect();

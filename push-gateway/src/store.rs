@@ -139,8 +139,9 @@ impl Store {
     }
 
     /// Appends `message` (encoded without its id) to every target history and publishes
-    /// it on the target's channel, in one atomic step; with an idempotency key, only if
-    /// the key was not used within its window. Targets: (history stream key, channel).
+    /// it on the target's channel, in one atomic step; with an idempotency key (the
+    /// caller's API key name and the request's key), only if it was not used within its
+    /// window. Targets: (history stream key, channel).
     /// Returns the message id (the first push's, for a repeated key).
     #[tracing::instrument(skip_all, fields(targets = targets.len()), err)]
     pub async fn push(
@@ -148,7 +149,7 @@ impl Store {
         targets: &[(String, String)],
         max_len: usize,
         message: &[u8],
-        idempotency: Option<(&str, Duration)>,
+        idempotency: Option<(&str, &str, Duration)>,
     ) -> Result<String, Error> {
         let r = &self.retention;
         let mut inv = self.push.prepare_invoke();
@@ -156,8 +157,8 @@ impl Store {
             inv.key(stream).key(history::meta_key(stream));
         }
         let window = match idempotency {
-            Some((key, window)) => {
-                inv.key(self.keys.idempotency(key));
+            Some((caller, key, window)) => {
+                inv.key(self.keys.idempotency(caller, key));
                 window.as_millis().max(1) as u64
             }
             None => 0,
@@ -231,7 +232,7 @@ impl Store {
             .iter()
             .filter_map(|(f, v)| {
                 let (d, source) = history::Source::of_ack_field(f)?;
-                (d == device).then_some((source, history::parse_ack(v)?))
+                (d == device).then_some((source, history::parse_position(v)?))
             })
             .collect())
     }
@@ -332,7 +333,7 @@ impl Store {
         let mut c = self.pool.get();
         let all: HashMap<String, String> =
             redis::cmd("HGETALL").arg(self.keys.user_groups(user)).query_async(&mut c).await?;
-        Ok(all.into_iter().map(|(g, at)| (g, history::parse_ack(&at))).collect())
+        Ok(all.into_iter().map(|(g, at)| (g, history::parse_position(&at))).collect())
     }
 }
 

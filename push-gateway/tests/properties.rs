@@ -23,7 +23,7 @@ proptest! {
         prop_assert_eq!(id.to_string().parse::<StreamId>(), Ok(id));
         let _ = junk.parse::<StreamId>();
         let _ = history::parse_epoch(&junk);
-        let _ = history::parse_ack(&junk);
+        let _ = history::parse_position(&junk);
     }
 
     #[test]
