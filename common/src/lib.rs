@@ -1,6 +1,7 @@
 //! Plumbing shared by every service of the push system.
 //!
 //! Layout:
+//! - [`memory`]: the allocator every binary uses (mimalloc) and its process setting.
 //! - [`keys`]: the Redis key schema; every key is built there and nowhere else.
 //! - [`config`]: command-line/env argument groups that several binaries flatten in.
 //! - [`redis`]: the pooled Redis connections and their health probe.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod keys;
+pub mod memory;
 pub mod redis;
 pub mod server;
 pub mod shutdown;

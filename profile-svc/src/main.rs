@@ -2,6 +2,7 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    push_common::memory::init();
     push_common::telemetry::init();
     let config = profile_svc::Config::parse();
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
