@@ -4,7 +4,7 @@
 # scenarios right after it, and prints every result. See docs/BENCHMARKS.md.
 #
 #   ./scripts/bench.sh                 # everything (~5 minutes)
-#   ./scripts/bench.sh broadcast       # one scenario: baseline broadcast users latency memory
+#   ./scripts/bench.sh broadcast       # one scenario: baseline floor broadcast users latency memory
 #
 # GATEWAY_THREADS sets the gateway's tokio workers (default 1; 0 = one per core).
 set -euo pipefail
@@ -20,7 +20,7 @@ ONLY=${1:-all}
 
 . scripts/ensure-redis.sh
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo build --release --locked -p presence-svc -p profile-svc -p push-gateway -p push-loadgen
+cargo build --release --locked -p presence-svc -p profile-svc -p push-gateway -p push-loadgen --examples
 bin=target/release
 dir=$(mktemp -d)
 pids=()
@@ -57,7 +57,18 @@ start_gateway() {
 }
 stop_gateway() { kill "$gw_pid" 2>/dev/null || true; wait "$gw_pid" 2>/dev/null || true; gw_pid=""; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-loadgen() { "$bin/push-loadgen" --target "http://127.0.0.1:$GW_PORT" "$@"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system, in 1/100 s
+# Runs push-loadgen and prints the gateway's CPU time per delivery while it ran.
+loadgen() {
+  local before out
+  before=$(cpu_ticks "$gw_pid")
+  out=$("$bin/push-loadgen" --target "http://127.0.0.1:$GW_PORT" "$@")
+  echo "$out"
+  local used=$(( $(cpu_ticks "$gw_pid") - before )) n
+  n=$(awk '/^deliveries / {print $2}' <<<"$out")
+  [ "${n:-0}" -gt 0 ] && echo "gateway cpu   $((used * 10)) ms in all, $(( used * 10000000 / n / 1000 )).$(( used * 10000000 / n % 1000 / 100 )) µs per delivery (stream opening included)"
+  return 0
+}
 want() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
 hr() { printf '\n=== %s ===\n' "$*"; }
 
@@ -65,11 +76,36 @@ hr "machine"
 echo "$(date -u +%FT%TZ)  $(nproc) cores  $(free -g | awk '/Mem/ {print $2}') GiB  $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 echo "redis $(redis-server --version | grep -o 'v=[0-9.]*')  gateway worker threads: $GATEWAY_THREADS"
 
-if want baseline || want users; then
+if want baseline || want users || want floor; then
   hr "baseline: redis-benchmark PUBLISH, 50 clients, no pipelining, 132-byte payload"
   redis-benchmark -p "$REDIS_PORT" -c 50 -n 300000 -P 1 -q publish bench:ch "$(head -c 132 /dev/zero | tr '\0' x)" | tr '\r' '\n' | tail -1 | sed 's/x\{20,\}/<132 B>/'
   hr "baseline: redis-benchmark PUBLISH, 1 client, 50 pipelined"
   redis-benchmark -p "$REDIS_PORT" -c 1 -n 1000000 -P 50 -q publish bench:ch "$(head -c 132 /dev/zero | tr '\0' x)" | tr '\r' '\n' | tail -1 | sed 's/x\{20,\}/<132 B>/'
+fi
+
+if want floor || want users; then
+  # What Redis alone does with the script every push runs (append to the user's inbox,
+  # then publish), driven by redis-benchmark itself: the ceiling for single-user pushes.
+  hr "floor: redis-benchmark running the push script, 50 clients, no pipelining"
+  script=$(sed -n '/^pub const PUSH: &str = r"$/,/^";$/p' push-gateway/src/history.rs | sed '1d;$d')
+  sha=$(redis-cli -p "$REDIS_PORT" script load "$script")
+  # One meta key for all (redis-benchmark draws every __rand_int__ separately; a shared
+  # meta keeps ids growing in every stream), a random inbox and channel per call.
+  redis-benchmark -p "$REDIS_PORT" -c 50 -n 200000 -P 1 -r 1000 -q evalsha "$sha" 2 'bench:inbox:{u:__rand_int__}' 'bench:meta:{u:0}' \
+    1 0 100 86400000 604800000 "$(head -c 150 /dev/zero | tr '\0' x)" 'bench:ch:{u:__rand_int__}' | tr '\r' '\n' | tail -1 | sed 's/^.*: \([0-9.]* requests per second\)/push script: \1/'
+  # A bare tonic unary call (grpc.health.v1 Check, nothing behind it) from 50 callers on
+  # their own connections, one call in flight each: a push is such a call and more.
+  hr "floor: bare tonic unary calls, 50 clients, no pipelining, server threads: $GATEWAY_THREADS"
+  "$bin/examples/grpc-floor" --clients 50 --server-threads "$(( GATEWAY_THREADS > 0 ? GATEWAY_THREADS : $(nproc) ))" --seconds 10
+fi
+
+if want floor || want latency; then
+  # Raw loopback TCP, no HTTP/2, gRPC or Redis: one write per connection per round,
+  # read by one task per connection. The floor under the fan-out latency target.
+  for w in 1 2; do
+    hr "floor: raw TCP fan-out, 4 rounds/s to 5,000 connections, writer threads: $w"
+    "$bin/examples/tcp-floor" --streams 5000 --writers "$w" --rounds 60
+  done
 fi
 
 if want users; then

@@ -108,6 +108,8 @@ struct Shared {
     push_errors: Mutex<BTreeMap<String, u64>>,
     stream_errors: Mutex<BTreeMap<String, u64>>,
     open_streams: AtomicUsize,
+    /// Streams open when the pushing started.
+    opened: AtomicUsize,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -222,7 +224,8 @@ async fn push_loop(args: Arc<Args>, shared: Arc<Shared>, next: Arc<AtomicU64>, s
         let (result, receivers) = match args.mode {
             Mode::All => {
                 let r = c.push_to_all(pb::PushToAllRequest { topic, payload: payload.into(), ..Default::default() });
-                (r.await.map(drop), args.streams as u64)
+                // Every stream that opened (some may have failed to).
+                (r.await.map(drop), shared.opened.load(Relaxed) as u64)
             }
             Mode::Users => {
                 let user_ids: Vec<String> =
@@ -263,6 +266,7 @@ fn pct(h: &Histogram<u64>, q: f64) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
+    push_common::memory::init();
     let args = Arc::new(Args::parse());
     SendBearer::new(args.bearer.as_deref()).map_err(|_| anyhow::anyhow!("--bearer must be printable ASCII"))?;
     anyhow::ensure!(
@@ -285,6 +289,7 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
         push_errors: Mutex::default(),
         stream_errors: Mutex::default(),
         open_streams: AtomicUsize::new(0),
+        opened: AtomicUsize::new(0),
     });
 
     // Groups: stream i's user belongs to group i % groups.
@@ -337,6 +342,7 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
         }
     }
     let open = shared.open_streams.load(Relaxed);
+    shared.opened.store(open, Relaxed);
     eprintln!(
         "opened {open} streams in {:.1}s ({open_errors} failed) over {} connections",
         opening.elapsed().as_secs_f64(),
