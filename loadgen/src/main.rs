@@ -110,6 +110,8 @@ struct Shared {
     open_streams: AtomicUsize,
     /// Streams open when the pushing started.
     opened: AtomicUsize,
+    /// Of those, how many in each group (`--mode groups`).
+    group_opened: Vec<AtomicU64>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -201,7 +203,6 @@ async fn push_loop(args: Arc<Args>, shared: Arc<Shared>, next: Arc<AtomicU64>, s
     };
     let mut c = client(channel, &args.bearer);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
-    let group_size = |g: usize| (args.streams / args.groups) as u64 + u64::from(g < args.streams % args.groups);
     loop {
         let seq = next.fetch_add(1, Relaxed) as usize;
         if seq >= args.max_pushes || start.elapsed() >= args.duration {
@@ -245,7 +246,7 @@ async fn push_loop(args: Arc<Args>, shared: Arc<Shared>, next: Arc<AtomicU64>, s
                     payload: payload.into(),
                     ..Default::default()
                 };
-                (c.push_to_group(req).await.map(drop), group_size(g))
+                (c.push_to_group(req).await.map(drop), shared.group_opened[g].load(Relaxed))
             }
         };
         match result {
@@ -290,6 +291,7 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
         stream_errors: Mutex::default(),
         open_streams: AtomicUsize::new(0),
         opened: AtomicUsize::new(0),
+        group_opened: (0..args.groups).map(|_| AtomicU64::new(0)).collect(),
     });
 
     // Groups: stream i's user belongs to group i % groups.
@@ -331,6 +333,7 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
             let stream = c.subscribe(req).await?.into_inner();
             drop(permit);
             shared.open_streams.fetch_add(1, Relaxed);
+            shared.group_opened[i % args.groups].fetch_add(1, Relaxed);
             tokio::spawn(read(shared, i % 16, stream));
             anyhow::Ok(())
         }));
