@@ -3,7 +3,7 @@
 # services on 127.0.0.1, runs redis-benchmark's PUBLISH as the baseline and push-loadgen
 # scenarios right after it, and prints every result. See docs/BENCHMARKS.md.
 #
-#   ./scripts/bench.sh                 # everything (~5 minutes)
+#   ./scripts/bench.sh                 # everything (~8 minutes)
 #   ./scripts/bench.sh broadcast       # one scenario: baseline floor broadcast users latency memory
 #
 # GATEWAY_THREADS sets the gateway's tokio workers (default 1; 0 = one per core).

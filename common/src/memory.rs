@@ -18,3 +18,15 @@ pub fn init() {
         eprintln!("could not turn transparent huge pages off ({e}); memory per stream may be higher");
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #[test]
+    fn init_turns_transparent_huge_pages_off_for_the_process() {
+        super::init();
+        let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+        // Kernels since 5.0 report it; without the line there is nothing to check.
+        let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) else { return };
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
+}
