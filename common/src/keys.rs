@@ -121,6 +121,12 @@ impl Keys {
         format!("{}:history:all", self.prefix)
     }
 
+    /// The meta HASH of a history stream (an inbox, a group's or the broadcast history):
+    /// its epoch, last id and floor. Same slot as the stream.
+    pub fn history_meta(stream: &str) -> String {
+        format!("{stream}:meta")
+    }
+
     /// Each device's acknowledged positions of a user (HASH `DEVICE|SOURCE` → `EPOCH/ID`).
     pub fn acks(&self, user_id: &str) -> String {
         format!("{}:acks:{{u:{user_id}}}", self.prefix)
@@ -201,6 +207,8 @@ mod tests {
         assert_eq!(k.idempotency("billing", "k1"), "push:idem:billing|k1");
         assert_eq!(k.group_history("g1"), "push:history:{g:g1}");
         assert_eq!(k.all_history(), "push:history:all");
+        assert_eq!(Keys::history_meta(&k.inbox("alice")), "push:inbox:{u:alice}:meta");
+        assert_eq!(Keys::history_meta(&k.group_history("g1")), "push:history:{g:g1}:meta");
         assert_eq!(k.parse_channel(&k.channel_all()), Some(ChannelOf::All));
         assert_eq!(k.parse_channel(&k.channel_user("a.b")), Some(ChannelOf::User("a.b")));
         assert_eq!(k.parse_channel(&k.channel_group("g1")), Some(ChannelOf::Group("g1")));

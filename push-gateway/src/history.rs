@@ -99,7 +99,7 @@ impl Source {
             Source::Inbox => keys.inbox(user),
             Source::Group(g) => keys.group_history(g),
         };
-        let meta = meta_key(&stream);
+        let meta = Keys::history_meta(&stream);
         (stream, meta)
     }
 
@@ -132,11 +132,6 @@ impl Source {
         };
         pb::Cursor { audience: audience as i32, group_id, epoch: epoch.to_string(), message_id: id.to_string() }
     }
-}
-
-/// The meta HASH of a history stream.
-pub fn meta_key(stream: &str) -> String {
-    format!("{stream}:meta")
 }
 
 /// Where a stream starts in one history.

@@ -154,7 +154,7 @@ impl Store {
         let r = &self.retention;
         let mut inv = self.push.prepare_invoke();
         for (stream, _) in targets {
-            inv.key(stream).key(history::meta_key(stream));
+            inv.key(stream).key(Keys::history_meta(stream));
         }
         let window = match idempotency {
             Some((caller, key, window)) => {
@@ -176,7 +176,7 @@ impl Store {
     #[tracing::instrument(skip(self), err)]
     pub async fn replay(&self, stream: &str, cursor: Option<Pos>, page: usize) -> Result<Page, Error> {
         let mut inv = self.replay.key(stream);
-        inv.key(history::meta_key(stream));
+        inv.key(Keys::history_meta(stream));
         match cursor {
             Some(p) => inv.arg(p.epoch.to_string()).arg(p.id.to_string()),
             None => inv.arg("").arg(""),
@@ -196,7 +196,7 @@ impl Store {
         }
         let mut pipe = redis::pipe();
         for s in streams {
-            pipe.cmd("HMGET").arg(history::meta_key(s)).arg("epoch").arg("last");
+            pipe.cmd("HMGET").arg(Keys::history_meta(s)).arg("epoch").arg("last");
         }
         let mut c = self.pool.get();
         let replies: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut c).await?;
@@ -245,7 +245,7 @@ impl Store {
         let id = id.to_string();
         for s in streams {
             pipe.cmd("XRANGE").arg(s).arg(&id).arg(&id).arg("COUNT").arg(1);
-            pipe.cmd("HGET").arg(history::meta_key(s)).arg("epoch");
+            pipe.cmd("HGET").arg(Keys::history_meta(s)).arg("epoch");
         }
         for u in users {
             pipe.cmd("HGETALL").arg(self.keys.acks(u));
@@ -271,7 +271,7 @@ impl Store {
         max: usize,
     ) -> redis::ScriptInvocation<'s> {
         let mut inv = script.key(self.keys.group_members(group));
-        inv.key(history::meta_key(&self.keys.group_history(group)));
+        inv.key(Keys::history_meta(&self.keys.group_history(group)));
         for u in users {
             inv.key(self.keys.user_groups(u));
         }
