@@ -457,12 +457,8 @@ impl Device {
         device: &str,
         cursors: Vec<push_proto::push::v1::Cursor>,
     ) -> Result<Device, tonic::Status> {
-        let mut c = PushGatewayClient::new(channel);
+        let mut c = PushGatewayClient::with_interceptor(channel, SendBearer::new(bearer).expect("ascii token"));
         let req = push_proto::push::v1::SubscribeRequest { user_id: user.into(), device_id: device.into(), cursors };
-        let mut req = tonic::Request::new(req);
-        if let Some(b) = bearer {
-            req.metadata_mut().insert("authorization", format!("Bearer {b}").parse().expect("ascii token"));
-        }
         let mut stream = c.subscribe(req).await?.into_inner();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let track = std::sync::Arc::new(std::sync::Mutex::new(Track::default()));

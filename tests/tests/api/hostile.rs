@@ -17,6 +17,7 @@ use tonic::{
     Code, Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
     codegen::http,
+    service::Interceptor,
 };
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -177,8 +178,8 @@ fn message<'a>(fds: &'a FileDescriptorSet, full: &str) -> Option<&'a DescriptorP
 async fn send(ch: &tonic::transport::Channel, path: &str, streaming: bool, body: Vec<u8>) -> Status {
     let mut g = tonic::client::Grpc::new(ch.clone());
     g.ready().await.unwrap();
-    let mut req = tonic::Request::new(Bytes::from(body));
-    req.metadata_mut().insert("authorization", "Bearer k-admin".parse().unwrap());
+    let mut admin = push_tests::SendBearer::new(Some("k-admin")).unwrap();
+    let req = admin.call(tonic::Request::new(())).unwrap().map(|()| Bytes::from(body));
     let path = http::uri::PathAndQuery::from_str(path).unwrap();
     let result = if streaming {
         g.server_streaming(req, path, Raw).await.map(drop)

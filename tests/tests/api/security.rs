@@ -5,8 +5,8 @@ use std::{path::PathBuf, str::FromStr, time::Duration};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use prost::Message;
 use push_proto::push::v1 as pb;
-use push_tests::{App, Device, RedisServer, channel, health, wait_health};
-use tonic::{Code, codegen::http, transport::Channel};
+use push_tests::{App, Device, RedisServer, SendBearer, channel, health, wait_health};
+use tonic::{Code, codegen::http, service::Interceptor, transport::Channel};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::to_users;
@@ -124,10 +124,7 @@ fn device_token(sub: &str) -> String {
 async fn call(ch: &Channel, path: &str, streaming: bool, bearer: Option<&str>) -> Code {
     let mut g = tonic::client::Grpc::new(ch.clone());
     g.ready().await.unwrap();
-    let mut req = tonic::Request::new(());
-    if let Some(b) = bearer {
-        req.metadata_mut().insert("authorization", format!("Bearer {b}").parse().unwrap());
-    }
+    let req = SendBearer::new(bearer).unwrap().call(tonic::Request::new(())).unwrap();
     let path = http::uri::PathAndQuery::from_str(path).unwrap();
     let codec = tonic_prost::ProstCodec::<(), ()>::default();
     let result = if streaming {
@@ -254,20 +251,22 @@ async fn internal_services_accept_only_the_gateway() {
     c.login(login).await.unwrap();
     // Directly, nothing: no token, a wrong token, or a gateway API key.
     for bearer in [None, Some("wrong-token-wrong-token"), Some("k-admin")] {
-        let p = app.presence.addr;
+        let send = SendBearer::new(bearer).unwrap();
         let req = push_proto::presence::v1::LoginRequest {
             user_id: "eve".into(),
             session_id: "d".into(),
             ttl: None,
             ..Default::default()
         };
-        let mut req = tonic::Request::new(req);
-        if let Some(b) = bearer {
-            req.metadata_mut().insert("authorization", format!("Bearer {b}").parse().unwrap());
-        }
-        let mut direct = push_proto::presence::v1::presence_client::PresenceClient::new(channel(p).await);
+        let mut direct = push_proto::presence::v1::presence_client::PresenceClient::with_interceptor(
+            channel(app.presence.addr).await,
+            send.clone(),
+        );
         assert_eq!(direct.login(req).await.unwrap_err().code(), Code::Unauthenticated);
-        let mut prof = push_proto::profile::v1::profile_client::ProfileClient::new(channel(app.profile.addr).await);
+        let mut prof = push_proto::profile::v1::profile_client::ProfileClient::with_interceptor(
+            channel(app.profile.addr).await,
+            send,
+        );
         let get = push_proto::profile::v1::GetProfileRequest { user_id: "ann".into() };
         assert_eq!(prof.get_profile(get).await.unwrap_err().code(), Code::Unauthenticated);
     }
@@ -368,9 +367,11 @@ async fn every_hop_can_run_tls_with_mtls_to_the_internal_services() {
     assert!(no_cert, "mTLS let a client without a certificate in");
     let identity = (std::fs::read(&client_cert).unwrap(), std::fs::read(&client_key).unwrap());
     let ch = push_tests::tls_channel(presence.addr, &ca_pem, Some((&identity.0, &identity.1))).await.unwrap();
-    let mut p = push_proto::presence::v1::presence_client::PresenceClient::new(ch);
-    let mut req = tonic::Request::new(push_proto::presence::v1::GetPresenceRequest { user_ids: vec!["ann".into()] });
-    req.metadata_mut().insert("authorization", format!("Bearer {INTERNAL}").parse().unwrap());
+    let mut p = push_proto::presence::v1::presence_client::PresenceClient::with_interceptor(
+        ch,
+        SendBearer::new(Some(INTERNAL)).unwrap(),
+    );
+    let req = push_proto::presence::v1::GetPresenceRequest { user_ids: vec!["ann".into()] };
     assert!(p.get_presence(req).await.unwrap().into_inner().presences[0].online);
 }
 
