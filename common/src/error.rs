@@ -66,10 +66,16 @@ impl From<Error> for Status {
     }
 }
 
+/// A Redis that does not answer in time is UNAVAILABLE, like one that is down: the
+/// caller should retry (elsewhere), which DEADLINE_EXCEEDED ("your deadline was too
+/// short") would not tell it.
 fn redis_code(e: &redis::RedisError) -> Code {
-    if e.is_timeout() {
-        Code::DeadlineExceeded
-    } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+    if e.is_timeout()
+        || e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+    {
         Code::Unavailable
     } else {
         Code::Internal
@@ -78,8 +84,7 @@ fn redis_code(e: &redis::RedisError) -> Code {
 
 fn redis_message(code: Code) -> &'static str {
     match code {
-        Code::DeadlineExceeded => "storage did not answer in time",
-        Code::Unavailable => "storage unavailable",
+        Code::Unavailable => "storage unavailable or not answering; retry",
         _ => "internal error",
     }
 }
@@ -104,5 +109,12 @@ mod tests {
         let s: Status = Error::Redis(redis::RedisError::from(io)).into();
         assert_eq!(s.code(), Code::Unavailable);
         assert!(!s.message().contains("secret"));
+    }
+
+    #[test]
+    fn a_redis_that_does_not_answer_is_unavailable() {
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
+        let s: Status = Error::Redis(redis::RedisError::from(io)).into();
+        assert_eq!(s.code(), Code::Unavailable);
     }
 }

@@ -11,6 +11,7 @@
 //! - [`server`]: reflection (v1 and v1alpha) and the per-RPC tracing span.
 //! - [`telemetry`]: tracing subscriber set-up (`RUST_LOG`, `LOG_FORMAT`).
 //! - [`shutdown`]: SIGTERM / SIGINT as a future.
+//! - [`size_limit`]: RESOURCE_EXHAUSTED (not tonic's OUT_OF_RANGE) for oversized requests.
 //! - [`token`]: hex encoding of opaque page tokens.
 //! - [`time`]: conversions between Redis millisecond clocks and protobuf types.
 
@@ -23,6 +24,7 @@ pub mod memory;
 pub mod redis;
 pub mod server;
 pub mod shutdown;
+pub mod size_limit;
 pub mod telemetry;
 pub mod time;
 pub mod token;

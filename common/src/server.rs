@@ -141,8 +141,9 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    use crate::size_limit::SizeLimitCode;
     match policy {
-        Some(policy) => router.add_service(crate::auth::Guarded::new(service, policy)),
-        None => router.add_service(service),
+        Some(policy) => router.add_service(SizeLimitCode(crate::auth::Guarded::new(service, policy))),
+        None => router.add_service(SizeLimitCode(service)),
     }
 }
