@@ -87,7 +87,8 @@ if want floor || want users; then
   # What Redis alone does with the script every push runs (append to the user's inbox,
   # then publish), driven by redis-benchmark itself: the ceiling for single-user pushes.
   hr "floor: redis-benchmark running the push script, 50 clients, no pipelining"
-  script=$(sed -n '/^pub const PUSH: &str = r"$/,/^";$/p' push-gateway/src/history.rs | sed '1d;$d')
+  # The script as the gateway runs it: the shared helpers, then push.lua.
+  script=$(cat push-gateway/src/lua/lib.lua; echo; cat push-gateway/src/lua/push.lua)
   sha=$(redis-cli -p "$REDIS_PORT" script load "$script")
   # One meta key for all (redis-benchmark draws every __rand_int__ separately; a shared
   # meta keeps ids growing in every stream), a random inbox and channel per call.

@@ -94,6 +94,22 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_STREAM_QUEUE_BYTES", default_value_t = 4 << 20)]
     pub stream_queue_bytes: usize,
 
+    /// Most open streams of one (user, device) on a replica; a new one replaces the
+    /// oldest, which ends with ABORTED.
+    #[arg(long, env = "GATEWAY_MAX_STREAMS_PER_DEVICE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_device: u32,
+
+    /// Most open streams of one user on a replica; a Subscribe over it is refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "GATEWAY_MAX_STREAMS_PER_USER", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_user: u32,
+
+    /// Most bytes one push call may publish (message size × users). Keep it well below
+    /// Redis's `client-output-buffer-limit pubsub` hard limit (32 MB by default): a
+    /// replica whose subscriber passes it is disconnected with all its streams.
+    #[arg(long, env = "GATEWAY_MAX_PUBLISH_BYTES", default_value_t = 8 << 20)]
+    pub max_publish_bytes: usize,
+
     /// Largest payload of one pushed message.
     #[arg(long, env = "GATEWAY_MAX_PAYLOAD_BYTES", default_value_t = 64 << 10)]
     pub max_payload_bytes: usize,

@@ -4,25 +4,25 @@
 //! - [`config`]: flags and environment.
 //! - [`downstream`]: channels to presence-svc and profile-svc, and call forwarding
 //!   that keeps their status codes and error details.
+//! - [`auth`]: the gateway's policy: API keys with scopes, device tokens (JWT).
 //! - [`push`]: push, receipt and group RPCs (validate, encode once, append + publish).
-//! - [`history`]: inboxes and histories: ids, epochs, cursors, and their Lua scripts.
-//! - [`hub`]: this replica's one Pub/Sub connection and its registry of local streams.
-//! - [`queue`]: the bounded queue of one device stream, and the stream itself.
-//! - [`subscribe`]: opening a device stream and the task that keeps it in step.
-//! - [`store`]: every Redis command of the gateway.
+//! - [`history`]: inboxes and histories: ids, epochs, cursors, sources.
+//! - [`envelope`]: what travels on the Pub/Sub channels, for both sides.
+//! - [`store`]: every Redis command of the gateway; its Lua scripts are in `lua/`.
+//! - [`stream`]: device streams: the hub, queues, opening, replays, groups, presence
+//!   leases, the audit and the maintenance task (see its layout).
 //! - [`service`]: the `PushGateway` implementation.
 //! - [`serve`]: runs the gRPC server.
 
 pub mod auth;
 pub mod config;
 pub mod downstream;
+pub mod envelope;
 pub mod history;
-pub mod hub;
 pub mod push;
-pub mod queue;
 pub mod service;
 pub mod store;
-pub mod subscribe;
+pub mod stream;
 
 use std::future::Future;
 
@@ -84,14 +84,14 @@ pub async fn serve(
         meta_ttl: config.history_meta_ttl,
     };
     let store = store::Store::new(pool.clone(), keys.clone(), retention);
-    let hub_config = hub::HubConfig {
+    let hub_config = stream::hub::HubConfig {
         url: config.redis.url.clone(),
         connect_timeout: config.redis.timeout,
         probe_interval: config.hub_probe_interval,
         subscribe_timeout: config.redis.timeout * 2,
     };
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (hub, hub_task) = hub::Hub::start(hub_config, pool.clone(), &keys, events_tx)?;
+    let (hub, hub_task) = stream::hub::Hub::start(hub_config, pool.clone(), &keys, events_tx.clone())?;
 
     let timeout = config.connect_timeout;
     let (p, q, h) = (presence.clone(), profile.clone(), hub.clone());
@@ -115,16 +115,19 @@ pub async fn serve(
             max_groups_per_user: config.max_groups_per_user,
             max_page_size: config.max_page_size as usize,
             idempotency_window: config.idempotency_window,
+            max_publish_bytes: config.max_publish_bytes,
         },
     };
-    let streams_config = subscribe::StreamsConfig {
-        store,
-        presence: PresenceClient::new(internal(&presence)),
+    let settings = stream::Settings {
         lease: config.stream_lease,
-        limits: queue::Limits { messages: config.stream_queue_messages, bytes: config.stream_queue_bytes },
+        limits: stream::Limits { messages: config.stream_queue_messages, bytes: config.stream_queue_bytes },
         max_groups: config.max_groups_per_user,
+        max_per_device: config.max_streams_per_device as usize,
+        max_per_user: config.max_streams_per_user as usize,
     };
-    let (streams, sessions_task) = subscribe::Streams::start(hub.clone(), streams_config, events_rx);
+    let presence_client = PresenceClient::new(internal(&presence));
+    let (streams, sessions_task) =
+        stream::Streams::start(hub.clone(), store, presence_client, settings, (events_tx, events_rx));
     let service =
         PushGatewayServer::new(service::Gateway::new(internal(&presence), internal(&profile), pusher, streams))
             .max_decoding_message_size(config.max_payload_bytes + (1 << 20));

@@ -1,5 +1,5 @@
 //! Push and group RPCs: validate, encode the message once, append it to its histories
-//! and publish it (one Lua step, see `history::PUSH`).
+//! and publish it (one Lua step, see `lua/push.lua`).
 use std::time::SystemTime;
 
 use prost::{Message as _, bytes::Bytes};
@@ -7,8 +7,8 @@ use push_common::{Error, token, validate::Violations};
 use push_proto::push::v1::{self as pb, Audience, DeliveryState};
 
 use crate::{
+    envelope,
     history::{self, Source, StreamId},
-    hub::envelope,
     store::{Joined, Store},
 };
 
@@ -26,7 +26,15 @@ pub struct PushLimits {
     pub max_page_size: usize,
     /// How long an idempotency key is remembered.
     pub idempotency_window: std::time::Duration,
+    /// Most bytes one call may publish (message size × users): Redis disconnects a
+    /// subscriber whose output buffer passes `client-output-buffer-limit pubsub`, and
+    /// with it every stream of a replica.
+    pub max_publish_bytes: usize,
 }
+
+/// What a published message costs beyond its topic, payload and the like (id, envelope,
+/// timestamp, field keys), per receiver: a generous upper bound.
+const MESSAGE_OVERHEAD: usize = 96;
 
 /// The push side of the gateway.
 #[derive(Clone)]
@@ -81,6 +89,11 @@ impl Content<'_> {
         }
     }
 
+    /// An upper bound of the bytes one published copy of the message takes.
+    fn published_size(&self) -> usize {
+        self.topic.len() + self.payload.len() + self.content_type.len() + self.sender.len() + MESSAGE_OVERHEAD
+    }
+
     /// The message without its id (the push script puts the id in front), encoded once.
     fn encode(&self, audience: Audience, group_id: &str) -> Vec<u8> {
         let m = pb::Message {
@@ -122,6 +135,17 @@ impl Pusher {
         let mut users: Vec<&String> = r.user_ids.iter().collect();
         users.sort();
         users.dedup();
+        let bytes = c.published_size().saturating_mul(users.len());
+        if bytes > self.limits.max_publish_bytes {
+            let max = self.limits.max_publish_bytes;
+            let n = users.len();
+            return Err(Error::invalid(
+                "payload",
+                format!(
+                    "is published once per user: {n} users make {bytes} bytes, over the limit of {max} per call (--max-publish-bytes); split the call"
+                ),
+            ));
+        }
         let keys = self.store.keys();
         let targets: Vec<(String, String)> = users.into_iter().map(|u| (keys.inbox(u), keys.channel_user(u))).collect();
         let message_id =
@@ -174,6 +198,12 @@ impl Pusher {
     async fn announce(&self, users: &[String]) -> Result<(), Error> {
         let channels: Vec<String> = users.iter().map(|u| self.store.keys().channel_user(u)).collect();
         self.store.publish(&channels, &Bytes::from_static(&[envelope::MEMBERSHIP])).await
+    }
+
+    /// Ends the streams of `device` of `user` on every replica (after a Logout).
+    pub async fn disconnect(&self, user: &str, device: &str) -> Result<(), Error> {
+        let channel = [self.store.keys().channel_user(user)];
+        self.store.publish(&channel, &Bytes::from(envelope::disconnect(device))).await
     }
 
     pub async fn join(&self, r: pb::JoinGroupRequest) -> Result<pb::JoinGroupResponse, Error> {

@@ -9,8 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     downstream::{ForwardedStream, Internal, forward, forward_stream},
     push::Pusher,
-    queue::DeviceStream,
-    subscribe::Streams,
+    stream::{DeviceStream, Streams},
 };
 
 /// The gateway service: presence calls go to presence-svc, profile calls to profile-svc,
@@ -51,9 +50,15 @@ impl PushGateway for Gateway {
         forward(req, |r| async move { c.heartbeat(r).await }).await
     }
 
+    /// Ends the session in presence-svc, then the device's open streams on every
+    /// replica: otherwise a stream would keep receiving and its next renewal would bring
+    /// the session back.
     async fn logout(&self, req: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
+        let (user, device) = (req.get_ref().user_id.clone(), req.get_ref().session_id.clone());
         let mut c = self.presence.clone();
-        forward(req, |r| async move { c.logout(r).await }).await
+        let done = forward(req, |r| async move { c.logout(r).await }).await?;
+        self.pusher.disconnect(&user, &device).await?;
+        Ok(done)
     }
 
     async fn get_presence(

@@ -5,7 +5,7 @@
 //! (group → where its history stood when the user joined);
 //! join and leave change both in one Lua script, so the two views never disagree. In
 //! Redis Cluster the group key and the user keys live in different slots (see
-//! docs/ARCHITECTURE.md).
+//! docs/ARCHITECTURE.md). Every script is a file in `lua/` ([`scripts`]).
 use std::{collections::HashMap, time::Duration};
 
 use prost::bytes::Bytes;
@@ -15,45 +15,20 @@ use redis::{Script, Value};
 
 use crate::history::{self, Pos, StreamId};
 
-/// KEYS: members, the group history's meta, then each user's groups key. ARGV: group
-/// id, max groups per user, meta TTL in ms, then the user ids (in KEYS order). Refuses
-/// the whole call when a user would exceed the limit: {-1, index of that user}; else
-/// {added}. Each new member's groups HASH records where the group's history stood when
-/// they joined (`EPOCH/ID`), so their devices receive the group from there on, even
-/// what was pushed before their streams attached.
-const JOIN: &str = r"
-local gid, max = ARGV[1], tonumber(ARGV[2])
-for i = 3, #KEYS do
-  if redis.call('HEXISTS', KEYS[i], gid) == 0 and redis.call('HLEN', KEYS[i]) >= max then
-    return {-1, i - 3}
-  end
-end
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
-if not epoch then
-  local t = redis.call('TIME')
-  epoch = string.format('%d%06d', t[1], t[2])
-  redis.call('HSET', KEYS[2], 'epoch', epoch)
-end
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-local at = epoch .. '/' .. (redis.call('HGET', KEYS[2], 'last') or '0-0')
-local added = 0
-for i = 3, #KEYS do
-  redis.call('HSETNX', KEYS[i], gid, at)
-  added = added + redis.call('ZADD', KEYS[1], 0, ARGV[i + 1])
-end
-return {added}
-";
+/// The Lua scripts, each with the shared helpers (`lua/lib.lua`) in front when it runs.
+pub mod scripts {
+    pub const LIB: &str = include_str!("lua/lib.lua");
+    pub const PUSH: &str = include_str!("lua/push.lua");
+    pub const REPLAY: &str = include_str!("lua/replay.lua");
+    pub const ACK: &str = include_str!("lua/ack.lua");
+    pub const JOIN: &str = include_str!("lua/join.lua");
+    pub const LEAVE: &str = include_str!("lua/leave.lua");
 
-/// KEYS and ARGV as JOIN (the meta and ARGV[2..3] unused). Returns how many were members.
-const LEAVE: &str = r"
-local gid = ARGV[1]
-local removed = 0
-for i = 3, #KEYS do
-  redis.call('HDEL', KEYS[i], gid)
-  removed = removed + redis.call('ZREM', KEYS[1], ARGV[i + 1])
-end
-return removed
-";
+    /// `body` as it runs: the helpers, then the script.
+    pub fn script(body: &str) -> redis::Script {
+        redis::Script::new(&format!("{LIB}\n{body}"))
+    }
+}
 
 /// The outcome of a join.
 pub enum Joined {
@@ -75,7 +50,7 @@ pub struct Retention {
     pub meta_ttl: Duration,
 }
 
-/// One page of a history (see [`history::REPLAY_BODY`]).
+/// One page of a history (see `lua/replay.lua`).
 #[derive(Debug)]
 pub struct Page {
     pub epoch: u64,
@@ -114,11 +89,11 @@ impl Store {
             pool,
             keys,
             retention,
-            join: Script::new(JOIN),
-            leave: Script::new(LEAVE),
-            push: Script::new(history::PUSH),
-            replay: Script::new(&history::with_ids(history::REPLAY_BODY)),
-            ack: Script::new(&history::with_ids(history::ACK_BODY)),
+            join: scripts::script(scripts::JOIN),
+            leave: scripts::script(scripts::LEAVE),
+            push: scripts::script(scripts::PUSH),
+            replay: scripts::script(scripts::REPLAY),
+            ack: scripts::script(scripts::ACK),
         }
     }
 
@@ -270,8 +245,9 @@ impl Store {
         users: &[String],
         max: usize,
     ) -> redis::ScriptInvocation<'s> {
+        let history = self.keys.group_history(group);
         let mut inv = script.key(self.keys.group_members(group));
-        inv.key(Keys::history_meta(&self.keys.group_history(group)));
+        inv.key(&history).key(Keys::history_meta(&history));
         for u in users {
             inv.key(self.keys.user_groups(u));
         }
@@ -325,6 +301,22 @@ impl Store {
         let mut groups: Vec<String> = redis::cmd("HKEYS").arg(self.keys.user_groups(user)).query_async(&mut c).await?;
         groups.sort();
         Ok(groups)
+    }
+
+    /// Each user's groups, sorted, in one round trip.
+    #[tracing::instrument(skip_all, fields(users = users.len()), err)]
+    pub async fn users_groups(&self, users: &[&str]) -> Result<Vec<Vec<String>>, Error> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for u in users {
+            pipe.cmd("HKEYS").arg(self.keys.user_groups(u));
+        }
+        let mut c = self.pool.get();
+        let mut all: Vec<Vec<String>> = pipe.query_async(&mut c).await?;
+        all.iter_mut().for_each(|g| g.sort());
+        Ok(all)
     }
 
     /// The user's groups with where each group's history stood when the user joined.

@@ -1,20 +1,16 @@
 //! Property tests of the gateway's parsers (message ids, cursors, acks) and of the
 //! queue's promise: whatever the interleaving of live and replayed messages and of
 //! replays starting and ending, a stream gets each history's messages once, in order.
-use std::{
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll, Waker},
-};
+use std::task::{Context, Poll, Waker};
 
 use proptest::prelude::*;
 use prost::Message;
 use push_gateway::{
+    envelope,
     history::{self, Pos, Source, StreamId},
-    queue::{DeviceStream, Limits, Queue},
+    stream::{Limits, Pause, Pushed, Stream},
 };
 use push_proto::{push::v1 as pb, wire::SubscribeResponse};
-use tokio_stream::Stream;
 
 proptest! {
     #[test]
@@ -32,8 +28,8 @@ proptest! {
         let mut m = vec![0x0A, id.len() as u8];
         m.extend_from_slice(id.as_bytes());
         m.extend_from_slice(&rest);
-        prop_assert_eq!(history::message_id(&m), Some(StreamId { ms, seq }));
-        let _ = history::message_id(&junk);
+        prop_assert_eq!(envelope::message_id(&m), Some(StreamId { ms, seq }));
+        let _ = envelope::message_id(&junk);
     }
 
     #[test]
@@ -58,6 +54,8 @@ proptest! {
 #[derive(Debug, Clone)]
 enum Op {
     Live(u64),
+    /// A live message that says it follows message n - 1.
+    After(u64),
     Replayed(u64),
     Begin,
     End,
@@ -67,6 +65,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (1u64..60).prop_map(Op::Live),
+        (1u64..60).prop_map(Op::After),
         (1u64..60).prop_map(Op::Replayed),
         Just(Op::Begin),
         Just(Op::End),
@@ -75,9 +74,9 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// The message ids the stream sends, reading what is queued now.
-fn drain(stream: &mut DeviceStream, out: &mut Vec<StreamId>) {
+fn drain(stream: &Stream, out: &mut Vec<StreamId>) {
     let mut cx = Context::from_waker(Waker::noop());
-    while let Poll::Ready(Some(Ok(item))) = Pin::new(&mut *stream).poll_next(&mut cx) {
+    while let Poll::Ready(Some(Ok(item))) = stream.queue.poll_batch(&mut cx) {
         let r = SubscribeResponse::decode(item.encode_to_vec().as_slice()).unwrap();
         out.extend(r.messages.iter().map(|m| m.id.parse::<StreamId>().unwrap()));
     }
@@ -86,24 +85,28 @@ fn drain(stream: &mut DeviceStream, out: &mut Vec<StreamId>) {
 proptest! {
     #[test]
     fn each_message_reaches_a_stream_once_and_in_order(ops in proptest::collection::vec(op(), 0..200)) {
-        let q: Arc<Queue> = Queue::new(Limits { messages: 100_000, bytes: 1 << 30 }, "u", "d");
-        let (closed, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut stream = DeviceStream::new(q.clone(), closed);
-        q.set_position(&Source::All, Pos { epoch: 1, id: StreamId::default() }, pb::Continuity::FromNow);
-        let mut syncing = 0;
+        let s = Stream::new(Limits { messages: 100_000, bytes: 1 << 30 }, "u", "d", 0, 1);
+        let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
+        s.queue.establish(&Source::All, Pos { epoch: 1, id: StreamId::default() }, pb::Continuity::FromNow);
+        let mut pauses = Vec::new();
         let mut got = Vec::new();
+        let id = |n: u64| StreamId { ms: n, seq: 0 };
         for op in ops {
             match op {
-                Op::Live(n) => q.push(&Source::All, StreamId { ms: n, seq: 0 }, entry(n)),
-                Op::Replayed(n) => q.replayed(&Source::All, StreamId { ms: n, seq: 0 }, entry(n)),
-                Op::Begin => { q.begin_sync(); syncing += 1; }
-                Op::End if syncing > 0 => { q.end_sync(); syncing -= 1; }
-                Op::End => {}
-                Op::Drain => drain(&mut stream, &mut got),
+                Op::Live(n) => { s.queue.push(&Source::All, None, id(n), entry(n)); }
+                Op::After(n) => {
+                    if s.queue.push(&Source::All, Some(id(n - 1)), id(n), entry(n)) == Pushed::Missing {
+                        pauses.push(Pause::adopt(s.clone(), events.clone()));
+                    }
+                }
+                Op::Replayed(n) => s.queue.replayed(&Source::All, id(n), entry(n)),
+                Op::Begin => pauses.push(Pause::new(&s, &events)),
+                Op::End => drop(pauses.pop()),
+                Op::Drain => drain(&s, &mut got),
             }
         }
-        for _ in 0..syncing { q.end_sync(); }
-        drain(&mut stream, &mut got);
+        drop(pauses);
+        drain(&s, &mut got);
         prop_assert!(got.windows(2).all(|w| w[0] < w[1]), "{:?}", got);
     }
 }

@@ -106,6 +106,23 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): it keeps its connections but answers nothing,
+    /// as a Redis stuck on a slow disk or a long script would.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server is running").id().to_string();
+        let ok = Command::new("kill").args([sig, &pid]).status().expect("kill").success();
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
     /// Number of keys in the database.
     pub fn dbsize(&self) -> i64 {
         let mut c = self.client().get_connection().expect("redis connection");
@@ -401,6 +418,20 @@ pub async fn wait_health(addr: SocketAddr, service: &str, want: ServingStatus) {
         }
         assert!(Instant::now() < deadline, "{addr} {service:?}: health stayed {got:?}, wanted {want:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `check` until it returns true, for at most `within`; panics with `what`
+/// otherwise. The one deadline loop of the suites.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -1,5 +1,6 @@
 //! One integration-test binary (one link) with a module per area.
 mod events;
+mod faults;
 mod gateway;
 mod health;
 mod helpers;

@@ -3,13 +3,15 @@
 //! - One dedicated connection per replica (never one per stream, never a pooled one).
 //!   A channel is subscribed when its first local stream needs it and unsubscribed
 //!   when the last leaves.
-//! - A message arrives encoded once (see `envelope`), is copied into one `Bytes` and
+//! - A message arrives encoded once (see [`crate::envelope`]), is copied into one `Bytes` and
 //!   shared by every local receiver; pushing into a stream's queue never waits.
 //! - When the connection drops the hub reconnects with backoff and re-subscribes every
 //!   channel it held; `is_healthy` is false meanwhile (health says NOT_SERVING). What
 //!   was published while it was away is not lost: before re-subscribing, every local
-//!   stream starts holding live messages back, and once subscribed the session task
-//!   replays each stream's histories from its positions ([`HubEvent::CatchUp`]).
+//!   stream is paused, and once subscribed the maintenance task replays each stream's
+//!   histories from its positions and re-reads its groups ([`Event::Resubscribed`]).
+//! - A message that does not follow what a stream has (one before it was lost) pauses
+//!   that stream and has the history replayed first ([`Event::Missed`]).
 //! - A connection can look alive and deliver nothing (after a failover, behind a
 //!   proxy). The hub publishes to its own probe channel every `probe_interval` and
 //!   reconnects when a probe does not come back in time. A healthy connection answers
@@ -20,7 +22,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use push_common::redis::Pool;
@@ -30,31 +32,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tonic::Status;
 
+use super::{Event, Events, Pause, Pushed, Stream};
 use crate::{
-    history::{self, Source},
-    queue::Queue,
+    envelope::{self, Envelope},
+    history::Source,
 };
-
-/// The first byte of everything published on our channels says what follows.
-pub mod envelope {
-    /// A message: the rest is one encoded `Message`, its id first.
-    pub const MESSAGE: u8 = 1;
-    /// The user's group memberships changed: streams re-read them.
-    pub const MEMBERSHIP: u8 = 2;
-    /// A probe of this replica's own connection: the rest is its number.
-    pub const PROBE: u8 = 3;
-    /// The channel's history started over: the rest is its new epoch (decimal).
-    pub const EPOCH: u8 = 4;
-}
-
-/// What the hub asks of the session task.
-pub enum HubEvent {
-    /// The stream's user's groups changed: reconcile its group channels.
-    Membership(Arc<Queue>),
-    /// The hub (re)subscribed; these streams hold live messages back until their
-    /// histories have been replayed from their positions (then `end_sync`).
-    CatchUp(Vec<Arc<Queue>>),
-}
 
 /// Hub settings.
 #[derive(Debug, Clone)]
@@ -74,7 +56,7 @@ enum Cmd {
     Barrier(oneshot::Sender<()>),
 }
 
-type Registry = HashMap<String, Vec<Arc<Queue>>>;
+type Registry = HashMap<String, Vec<Arc<Stream>>>;
 
 /// A handle on the hub; cheap to clone.
 #[derive(Clone)]
@@ -83,8 +65,8 @@ pub struct Hub {
 }
 
 struct Inner {
-    /// To the session task.
-    events: mpsc::UnboundedSender<HubEvent>,
+    /// To the maintenance task.
+    events: Events,
     keys: Keys,
     /// channel → the local queues that receive it. A std `Mutex`: held only to look up
     /// or change a list, never across an `.await`. Commands to the connection are sent
@@ -96,13 +78,13 @@ struct Inner {
 }
 
 impl Hub {
-    /// Starts the hub's connection task. `pool` publishes the probes; what the session
-    /// task must do is sent to `events`.
+    /// Starts the hub's connection task. `pool` publishes the probes; what the
+    /// maintenance task must do is sent to `events`.
     pub fn start(
         config: HubConfig,
         pool: Pool,
         keys: &Keys,
-        events: mpsc::UnboundedSender<HubEvent>,
+        events: Events,
     ) -> Result<(Hub, tokio::task::JoinHandle<()>), Error> {
         let client =
             redis::Client::open(config.url.as_str()).map_err(|e| Error::Config(format!("hub redis url: {e}")))?;
@@ -137,9 +119,9 @@ impl Hub {
         self.inner.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers `queue` for `channels` and returns once the hub is subscribed to all
-    /// of them, so anything published after this returns reaches the queue.
-    pub async fn attach(&self, queue: &Arc<Queue>, channels: &[String]) -> Result<(), Error> {
+    /// Registers `stream` for `channels` and returns once the hub is subscribed to all
+    /// of them, so anything published after this returns reaches the stream.
+    pub async fn attach(&self, stream: &Arc<Stream>, channels: &[String]) -> Result<(), Error> {
         if channels.is_empty() {
             return Ok(()); // most streams have no groups: no trip through the hub task
         }
@@ -152,8 +134,8 @@ impl Hub {
                 if list.is_empty() {
                     new.push(ch.clone());
                 }
-                if !list.iter().any(|q| Arc::ptr_eq(q, queue)) {
-                    list.push(queue.clone());
+                if !list.iter().any(|s| Arc::ptr_eq(s, stream)) {
+                    list.push(stream.clone());
                 }
             }
             if !new.is_empty() {
@@ -167,13 +149,13 @@ impl Hub {
         }
     }
 
-    /// Unregisters `queue` from `channels`; channels nobody needs any more are unsubscribed.
-    pub fn detach(&self, queue: &Arc<Queue>, channels: &[String]) {
+    /// Unregisters `stream` from `channels`; channels nobody needs any more are unsubscribed.
+    pub fn detach(&self, stream: &Arc<Stream>, channels: &[String]) {
         let mut reg = self.registry();
         let mut gone = Vec::new();
         for ch in channels {
             if let Some(list) = reg.get_mut(ch) {
-                if let Some(i) = list.iter().position(|q| Arc::ptr_eq(q, queue)) {
+                if let Some(i) = list.iter().position(|s| Arc::ptr_eq(s, stream)) {
                     list.swap_remove(i);
                 }
                 if list.is_empty() {
@@ -192,51 +174,53 @@ impl Hub {
     pub fn close_all(&self, status: Status) {
         let reg = self.registry();
         for list in reg.values() {
-            for q in list {
-                q.close(status.clone());
+            for s in list {
+                s.close(status.clone());
             }
         }
     }
 }
 
-/// Delivers one published payload to the local queues of `channel`.
+/// Delivers one published payload to the local streams of `channel`.
 fn dispatch(inner: &Inner, channel: &str, payload: &[u8], probe: &mut Probe) {
-    let source = || inner.keys.parse_channel(channel).map(Source::of_channel);
-    match payload.split_first() {
-        Some((&envelope::MESSAGE, message)) => {
-            let (Some(source), Some(id)) = (source(), history::message_id(message)) else {
-                tracing::warn!(channel, "ignoring a message without a history id");
-                return;
-            };
+    let Some(envelope) = Envelope::parse(payload) else {
+        tracing::warn!(channel, "ignoring a payload in an unknown format");
+        return;
+    };
+    if let Envelope::Probe(n) = envelope {
+        return probe.answered(n);
+    }
+    let Some(source) = inner.keys.parse_channel(channel).map(Source::of_channel) else {
+        tracing::warn!(channel, "ignoring a payload on a channel of no history");
+        return;
+    };
+    let reg = inner.registry.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(list) = reg.get(channel) else { return };
+    match envelope {
+        Envelope::Message { prev, id, message } => {
             // One copy per message per replica; every receiver shares it.
             let entry = SubscribeResponse::message_entry(message);
-            let reg = inner.registry.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(list) = reg.get(channel) {
-                for q in list {
-                    q.push(&source, id, entry.clone());
+            for s in list {
+                if s.queue.push(&source, prev, id, entry.clone()) == Pushed::Missing {
+                    let pause = Pause::adopt(s.clone(), inner.events.clone());
+                    let _ = inner.events.send(Event::Missed(pause, vec![source.clone()]));
                 }
             }
         }
-        Some((&envelope::MEMBERSHIP, _)) => {
-            let reg = inner.registry.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(list) = reg.get(channel) {
-                for q in list {
-                    if q.mark_membership_changed() {
-                        let _ = inner.events.send(HubEvent::Membership(q.clone()));
-                    }
+        Envelope::Membership => {
+            for s in list {
+                if s.membership_changed() {
+                    let _ = inner.events.send(Event::Membership(s.clone()));
                 }
             }
         }
-        Some((&envelope::EPOCH, epoch)) => {
-            let epoch = std::str::from_utf8(epoch).ok().and_then(history::parse_epoch);
-            let (Some(source), Some(epoch)) = (source(), epoch) else { return };
-            let reg = inner.registry.lock().unwrap_or_else(|e| e.into_inner());
-            for q in reg.get(channel).into_iter().flatten() {
-                q.epoch_changed(&source, epoch);
+        Envelope::Epoch(epoch) => list.iter().for_each(|s| s.queue.epoch_changed(&source, epoch)),
+        Envelope::Disconnect(device) => {
+            for s in list.iter().filter(|s| device.is_empty() || *s.device == *device) {
+                s.close(tonic::Status::unauthenticated("the device was logged out by the backend"));
             }
         }
-        Some((&envelope::PROBE, n)) => probe.answered(n),
-        _ => tracing::warn!(channel, "ignoring a payload in an unknown format"),
+        Envelope::Probe(_) => {}
     }
 }
 
@@ -244,10 +228,15 @@ fn dispatch(inner: &Inner, channel: &str, payload: &[u8], probe: &mut Probe) {
 #[derive(Default)]
 struct Probe {
     next: u64,
-    outstanding: Option<(u64, Instant)>,
+    outstanding: Option<(u64, tokio::time::Instant)>,
 }
 
 impl Probe {
+    /// When the outstanding probe is overdue.
+    fn deadline(&self, interval: Duration) -> tokio::time::Instant {
+        self.outstanding.map_or_else(tokio::time::Instant::now, |(_, sent)| sent + interval)
+    }
+
     fn answered(&mut self, n: &[u8]) {
         if let Some((want, _)) = self.outstanding
             && n == want.to_be_bytes()
@@ -308,26 +297,24 @@ async fn session(
     // after this and are idempotent), plus our probe channel. Every stream holds live
     // messages back from before the subscription until its catch-up has replayed what
     // was published while the hub was away.
-    let (mut channels, queues) = {
+    let (mut channels, pauses) = {
         let reg = inner.registry.lock().unwrap_or_else(|e| e.into_inner());
-        let mut queues: Vec<Arc<Queue>> = reg.values().flatten().cloned().collect();
-        queues.sort_by_key(|q| Arc::as_ptr(q) as usize);
-        queues.dedup_by(|a, b| Arc::ptr_eq(a, b));
-        (reg.keys().cloned().collect::<Vec<_>>(), queues)
+        let mut streams: Vec<&Arc<Stream>> = reg.values().flatten().collect();
+        streams.sort_by_key(|s| s.serial);
+        streams.dedup_by_key(|s| s.serial);
+        let pauses: Vec<Pause> = streams.into_iter().map(|s| Pause::new(s, &inner.events)).collect();
+        (reg.keys().cloned().collect::<Vec<_>>(), pauses)
     };
     channels.push(probe_channel.to_owned());
-    queues.iter().for_each(|q| q.begin_sync());
     // Every (un)subscribe waits for Redis's confirmation, with a deadline: a connection
     // that swallows replies must not hang the hub.
     let deadline = config.subscribe_timeout;
     for chunk in channels.chunks(1000) {
-        if let Err(e) = confirm(deadline, sink.subscribe(chunk)).await {
-            queues.iter().for_each(|q| q.end_sync());
-            return Err(e);
-        }
+        // On failure the pauses drop here, releasing what they held.
+        confirm(deadline, sink.subscribe(chunk)).await?;
     }
-    if !queues.is_empty() {
-        let _ = inner.events.send(HubEvent::CatchUp(queues));
+    if !pauses.is_empty() {
+        let _ = inner.events.send(Event::Resubscribed(pauses));
     }
     // Attaches cut short by the previous connection: their channels are subscribed now.
     for ack in waiting.drain(..) {
@@ -358,18 +345,16 @@ async fn session(
                     carry_out(&mut sink, deadline, batch, waiting).await?;
                 }
             },
+            // A probe gets one interval to come back, measured from when it was sent.
+            _ = tokio::time::sleep_until(probe.deadline(config.probe_interval)), if probe.outstanding.is_some() => {
+                return Err("a probe was not heard back: the subscription is dead".into());
+            }
             _ = tick.tick() => {
-                if let Some((_, sent)) = probe.outstanding
-                    && sent.elapsed() >= config.probe_interval
-                {
-                    return Err("a probe was not heard back: the subscription is dead".into());
-                }
                 if probe.outstanding.is_none() {
                     probe.next += 1;
                     let n = probe.next;
-                    probe.outstanding = Some((n, Instant::now()));
-                    let mut payload = vec![envelope::PROBE];
-                    payload.extend_from_slice(&n.to_be_bytes());
+                    probe.outstanding = Some((n, tokio::time::Instant::now()));
+                    let payload = envelope::probe(n);
                     let pool = pool.clone();
                     let ch = probe_channel.to_owned();
                     // Published from the pool, off this task: a slow PUBLISH must not stall delivery.

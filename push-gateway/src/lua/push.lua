@@ -1,0 +1,49 @@
+-- Appends a message to histories and publishes it, once per idempotency key.
+--
+-- KEYS: per target its stream and meta key; then the idempotency record (if any).
+-- ARGV: [1] targets, [2] idempotency window in ms (0: no key), [3] max entries,
+-- [4] max age in ms, [5] meta TTL in ms, [6] the encoded message without its id,
+-- [6 + i] target i's channel.
+--
+-- One id serves every target: at least Redis's clock now, and above each target's
+-- last id, so ids grow within every history. The id is written as the message's first
+-- field (protobuf tag 1, '\10'). A history without meta gets a new epoch, announced on
+-- its channel ('\4' epoch). Each target's notification ('\5') carries the id that
+-- preceded the message in that history, so a stream can tell that it missed one.
+-- Returns the message id (the first push's, for a repeated idempotency key).
+local n = tonumber(ARGV[1])
+if ARGV[2] ~= '0' then
+  local first = redis.call('GET', KEYS[2 * n + 1])
+  if first then return first end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ms, seq = now, 0
+local prev = {}
+for i = 1, n do
+  local s, meta = KEYS[2 * i - 1], KEYS[2 * i]
+  local epoch, new = epoch_of(s, meta)
+  if new then redis.call('PUBLISH', ARGV[6 + i], '\4' .. epoch) end
+  local last = redis.call('HGET', meta, 'last')
+  prev[i] = last or ''
+  if last then
+    local a, b = split(last)
+    if a > ms or (a == ms and b >= seq) then ms, seq = a, b + 1 end
+    -- The stream expired while its meta lived on: what it held is gone.
+    if redis.call('EXISTS', s) == 0 then redis.call('HSET', meta, 'floor', last) end
+  end
+end
+local id = string.format('%d-%d', ms, seq)
+local msg = '\10' .. string.char(#id) .. id .. ARGV[6]
+local minid = string.format('%d', now - tonumber(ARGV[4]))
+for i = 1, n do
+  local s, meta = KEYS[2 * i - 1], KEYS[2 * i]
+  redis.call('XADD', s, 'MAXLEN', '~', ARGV[3], id, 'm', msg)
+  redis.call('XTRIM', s, 'MINID', '~', minid)
+  redis.call('PEXPIRE', s, ARGV[4])
+  redis.call('HSET', meta, 'last', id)
+  redis.call('PEXPIRE', meta, ARGV[5])
+  redis.call('PUBLISH', ARGV[6 + i], '\5' .. string.char(#prev[i]) .. prev[i] .. msg)
+end
+if ARGV[2] ~= '0' then redis.call('SET', KEYS[2 * n + 1], id, 'PX', ARGV[2]) end
+return id

@@ -1,0 +1,92 @@
+//! A stream's group channels follow its user's groups in Redis.
+//!
+//! JoinGroup and LeaveGroup announce a change on the user's channel; the hub marks the
+//! user's streams and the maintenance task reconciles each. An announcement can be
+//! missed (the hub was reconnecting), so every stream is also reconciled after the hub
+//! re-subscribed, and the audit compares every stream's groups with Redis each round.
+use std::{sync::Arc, time::Duration};
+
+use push_common::Error;
+use tonic::Status;
+
+use super::{Pause, Shared, Stream, open::Plan, replay};
+use crate::history::Source;
+
+/// Makes `s`'s group channels match its user's groups in Redis. Runs only while `s` is
+/// `scheduled`, so never twice at once for one stream; loops while changes arrive.
+pub(super) async fn reconcile(shared: &Arc<Shared>, s: &Arc<Stream>, plan: &Plan) -> Result<(), Error> {
+    loop {
+        s.reconcile_pass();
+        let result = apply(shared, s, plan).await;
+        if !s.reconcile_again(result.is_ok()) {
+            return result;
+        }
+    }
+}
+
+/// Attaches `s` to the groups its user joined (replaying each from the plan's start, in
+/// a task) and detaches it from those the user left.
+async fn apply(shared: &Arc<Shared>, s: &Arc<Stream>, plan: &Plan) -> Result<(), Error> {
+    let since = shared.store.user_groups_since(&s.user).await?;
+    let mut now: Vec<String> = since.keys().cloned().collect();
+    now.sort();
+    let (joined, left) = s.swap_groups(now);
+    shared.hub.detach(s, &shared.group_channels(&left));
+    s.queue.forget(&left);
+    if joined.is_empty() {
+        return Ok(());
+    }
+    // Live group messages wait from before the subscription until the replay is done.
+    let pause = Pause::new(s, &shared.events);
+    if let Err(e) = shared.hub.attach(s, &shared.group_channels(&joined)).await {
+        // Not attached after all: the retry must see these groups as new again.
+        shared.hub.detach(s, &shared.group_channels(&joined));
+        s.drop_groups(&joined);
+        return Err(e);
+    }
+    if s.is_closed() {
+        // The stream ended while we attached: its cleanup may have run before our attach.
+        shared.hub.detach(s, &shared.group_channels(&joined));
+        return Ok(());
+    }
+    let mut replays = Vec::new();
+    for g in joined {
+        let source = Source::Group(g.as_str().into());
+        let start = plan.start_group(&source, since.get(&g).copied().flatten());
+        match replay::establish(shared, s, &source, start).await {
+            Ok(Some(from)) => replays.push((source, from)),
+            Ok(None) => {}
+            Err(e) => {
+                // The device is told to reconnect: it resumes with its cursors.
+                s.close(Status::unavailable("cannot read the message history; reconnect with your cursors"));
+                return Err(e);
+            }
+        }
+    }
+    replay::spawn(shared, pause, replays, false);
+    Ok(())
+}
+
+/// Reconciles a stream whose user's groups changed, retrying while Redis fails.
+pub(super) async fn membership_changed(shared: Arc<Shared>, s: Arc<Stream>) {
+    let plan = Plan::open_stream();
+    while !s.is_closed() {
+        match reconcile(&shared, &s, &plan).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, user = &*s.user, "cannot reconcile groups; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if !s.membership_changed() {
+                    return; // someone else scheduled it meanwhile
+                }
+            }
+        }
+    }
+}
+
+/// Schedules a reconciliation of `s` unless one is scheduled already.
+pub(super) fn schedule(shared: &Arc<Shared>, s: &Arc<Stream>) {
+    if s.membership_changed() {
+        tokio::spawn(membership_changed(shared.clone(), s.clone()));
+    }
+}

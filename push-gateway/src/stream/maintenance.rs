@@ -1,0 +1,82 @@
+//! The one task that keeps every stream of the replica in step: it serves the
+//! [`Event`]s (ended streams, membership changes, the hub's re-subscriptions, lost
+//! messages) and, every third of the lease, runs a renewal round: the audit, then each
+//! stream's presence renewal, ending streams whose device token expired.
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc};
+use tonic::Status;
+
+use super::{Event, Shared, Stream, audit, groups, replay};
+
+/// Presence calls in flight at once while renewing every stream.
+const RENEW_CONCURRENCY: usize = 64;
+
+/// The task; it ends when every sender of events is gone.
+pub(super) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>) {
+    let every = shared.settings.lease / 3;
+    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let renewing = Arc::new(Semaphore::new(1));
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => serve(&shared, event),
+                None => return,
+            },
+            _ = renew.tick() => {
+                // One round at a time; a slow round delays the next, never doubles it.
+                let Ok(round) = renewing.clone().try_acquire_owned() else { continue };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let streams = shared.streams();
+                    audit::run(&shared, &streams).await;
+                    renew_all(&shared, streams).await;
+                    drop(round);
+                });
+            }
+        }
+    }
+}
+
+fn serve(shared: &Arc<Shared>, event: Event) {
+    match event {
+        Event::Closed(s) => shared.cleanup(s),
+        Event::Membership(s) => {
+            tokio::spawn(groups::membership_changed(shared.clone(), s));
+        }
+        Event::Resubscribed(pauses) => {
+            tracing::info!(streams = pauses.len(), "catching streams up after the hub subscribed");
+            for pause in pauses {
+                // Membership announced while the hub was away was not heard.
+                groups::schedule(shared, pause.stream());
+                let sources = pause.stream().queue.positions();
+                replay::spawn(shared, pause, sources, true);
+            }
+        }
+        Event::Missed(pause, missing) => {
+            let s = pause.stream();
+            tracing::info!(user = &*s.user, histories = missing.len(), "a live message followed a lost one; replaying");
+            let sources = missing.into_iter().filter_map(|src| Some((src.clone(), s.queue.position(&src)?))).collect();
+            replay::spawn(shared, pause, sources, true);
+        }
+    }
+}
+
+/// Renews every stream's session, ending those whose device token expired.
+async fn renew_all(shared: &Arc<Shared>, streams: Vec<Arc<Stream>>) {
+    let gate = Arc::new(Semaphore::new(RENEW_CONCURRENCY));
+    let mut calls = tokio::task::JoinSet::new();
+    for s in streams {
+        let (shared, permit) = (shared.clone(), gate.clone().acquire_owned().await);
+        calls.spawn(async move {
+            if s.until != 0 && push_common::time::unix_secs() >= s.until {
+                s.close(Status::unauthenticated("the device token expired; reconnect with a fresh one"));
+            } else if !s.is_closed() {
+                shared.renew(&s).await;
+            }
+            drop(permit);
+        });
+    }
+    calls.join_all().await;
+}

@@ -1,0 +1,120 @@
+//! Opening a device stream (Subscribe), and a device's acks.
+//!
+//! Order matters: the stream is registered and its cleanup armed before anything else
+//! (so an error or a cancelled call at any point cleans up); the device gets a presence
+//! session; the stream is attached to the broadcast channel and its user's channel, and
+//! only then are its positions read and its groups attached. A membership change
+//! committed in between is announced on the already subscribed user channel, so none
+//! is lost. Live messages wait (a [`Pause`]) until the replays are done.
+use push_common::validate::Violations;
+use push_proto::push::v1::{AckRequest, SubscribeRequest};
+use tonic::{Request, Status};
+
+use super::{DeviceStream, Pause, Stream, Streams, groups, lease, replay};
+use crate::{
+    auth::device_user,
+    history::{self, Pos, Source, Start},
+};
+
+/// The user and device a device-side call (Subscribe, Ack) is for: the verified device
+/// token's user (a request naming another user is PERMISSION_DENIED; it may leave
+/// `user_id` empty), or the named user for an admin key or without authentication.
+pub fn device_identity<T>(
+    req: &Request<T>,
+    user_id: &str,
+    device_id: &str,
+    v: &mut Violations,
+) -> Result<(String, String), Status> {
+    let user = device_user(req.extensions().get::<push_common::auth::Identity>(), user_id)?;
+    v.id("user_id", &user);
+    v.id("device_id", device_id);
+    Ok((user, device_id.to_owned()))
+}
+
+/// Most cursors in one request: the inbox, the broadcast history and every group.
+pub fn max_cursors(max_groups_per_user: usize) -> usize {
+    max_groups_per_user + 2
+}
+
+/// Where a stream starts in each history: the request's cursors, else the device's
+/// acknowledged positions, else now. A group without either starts where its history
+/// stood when the user joined, for a device that resumes (it has some cursor or ack)
+/// and for a group joined while the stream is open: so a device misses nothing pushed
+/// to a group after its user joined, not even in the moment before its stream attached.
+pub(super) struct Plan {
+    given: Vec<(Source, Pos)>,
+    since_join: bool,
+}
+
+impl Plan {
+    /// The plan of a stream that is already open: groups start where the user joined.
+    pub(super) fn open_stream() -> Plan {
+        Plan { given: Vec::new(), since_join: true }
+    }
+
+    pub(super) fn start(&self, source: &Source) -> Start {
+        self.given.iter().find(|(s, _)| s == source).map_or(Start::Now, |(_, p)| Start::After(*p))
+    }
+
+    pub(super) fn start_group(&self, source: &Source, joined_at: Option<Pos>) -> Start {
+        match (self.start(source), joined_at) {
+            (Start::Now, Some(at)) if self.since_join => Start::After(at),
+            (start, _) => start,
+        }
+    }
+}
+
+impl Streams {
+    /// Opens one device stream.
+    pub async fn open(&self, req: Request<SubscribeRequest>) -> Result<DeviceStream, Status> {
+        let shared = &self.shared;
+        let mut v = Violations::new();
+        let r = req.get_ref();
+        let (user, device) = device_identity(&req, &r.user_id, &r.device_id, &mut v)?;
+        let cursors = history::parse_cursors(&mut v, "cursors", &r.cursors, max_cursors(shared.settings.max_groups));
+        v.check()?;
+        let mut given = shared.store.acked(&user, &device).await?;
+        given.retain(|(s, _)| !cursors.iter().any(|(c, _)| c == s));
+        given.extend(cursors);
+        let plan = Plan { since_join: !given.is_empty(), given };
+        let until = match req.extensions().get::<push_common::auth::Identity>() {
+            Some(push_common::auth::Identity::Device { until, .. }) => *until,
+            _ => 0,
+        };
+        let serial = shared.serials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stream = Stream::new(shared.settings.limits, &user, &device, until, serial);
+        // Live messages wait until the broadcast history and the inbox are replayed.
+        let pause = Pause::new(&stream, &shared.events);
+        shared.register(&stream)?;
+        // No await between registering and arming the cleanup: from here on, dropping
+        // `device` (an error below, or the caller going away) cleans the stream up.
+        let device = DeviceStream::new(stream.clone(), shared.events.clone());
+        lease::login(shared, &stream).await?;
+        shared.hub.attach(&stream, &shared.base_channels(&stream)).await?;
+        let mut replays = Vec::new();
+        for source in [Source::All, Source::Inbox] {
+            if let Some(from) = replay::establish(shared, &stream, &source, plan.start(&source)).await? {
+                replays.push((source, from));
+            }
+        }
+        replay::spawn(shared, pause, replays, false);
+        // The stream was created `scheduled`, so announcements arriving meanwhile only
+        // mark it dirty and this first reconciliation picks them up.
+        groups::reconcile(shared, &stream, &plan).await?;
+        Ok(device)
+    }
+
+    /// A device acknowledges what it has processed.
+    pub async fn ack(&self, req: Request<AckRequest>) -> Result<(), Status> {
+        let shared = &self.shared;
+        let mut v = Violations::new();
+        let r = req.get_ref();
+        let (user, device) = device_identity(&req, &r.user_id, &r.device_id, &mut v)?;
+        let cursors = history::parse_cursors(&mut v, "cursors", &r.cursors, max_cursors(shared.settings.max_groups));
+        if r.cursors.is_empty() {
+            v.add("cursors", "must hold at least one cursor");
+        }
+        v.check()?;
+        Ok(shared.store.ack(&user, &device, &cursors).await?)
+    }
+}

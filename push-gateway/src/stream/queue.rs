@@ -1,0 +1,622 @@
+//! The bounded queue between the hub and one device stream, and where the stream
+//! stands in each history it follows.
+//!
+//! The hub pushes pre-encoded messages without ever waiting: a full queue drops what it
+//! holds and the stream ends with RESOURCE_EXHAUSTED, so a slow reader never slows
+//! anyone else down. The stream drains everything queued into one `SubscribeResponse`
+//! per poll (up to a batch limit): one write and one wakeup for many messages when a
+//! burst arrives, which is what makes fan-out cheap per delivery.
+//!
+//! Once, in order, no gap: the queue knows its position in every history (the last id
+//! queued) under the same lock as the items, so the check and the enqueue are one step.
+//! - A live message at or before the position is a duplicate and is dropped.
+//! - A live message whose predecessor (as the push script saw it) is past the position
+//!   means one was lost on its way: the queue pauses itself, holds the message and
+//!   tells the hub ([`Pushed::Missing`]), which has the history replayed from the
+//!   position first.
+//! - While paused (a replay runs: the stream opening, a group joined, the hub
+//!   reconnected, a lost message) live messages are held back, and released through the
+//!   same checks when the last pause ends, so replayed and live never interleave.
+//!
+//! The pause is counted here but owned elsewhere: only [`super::Pause`], a guard whose
+//! drop releases it, takes and gives it back.
+use std::{
+    collections::VecDeque,
+    sync::Mutex,
+    task::{Context, Poll, Waker},
+};
+
+use prost::bytes::Bytes;
+use push_proto::{
+    push::v1::{Continuity, HistoryState},
+    wire::SubscribeResponse,
+};
+use tonic::Status;
+
+use crate::history::{Pos, Source, StreamId};
+
+/// Most messages in one stream item.
+const BATCH_MESSAGES: usize = 64;
+/// Most bytes in one stream item (a single larger message still goes alone).
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// The first byte of a pre-encoded `SubscribeResponse.states` entry (field 2, bytes).
+const STATE_TAG: u8 = 0x12;
+
+/// Limits of one queue.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub messages: usize,
+    pub bytes: usize,
+}
+
+/// What became of a live message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued, held for a replay in progress, or dropped as a duplicate.
+    Taken,
+    /// It does not follow what the stream has: one before it was lost. The queue paused
+    /// itself and holds the message; the caller adopts that pause
+    /// ([`super::Pause::adopt`]) and has the history replayed.
+    Missing,
+}
+
+/// The byte queue, the held live messages and the positions of one stream. The `Mutex`
+/// is a std one, held for a few instructions and never across an `.await`.
+#[derive(Debug)]
+pub struct Queue {
+    state: Mutex<State>,
+    limits: Limits,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    items: VecDeque<Bytes>,
+    /// Bytes of `items` and `held`.
+    bytes: usize,
+    waker: Option<Waker>,
+    /// Set once: the stream ends with this status after what is already queued
+    /// (or at once, for an overflow, since the queue was dropped).
+    /// Boxed, as it is rarely there: an idle stream pays a pointer for it.
+    end: Option<Box<Status>>,
+    /// Pauses taken and not yet given back; live messages are held while above 0.
+    pauses: u32,
+    held: Vec<Held>,
+    positions: Positions,
+}
+
+#[derive(Debug)]
+struct Held {
+    source: Source,
+    prev: Option<StreamId>,
+    id: StreamId,
+    entry: Bytes,
+}
+
+/// Where a live message stands against the stream's position.
+#[derive(Debug, PartialEq, Eq)]
+enum Order {
+    Next,
+    /// At or before the position, or of a history the stream does not follow.
+    Stale,
+    Missing,
+}
+
+/// The last id queued per history.
+#[derive(Debug, Default)]
+struct Positions {
+    all: Option<Pos>,
+    inbox: Option<Pos>,
+    groups: Vec<(Box<str>, Pos)>,
+}
+
+impl Positions {
+    fn get(&self, source: &Source) -> Option<Pos> {
+        match source {
+            Source::All => self.all,
+            Source::Inbox => self.inbox,
+            Source::Group(g) => self.groups.iter().find(|(h, _)| h == g).map(|(_, p)| *p),
+        }
+    }
+
+    fn get_mut(&mut self, source: &Source) -> Option<&mut Pos> {
+        match source {
+            Source::All => self.all.as_mut(),
+            Source::Inbox => self.inbox.as_mut(),
+            Source::Group(g) => self.groups.iter_mut().find(|(h, _)| h == g).map(|(_, p)| p),
+        }
+    }
+
+    fn set(&mut self, source: &Source, pos: Pos) {
+        match self.get_mut(source) {
+            Some(p) => *p = pos,
+            None => match source {
+                Source::All => self.all = Some(pos),
+                Source::Inbox => self.inbox = Some(pos),
+                Source::Group(g) => self.groups.push((g.clone(), pos)),
+            },
+        }
+    }
+
+    fn order(&self, source: &Source, prev: Option<StreamId>, id: StreamId) -> Order {
+        match self.get(source) {
+            Some(p) if id > p.id => match prev {
+                Some(prev) if prev > p.id => Order::Missing,
+                _ => Order::Next,
+            },
+            _ => Order::Stale,
+        }
+    }
+
+    /// Moves past `id` if it is new; false for a message already queued (or from a
+    /// history the stream does not follow).
+    fn advance(&mut self, source: &Source, id: StreamId) -> bool {
+        match self.get_mut(source) {
+            Some(p) if id > p.id => {
+                p.id = id;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Wakes the stream's task, outside the lock.
+fn wake(waker: Option<Waker>) {
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
+impl Queue {
+    pub fn new(limits: Limits) -> Self {
+        Self { state: Mutex::default(), limits }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues one live message of `source` that followed `prev` in its history (unless
+    /// it was queued already). A queue past its limits is emptied and its stream ends
+    /// with RESOURCE_EXHAUSTED; the device resumes from its cursor by reconnecting.
+    pub fn push(&self, source: &Source, prev: Option<StreamId>, id: StreamId, entry: Bytes) -> Pushed {
+        let mut pushed = Pushed::Taken;
+        let waker = {
+            let mut s = self.state();
+            if s.end.is_some() {
+                return Pushed::Taken;
+            }
+            let order = if s.pauses > 0 { None } else { Some(s.positions.order(source, prev, id)) };
+            match order {
+                Some(Order::Next) => {
+                    s.positions.advance(source, id);
+                    self.enqueue(&mut s, entry);
+                }
+                Some(Order::Stale) => return Pushed::Taken,
+                Some(Order::Missing) | None => {
+                    if order.is_some() {
+                        s.pauses += 1;
+                        pushed = Pushed::Missing;
+                    }
+                    s.bytes += entry.len();
+                    s.held.push(Held { source: source.clone(), prev, id, entry });
+                    self.check_limits(&mut s);
+                }
+            }
+            s.waker.take()
+        };
+        wake(waker);
+        pushed
+    }
+
+    /// Queues one replayed message of `source` (unless it was queued already).
+    pub fn replayed(&self, source: &Source, id: StreamId, entry: Bytes) {
+        let waker = {
+            let mut s = self.state();
+            if s.end.is_some() || !s.positions.advance(source, id) {
+                return;
+            }
+            self.enqueue(&mut s, entry);
+            s.waker.take()
+        };
+        wake(waker);
+    }
+
+    /// Starts following `source` at `pos` (or moves there) and tells the device with a
+    /// HistoryState.
+    pub fn establish(&self, source: &Source, pos: Pos, continuity: Continuity) {
+        self.set_position(source, pos, continuity, true);
+    }
+
+    /// Moves an existing position (a replay found a gap or a new epoch) and tells the
+    /// device. False when the stream no longer follows `source` (its user left the
+    /// group): a replay must never bring back what membership removed.
+    pub fn reposition(&self, source: &Source, pos: Pos, continuity: Continuity) -> bool {
+        self.set_position(source, pos, continuity, false)
+    }
+
+    fn set_position(&self, source: &Source, pos: Pos, continuity: Continuity, create: bool) -> bool {
+        let state = HistoryState { cursor: Some(source.cursor(pos.epoch, pos.id)), continuity: continuity as i32 };
+        let waker = {
+            let mut s = self.state();
+            if s.end.is_some() || (!create && s.positions.get(source).is_none()) {
+                return false;
+            }
+            s.positions.set(source, pos);
+            self.enqueue(&mut s, SubscribeResponse::state_entry(&state));
+            s.waker.take()
+        };
+        wake(waker);
+        true
+    }
+
+    /// A history started over with a new epoch while the stream follows it live: the
+    /// stream keeps its place and tells the device the new epoch.
+    pub fn epoch_changed(&self, source: &Source, epoch: u64) {
+        let current = self.position(source);
+        if let Some(p) = current.filter(|p| p.epoch != epoch) {
+            self.reposition(source, Pos { epoch, id: p.id }, Continuity::Resumed);
+        }
+    }
+
+    /// Stops following groups' histories (the user left them).
+    pub fn forget(&self, groups: &[String]) {
+        self.state().positions.groups.retain(|(g, _)| !groups.iter().any(|l| **l == **g));
+    }
+
+    /// The stream's position in `source`, if it follows it.
+    pub fn position(&self, source: &Source) -> Option<Pos> {
+        self.state().positions.get(source)
+    }
+
+    /// The stream's position in every history it follows.
+    pub fn positions(&self) -> Vec<(Source, Pos)> {
+        let s = self.state();
+        let p = &s.positions;
+        let fixed = [(Source::All, p.all), (Source::Inbox, p.inbox)];
+        let fixed = fixed.into_iter().filter_map(|(src, pos)| Some((src, pos?)));
+        fixed.chain(p.groups.iter().map(|(g, pos)| (Source::Group(g.clone()), *pos))).collect()
+    }
+
+    /// Takes one pause (see [`super::Pause`]).
+    pub(super) fn pause(&self) {
+        self.state().pauses += 1;
+    }
+
+    /// Gives one pause back; when none is left, releases the held live messages through
+    /// the order checks. Returns the histories in which a released message does not
+    /// follow the position: the queue then keeps one pause (the caller adopts it) and
+    /// holds those histories' messages until they are replayed. With `hold_on` false
+    /// (nobody can replay any more: shutting down) it never keeps a pause.
+    pub(super) fn resume(&self, hold_on: bool) -> Vec<Source> {
+        let mut missing: Vec<Source> = Vec::new();
+        let waker = {
+            let mut s = self.state();
+            s.pauses = s.pauses.saturating_sub(1);
+            if s.pauses > 0 || s.held.is_empty() {
+                return missing;
+            }
+            let mut kept = Vec::new();
+            for h in std::mem::take(&mut s.held) {
+                s.bytes -= h.entry.len();
+                if s.end.is_some() {
+                    continue;
+                }
+                let order = match missing.contains(&h.source) {
+                    true => Order::Missing,
+                    false => s.positions.order(&h.source, h.prev, h.id),
+                };
+                match order {
+                    Order::Next => {
+                        s.positions.advance(&h.source, h.id);
+                        self.enqueue(&mut s, h.entry);
+                    }
+                    Order::Missing if hold_on => {
+                        if !missing.contains(&h.source) {
+                            missing.push(h.source.clone());
+                        }
+                        s.bytes += h.entry.len();
+                        kept.push(h);
+                    }
+                    Order::Missing | Order::Stale => {}
+                }
+            }
+            s.held = kept;
+            if !missing.is_empty() {
+                s.pauses += 1;
+            }
+            s.waker.take()
+        };
+        wake(waker);
+        missing
+    }
+
+    /// True while more than half the queue's room is taken (replays wait for room).
+    pub fn is_busy(&self) -> bool {
+        let s = self.state();
+        s.items.len() + s.held.len() > self.limits.messages / 2 || s.bytes > self.limits.bytes / 2
+    }
+
+    /// How many messages a replay may add now without passing half the queue (at least
+    /// one): replays read pages of at most this, so no backlog overflows the queue.
+    pub fn room(&self) -> usize {
+        let s = self.state();
+        (self.limits.messages / 2).saturating_sub(s.items.len() + s.held.len()).max(1)
+    }
+
+    fn enqueue(&self, s: &mut State, entry: Bytes) {
+        s.bytes += entry.len();
+        s.items.push_back(entry);
+        self.check_limits(s);
+    }
+
+    fn check_limits(&self, s: &mut State) {
+        if s.items.len() + s.held.len() > self.limits.messages || s.bytes > self.limits.bytes {
+            s.items = VecDeque::new();
+            s.held = Vec::new();
+            s.bytes = 0;
+            let status = Status::resource_exhausted("the device fell too far behind: its queue overflowed; reconnect");
+            s.end = Some(Box::new(status));
+            tracing::info!("slow consumer disconnected");
+        }
+    }
+
+    /// Ends the stream with `status` once what is queued has been sent.
+    pub fn close(&self, status: Status) {
+        let waker = {
+            let mut s = self.state();
+            if s.end.is_none() {
+                s.end = Some(Box::new(status));
+            }
+            s.waker.take()
+        };
+        wake(waker);
+    }
+
+    /// The next stream item: everything queued (up to a batch), or the end.
+    pub fn poll_batch(&self, cx: &mut Context<'_>) -> Poll<Option<Result<SubscribeResponse, Status>>> {
+        let mut s = self.state();
+        if !s.items.is_empty() {
+            let mut encoded = Vec::with_capacity(s.items.len().min(BATCH_MESSAGES));
+            let mut size = 0;
+            let mut has_message = false;
+            while let Some(front) = s.items.front() {
+                if !encoded.is_empty() && (encoded.len() == BATCH_MESSAGES || size + front.len() > BATCH_BYTES) {
+                    break;
+                }
+                // A client reads an item's states and messages as two lists, so a state
+                // never follows a message within one item: it starts the next one.
+                let is_state = front.first() == Some(&STATE_TAG);
+                if is_state && has_message {
+                    break;
+                }
+                has_message |= !is_state;
+                size += front.len();
+                encoded.extend(s.items.pop_front());
+            }
+            s.bytes -= size;
+            if s.items.is_empty() {
+                // Give the memory back: an idle stream should cost next to nothing (one
+                // allocation per batch is noise next to the write that sends it).
+                s.items = VecDeque::new();
+            }
+            return Poll::Ready(Some(Ok(SubscribeResponse { messages: Vec::new(), states: Vec::new(), encoded })));
+        }
+        if let Some(status) = &s.end {
+            // Kept (not taken): an ended queue stays ended and ignores late pushes.
+            return Poll::Ready(Some(Err(Status::clone(status))));
+        }
+        if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            s.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use super::*;
+
+    fn poll(q: &Queue) -> Poll<Option<Result<SubscribeResponse, Status>>> {
+        q.poll_batch(&mut Context::from_waker(Waker::noop()))
+    }
+
+    /// A queue that follows the broadcast history from its start.
+    fn queue(messages: usize, bytes: usize) -> Queue {
+        let q = Queue::new(Limits { messages, bytes });
+        q.state().positions.all = Some(Pos { epoch: 1, id: StreamId::default() });
+        q
+    }
+
+    fn id(n: u64) -> StreamId {
+        StreamId { ms: n, seq: 0 }
+    }
+
+    /// Pushes live message `n` (id n-0, following n-1) of the broadcast history.
+    fn live(q: &Queue, n: u64, entry: Bytes) -> Pushed {
+        q.push(&Source::All, Some(id(n - 1)), id(n), entry)
+    }
+
+    fn items(q: &Queue) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while let Poll::Ready(Some(Ok(r))) = poll(q) {
+            out.extend(r.encoded);
+        }
+        out
+    }
+
+    fn bytes(n: u64) -> Bytes {
+        Bytes::from(vec![n as u8])
+    }
+
+    #[test]
+    fn replay_then_live_without_gap_or_duplicate() {
+        let q = queue(100, 1 << 20);
+        q.pause();
+        // Live messages 3..=5 arrive while the replay (1..=4) runs: held back.
+        for n in 3..=5 {
+            live(&q, n, bytes(n));
+        }
+        assert!(poll(&q).is_pending());
+        for n in 1..=4 {
+            q.replayed(&Source::All, id(n), bytes(n));
+        }
+        assert!(q.resume(true).is_empty());
+        live(&q, 5, bytes(5)); // late duplicate of a held one
+        live(&q, 6, bytes(6));
+        let got: Vec<u8> = items(&q).iter().map(|b| b[0]).collect();
+        assert_eq!(got, vec![1, 2, 3, 4, 5, 6]);
+        // A history the stream does not follow delivers nothing.
+        q.push(&Source::Group("g".into()), None, id(9), Bytes::from_static(b"x"));
+        assert!(items(&q).is_empty());
+    }
+
+    #[test]
+    fn pauses_nest_and_only_the_last_releases() {
+        let q = queue(100, 1 << 20);
+        q.pause();
+        q.pause();
+        live(&q, 1, bytes(1));
+        assert!(q.resume(true).is_empty());
+        assert!(items(&q).is_empty(), "one pause is still taken");
+        assert!(q.resume(true).is_empty());
+        assert_eq!(items(&q).len(), 1);
+    }
+
+    #[test]
+    fn a_live_message_after_a_lost_one_waits_for_the_replay() {
+        let q = queue(100, 1 << 20);
+        assert_eq!(live(&q, 1, bytes(1)), Pushed::Taken);
+        // Message 2 was lost; 3 says it follows 2.
+        assert_eq!(live(&q, 3, bytes(3)), Pushed::Missing);
+        assert_eq!(live(&q, 4, bytes(4)), Pushed::Taken, "held: the queue is paused");
+        assert_eq!(items(&q).len(), 1, "only message 1 so far");
+        // The replay brings 2 and 3; then the pause the queue took is given back.
+        q.replayed(&Source::All, id(2), bytes(2));
+        q.replayed(&Source::All, id(3), bytes(3));
+        assert!(q.resume(true).is_empty());
+        let got: Vec<u8> = items(&q).iter().map(|b| b[0]).collect();
+        assert_eq!(got, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn a_release_that_finds_a_hole_keeps_holding_that_history() {
+        let q = queue(100, 1 << 20);
+        let g = Source::Group("g".into());
+        q.establish(&g, Pos { epoch: 1, id: id(0) }, Continuity::FromNow);
+        items(&q);
+        q.pause();
+        live(&q, 2, bytes(2)); // follows 1, which the replay did not bring
+        q.push(&g, Some(id(0)), id(1), bytes(11));
+        assert_eq!(q.resume(true), vec![Source::All]);
+        assert_eq!(items(&q), vec![bytes(11)], "the group flows on");
+        q.replayed(&Source::All, id(1), bytes(1));
+        assert!(q.resume(true).is_empty());
+        let got: Vec<u8> = items(&q).iter().map(|b| b[0]).collect();
+        assert_eq!(got, vec![1, 2]);
+        // Shutting down: nothing can replay, so nothing is held on.
+        q.pause();
+        live(&q, 4, bytes(4));
+        assert!(q.resume(false).is_empty());
+        assert!(items(&q).is_empty());
+    }
+
+    #[test]
+    fn a_replay_never_brings_back_a_group_that_was_left() {
+        let q = queue(100, 1 << 20);
+        let g = Source::Group("g".into());
+        q.establish(&g, Pos { epoch: 1, id: id(0) }, Continuity::Resumed);
+        q.forget(&["g".to_string()]);
+        assert!(!q.reposition(&g, Pos { epoch: 2, id: id(5) }, Continuity::Gap));
+        q.replayed(&g, id(6), bytes(6));
+        assert_eq!(q.position(&g), None);
+        assert_eq!(items(&q).len(), 1, "only the first state");
+    }
+
+    #[test]
+    fn room_bounds_a_replay_page_below_half_the_queue() {
+        let q = queue(64, 1 << 20);
+        assert_eq!(q.room(), 32);
+        for n in 1..=30 {
+            live(&q, n, bytes(n));
+        }
+        assert_eq!(q.room(), 2);
+        for n in 31..=40 {
+            live(&q, n, bytes(n));
+        }
+        assert!(q.is_busy());
+        assert_eq!(q.room(), 1, "at least one, once the queue has drained below half");
+    }
+
+    #[test]
+    fn a_state_never_follows_a_message_in_one_item() {
+        let q = queue(100, 1 << 20);
+        live(&q, 1, SubscribeResponse::message_entry(b"m1"));
+        q.reposition(&Source::All, Pos { epoch: 2, id: id(1) }, Continuity::Resumed);
+        live(&q, 2, SubscribeResponse::message_entry(b"m2"));
+        let Poll::Ready(Some(Ok(first))) = poll(&q) else { panic!() };
+        assert_eq!(first.encoded.len(), 1, "the message alone");
+        let Poll::Ready(Some(Ok(second))) = poll(&q) else { panic!() };
+        assert_eq!(second.encoded.len(), 2, "the state, then the message after it");
+        assert_eq!(second.encoded[0][0], STATE_TAG);
+    }
+
+    #[test]
+    fn positions_are_reported_and_forgotten() {
+        let q = queue(100, 1 << 20);
+        let g = Source::Group("g".into());
+        q.establish(&g, Pos { epoch: 7, id: id(3) }, Continuity::FromNow);
+        let states = items(&q);
+        assert_eq!(states.len(), 1, "a HistoryState entry");
+        assert_eq!(q.positions().len(), 2);
+        q.epoch_changed(&g, 8);
+        assert_eq!(items(&q).len(), 1, "the new epoch is announced");
+        assert!(q.positions().contains(&(g.clone(), Pos { epoch: 8, id: id(3) })));
+        q.forget(&["g".to_string()]);
+        assert_eq!(q.positions(), vec![(Source::All, Pos { epoch: 1, id: StreamId::default() })]);
+    }
+
+    #[test]
+    fn drains_what_is_queued_into_one_item() {
+        let q = queue(1000, 1 << 20);
+        assert!(poll(&q).is_pending());
+        for i in 0..100u8 {
+            live(&q, u64::from(i) + 1, SubscribeResponse::message_entry(&[i; 10]));
+        }
+        let Poll::Ready(Some(Ok(first))) = poll(&q) else { panic!() };
+        assert_eq!(first.encoded.len(), BATCH_MESSAGES);
+        let Poll::Ready(Some(Ok(rest))) = poll(&q) else { panic!() };
+        assert_eq!(rest.encoded.len(), 100 - BATCH_MESSAGES);
+        assert_eq!(rest.encoded.last().unwrap().last(), Some(&99), "order kept");
+        assert!(poll(&q).is_pending());
+    }
+
+    #[test]
+    fn overflow_ends_the_stream_with_resource_exhausted() {
+        let q = queue(3, 1 << 20);
+        for n in 1..=4 {
+            live(&q, n, Bytes::from_static(b"x"));
+        }
+        let Poll::Ready(Some(Err(s))) = poll(&q) else { panic!("expected the end") };
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        live(&q, 9, Bytes::from_static(b"late"));
+        assert!(matches!(poll(&q), Poll::Ready(Some(Err(_)))), "still ended; the late message is dropped");
+
+        let q = queue(100, 10);
+        live(&q, 1, Bytes::from(vec![0; 11]));
+        assert!(matches!(poll(&q), Poll::Ready(Some(Err(_)))));
+    }
+
+    #[test]
+    fn close_ends_after_queued_messages() {
+        let q = queue(10, 1 << 20);
+        live(&q, 1, Bytes::from_static(b"a"));
+        q.close(Status::unavailable("shutting down"));
+        assert!(matches!(poll(&q), Poll::Ready(Some(Ok(_)))));
+        let Poll::Ready(Some(Err(s))) = poll(&q) else { panic!() };
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+    }
+}

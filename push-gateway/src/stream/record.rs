@@ -1,0 +1,153 @@
+//! The record of one device stream (who it is for, its groups, its queue) and the
+//! [`Pause`] guard that holds its live messages back while a replay runs.
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, Ordering},
+};
+
+use tonic::Status;
+
+use super::{
+    Event, Events,
+    queue::{Limits, Queue},
+};
+use crate::history::Source;
+
+/// One device stream. Shared by the hub (which pushes), the response stream (which
+/// drains) and the maintenance task (which renews, reconciles groups and cleans up).
+/// It is everything a stream costs beyond the transport, so it is kept small: no
+/// task, no timer per stream. The `Mutex` is a std one, held for a few instructions
+/// and never across an `.await`.
+#[derive(Debug)]
+pub struct Stream {
+    pub user: Box<str>,
+    pub device: Box<str>,
+    /// When the device's credential runs out (seconds since the Unix epoch; 0: never):
+    /// the stream is ended then, and the device reconnects with a fresh token.
+    pub until: u64,
+    /// This stream's number on its replica: with the replica's id, the owner of the
+    /// device's presence session while the stream holds it.
+    pub serial: u64,
+    pub queue: Queue,
+    /// The groups whose channels this stream is attached to, sorted.
+    groups: Mutex<Vec<String>>,
+    /// `dirty`: the user's groups changed since the stream last read them; `scheduled`:
+    /// a reconciliation is queued or running. Together they make changes coalesce
+    /// without ever being lost or reconciled twice at once (see `groups::reconcile`).
+    dirty: AtomicBool,
+    scheduled: AtomicBool,
+    /// Set once when the stream has ended, before its channels are detached.
+    closed: AtomicBool,
+}
+
+impl Stream {
+    pub fn new(limits: Limits, user: &str, device: &str, until: u64, serial: u64) -> Arc<Self> {
+        Arc::new(Self {
+            user: user.into(),
+            device: device.into(),
+            until,
+            serial,
+            queue: Queue::new(limits),
+            groups: Mutex::default(),
+            // A new stream has its groups read as part of opening it.
+            dirty: AtomicBool::new(true),
+            scheduled: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Ends delivery with `status` once what is queued has been sent; the stream's
+    /// cleanup runs when its response stream drops.
+    pub fn close(&self, status: Status) {
+        self.queue.close(status);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(super) fn mark_closed(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// The groups the stream is attached to.
+    pub fn groups(&self) -> Vec<String> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sets the groups to `now` (sorted); returns those joined and those left.
+    pub(super) fn swap_groups(&self, now: Vec<String>) -> (Vec<String>, Vec<String>) {
+        let mut cur = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let joined = now.iter().filter(|g| !cur.contains(g)).cloned().collect();
+        let left = cur.iter().filter(|g| !now.contains(g)).cloned().collect();
+        *cur = now;
+        (joined, left)
+    }
+
+    /// Forgets groups whose attach failed, so the next reconciliation sees them as new.
+    pub(super) fn drop_groups(&self, groups: &[String]) {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner()).retain(|g| !groups.contains(g));
+    }
+
+    /// Marks a membership change; true when no reconciliation was scheduled (the caller
+    /// then schedules one).
+    pub fn membership_changed(&self) -> bool {
+        self.dirty.store(true, Ordering::Release);
+        !self.scheduled.swap(true, Ordering::AcqRel)
+    }
+
+    /// A reconciliation pass starts: what changes from here on makes it run again.
+    pub(super) fn reconcile_pass(&self) {
+        self.dirty.store(false, Ordering::Release);
+    }
+
+    /// A reconciliation pass ended (`ok`: it succeeded). True when it must run again: a
+    /// change arrived during the pass, or between its end and now (that change saw
+    /// `scheduled` still set and scheduled nothing).
+    pub(super) fn reconcile_again(&self, ok: bool) -> bool {
+        if ok && self.dirty.load(Ordering::Acquire) {
+            return true;
+        }
+        self.scheduled.store(false, Ordering::Release);
+        ok && self.dirty.load(Ordering::Acquire) && !self.scheduled.swap(true, Ordering::AcqRel)
+    }
+}
+
+/// Holds a stream's live messages back while a replay runs; dropping it gives the pause
+/// back and releases them. Whatever finishes the replay owns the guard, so no exit path
+/// can forget to release it. When the released messages show that one was lost, the
+/// queue keeps a pause and a new guard travels to the maintenance task with the
+/// histories to replay ([`Event::Missed`]).
+pub struct Pause {
+    stream: Arc<Stream>,
+    events: Events,
+}
+
+impl Pause {
+    pub fn new(stream: &Arc<Stream>, events: &Events) -> Pause {
+        stream.queue.pause();
+        Pause::adopt(stream.clone(), events.clone())
+    }
+
+    /// A guard for a pause the queue already took itself ([`super::Pushed::Missing`]).
+    pub fn adopt(stream: Arc<Stream>, events: Events) -> Pause {
+        Pause { stream, events }
+    }
+
+    pub fn stream(&self) -> &Arc<Stream> {
+        &self.stream
+    }
+}
+
+impl Drop for Pause {
+    fn drop(&mut self) {
+        let hold_on = !self.events.is_closed();
+        let missing: Vec<Source> = self.stream.queue.resume(hold_on);
+        if !missing.is_empty() {
+            let pause = Pause::adopt(self.stream.clone(), self.events.clone());
+            // If the task is gone meanwhile, the event drops with the guard, which then
+            // releases without holding on.
+            let _ = self.events.send(Event::Missed(pause, missing));
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Fault paths of the stream side, tried as a hostile user and an unlucky operator
+//! would (issue 11). Each test failed on the code before its fix.
+use std::time::Duration;
+
+use push_proto::push::v1::{self as pb, Audience, Continuity};
+use push_tests::{App, Device, Proxy, eventually, wait_health};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::helpers::{Client, assert_invalid, join, to_all, to_group, to_users};
+
+const GATEWAY: &str = "push.v1.PushGateway";
+
+async fn presence(c: &mut Client, user: &str) -> push_proto::presence::v1::UserPresence {
+    let r = c.get_presence(pb::GetPresenceRequest { user_ids: vec![user.into()] }).await.unwrap();
+    r.into_inner().presences.remove(0)
+}
+
+async fn online_users(c: &mut Client) -> i64 {
+    c.count_online_users(pb::CountOnlineUsersRequest {}).await.unwrap().into_inner().online_users
+}
+
+async fn user_groups(c: &mut Client, user: &str) -> Vec<String> {
+    let req = pb::ListUserGroupsRequest { user_id: user.into() };
+    c.list_user_groups(req).await.unwrap().into_inner().group_ids
+}
+
+fn topics(d: &Device) -> Vec<String> {
+    d.received().into_iter().map(|r| r.3).collect()
+}
+
+/// Defect 1: a join and a leave announced while the replica's Pub/Sub connection is
+/// down reach the open streams once it is back.
+#[tokio::test]
+async fn membership_changes_made_while_the_hub_is_down_reach_open_streams() {
+    let app = App::start(&[]).await;
+    let proxy = Proxy::start(&app.redis).await;
+    let gw = app.replica_via(&proxy.url(), &[]).await;
+    let mut c = app.gateway_client().await;
+    join(&mut c, "g", &["ann"]).await;
+    let mut ann = Device::connect(gw.addr, "ann", "phone").await.unwrap();
+    let mut bob = Device::connect(gw.addr, "bob", "phone").await.unwrap();
+    ann.wait_states(3).await;
+    bob.wait_states(2).await;
+
+    proxy.swallow_pubsub(true);
+    let leave = pb::LeaveGroupRequest { group_id: "g".into(), user_ids: vec!["ann".into()] };
+    c.leave_group(leave).await.unwrap();
+    join(&mut c, "g", &["bob"]).await;
+    wait_health(gw.addr, GATEWAY, ServingStatus::NotServing).await;
+    proxy.swallow_pubsub(false);
+    wait_health(gw.addr, GATEWAY, ServingStatus::Serving).await;
+    assert_eq!(user_groups(&mut c, "ann").await, Vec::<String>::new());
+    assert_eq!(user_groups(&mut c, "bob").await, vec!["g".to_string()]);
+
+    // Redis delivers one connection's messages in publish order: once the inbox marker
+    // (published after the group message) arrives, a group message would have too.
+    c.push_to_group(to_group("g", "group")).await.unwrap();
+    c.push_to_users(to_users(&["ann", "bob"], "marker")).await.unwrap();
+    let mut got = [bob.next().await.topic, bob.next().await.topic];
+    got.sort();
+    assert_eq!(got, ["group", "marker"], "bob joined while the hub was down");
+    assert_eq!(ann.next().await.topic, "marker");
+    assert!(!topics(&ann).contains(&"group".to_string()), "ann left while the hub was down: {:?}", topics(&ann));
+}
+
+/// Defect 4: streams per (user, device) and per user are capped; a new stream of a
+/// device replaces its oldest one, which ends with a status that says so.
+#[tokio::test]
+async fn streams_per_device_and_per_user_are_capped() {
+    let app = App::start_with(&[], &["--max-streams-per-device", "2", "--max-streams-per-user", "3"]).await;
+    let addr = app.gateway.addr;
+    let mut first = Device::connect(addr, "ann", "phone").await.unwrap();
+    let second = Device::connect(addr, "ann", "phone").await.unwrap();
+    let third = Device::connect(addr, "ann", "phone").await.unwrap();
+    let ended = first.end().await.expect("the oldest stream of the device ends with a status");
+    assert_eq!(ended.code(), Code::Aborted, "{ended:?}");
+    assert!(ended.message().contains("newer stream"), "{ended:?}");
+    let tablet = Device::connect(addr, "ann", "tablet").await.unwrap();
+    let refused = Device::connect(addr, "ann", "laptop").await.expect_err("over the per-user cap");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    // Another user is not affected, and the survivors still receive.
+    let _bob = Device::connect(addr, "bob", "laptop").await.unwrap();
+    let mut c = app.gateway_client().await;
+    c.push_to_users(to_users(&["ann"], "still")).await.unwrap();
+    for mut d in [second, third, tablet] {
+        assert_eq!(d.next().await.topic, "still");
+    }
+}
+
+/// Defect 6: one call may not publish more bytes than a subscriber's output buffer
+/// takes; it is refused whole, before anything is written.
+#[tokio::test]
+async fn a_push_too_large_for_pubsub_is_refused_whole() {
+    let app = App::start(&[]).await;
+    let mut c = app.gateway_client().await;
+    let users: Vec<String> = (0..1000).map(|i| format!("u{i}")).collect();
+    let big = pb::PushToUsersRequest {
+        user_ids: users.clone(),
+        topic: "big".into(),
+        payload: vec![7u8; 64 << 10].into(),
+        ..Default::default()
+    };
+    let before = app.redis.keys();
+    let err = c.push_to_users(big).await.expect_err("64 MB of Pub/Sub output in one call");
+    assert_invalid(&err, "payload");
+    assert_eq!(app.redis.keys(), before, "nothing written");
+    // Within the bound, the same audience is fine.
+    let small = pb::PushToUsersRequest { user_ids: users, topic: "small".into(), ..Default::default() };
+    c.push_to_users(small).await.unwrap();
+}
+
+/// Defect 7: when a device has two streams and the newer one closes first, the older
+/// one takes its presence session over: the device never flaps offline.
+#[tokio::test]
+async fn the_surviving_stream_of_a_device_keeps_it_online() {
+    let app = App::start_with(&["--min-ttl", "100ms"], &["--stream-lease", "600ms"]).await;
+    let mut c = app.gateway_client().await;
+    let old = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
+    old.wait_states(2).await;
+    let new = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
+    new.wait_states(2).await;
+    drop(new);
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(presence(&mut c, "ann").await.online, "the device flapped offline while a stream was open");
+    }
+    drop(old);
+    eventually(Duration::from_secs(5), "ann offline once her last stream closed", || {
+        let mut c = c.clone();
+        async move { !presence(&mut c, "ann").await.online }
+    })
+    .await;
+}
+
+/// Defect 11: a live message lost on its way to the replica is noticed by the next
+/// one (it does not follow what the stream delivered last) and replayed before it.
+#[tokio::test]
+async fn a_later_live_message_does_not_hide_a_lost_one() {
+    let app = App::start(&[]).await;
+    let proxy = Proxy::start(&app.redis).await;
+    // Neither the probe nor the audit (every third of the 60 s lease) runs in the test.
+    let gw = app.replica_via(&proxy.url(), &["--hub-probe-interval", "60s"]).await;
+    let mut c = app.gateway_client().await;
+    let mut d = Device::connect(gw.addr, "ann", "phone").await.unwrap();
+    d.wait_states(2).await;
+    c.push_to_users(to_users(&["ann"], "first")).await.unwrap();
+    assert_eq!(d.next().await.topic, "first");
+
+    proxy.swallow_pubsub(true);
+    c.push_to_users(to_users(&["ann"], "lost")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.swallow_pubsub(false);
+    c.push_to_users(to_users(&["ann"], "next")).await.unwrap();
+    assert_eq!(d.next().await.topic, "lost");
+    assert_eq!(d.next().await.topic, "next");
+    assert_eq!(d.received_count(), 3);
+}
+
+/// Defect 13: after a gap with a new epoch, only the new epoch's entries are replayed,
+/// never the dead epoch's that remained in the stream.
+#[tokio::test]
+async fn a_dead_epoch_is_not_replayed_after_a_gap() {
+    let app = App::start(&[]).await;
+    let mut c = app.gateway_client().await;
+    let mut d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
+    d.wait_states(2).await;
+    c.push_to_users(to_users(&["ann"], "old-1")).await.unwrap();
+    c.push_to_users(to_users(&["ann"], "old-2")).await.unwrap();
+    assert_eq!(d.next().await.topic, "old-1");
+    assert_eq!(d.next().await.topic, "old-2");
+    let cursors = d.cursors();
+    drop(d);
+
+    // The inbox's meta is lost (evicted, say) while its entries remain.
+    let metas: Vec<String> =
+        app.redis.keys().into_iter().filter(|k| k.contains("inbox") && k.ends_with(":meta")).collect();
+    assert_eq!(metas.len(), 1, "{metas:?}");
+    let mut r = app.redis.client().get_connection().unwrap();
+    let _: i64 = redis::cmd("DEL").arg(&metas[0]).query(&mut r).unwrap();
+    c.push_to_users(to_users(&["ann"], "new")).await.unwrap();
+
+    let mut d = Device::resume(app.gateway.addr, "ann", "phone", cursors).await.unwrap();
+    assert_eq!(d.next().await.topic, "new", "only the new epoch's entries follow the gap");
+    let inbox = d.states().into_iter().rfind(|s| s.cursor.as_ref().unwrap().audience == Audience::User as i32);
+    assert_eq!(inbox.unwrap().continuity, Continuity::Gap as i32);
+    c.push_to_users(to_users(&["ann"], "live")).await.unwrap();
+    assert_eq!(d.next().await.topic, "live");
+    assert_eq!(topics(&d), ["new", "live"]);
+}
+
+/// Defect 14: a backlog larger than the stream's queue is replayed in pages that fit,
+/// not cut off at once.
+#[tokio::test]
+async fn a_backlog_larger_than_the_queue_is_caught_up() {
+    let app = App::start_with(&[], &["--stream-queue-messages", "64", "--inbox-max-len", "1000"]).await;
+    let mut c = app.gateway_client().await;
+    let d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
+    d.wait_states(2).await;
+    let cursors = d.cursors();
+    drop(d);
+    for k in 0..300 {
+        c.push_to_users(to_users(&["ann"], &format!("m{k}"))).await.unwrap();
+    }
+    let mut d = Device::resume(app.gateway.addr, "ann", "phone", cursors).await.unwrap();
+    for k in 0..300 {
+        assert_eq!(d.next().await.topic, format!("m{k}"));
+    }
+}
+
+/// Defect 15: a Subscribe cancelled at any moment of its opening leaves no session.
+#[tokio::test]
+async fn a_cancelled_subscribe_leaves_no_ghost_session() {
+    let app = App::start(&[]).await;
+    let mut c = app.gateway_client().await;
+    let _keeper = Device::connect(app.gateway.addr, "keeper", "phone").await.unwrap();
+    let channel = push_tests::channel(app.gateway.addr).await;
+    for i in 0..30u64 {
+        let mut g = pb::push_gateway_client::PushGatewayClient::new(channel.clone());
+        let req = pb::SubscribeRequest { user_id: format!("ghost-{i}"), device_id: "d".into(), cursors: vec![] };
+        let _ = tokio::time::timeout(Duration::from_micros(300 + 250 * i), g.subscribe(req)).await;
+    }
+    eventually(Duration::from_secs(5), "only the keeper is online", || {
+        let mut c = c.clone();
+        async move { online_users(&mut c).await == 1 }
+    })
+    .await;
+    assert!(presence(&mut c, "keeper").await.online);
+}
+
+/// Defect 16: a backend's Logout of a streaming device ends its streams with a status
+/// that says why, and the session stays ended.
+#[tokio::test]
+async fn logout_ends_the_devices_streams() {
+    let app = App::start_with(&["--min-ttl", "100ms"], &["--stream-lease", "600ms"]).await;
+    let other = app.replica(&["--stream-lease", "600ms"]).await;
+    let mut c = app.gateway_client().await;
+    let mut phone = Device::connect(other.addr, "ann", "phone").await.unwrap();
+    let tablet = Device::connect(app.gateway.addr, "ann", "tablet").await.unwrap();
+    phone.wait_states(2).await;
+    tablet.wait_states(2).await;
+    let req = pb::LogoutRequest { user_id: "ann".into(), session_id: "phone".into(), owner: String::new() };
+    c.logout(req).await.unwrap();
+    let ended = phone.end().await.expect("the logged-out device's stream ends with a status");
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("logged out"), "{ended:?}");
+    // Renewal rounds pass (every 200 ms): the phone stays out, the tablet stays in.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let p = presence(&mut c, "ann").await;
+    let sessions: Vec<String> = p.sessions.into_iter().map(|s| s.session_id).collect();
+    assert_eq!(sessions, ["tablet"]);
+}
+
+/// Defect 17: a Redis that does not answer is UNAVAILABLE (retry elsewhere), not
+/// DEADLINE_EXCEEDED; a request over the size limit is RESOURCE_EXHAUSTED.
+#[tokio::test]
+async fn codes_tell_clients_what_to_do() {
+    let app = App::start(&[]).await;
+    let mut c = app.gateway_client().await;
+    c.push_to_all(to_all("fine")).await.unwrap();
+    app.redis.freeze();
+    let frozen = c.push_to_all(to_all("frozen")).await;
+    app.redis.thaw();
+    assert_eq!(frozen.expect_err("Redis is frozen").code(), Code::Unavailable);
+
+    let huge = pb::PushToAllRequest { payload: vec![0u8; 3 << 20].into(), ..to_all("huge") };
+    let err = c.push_to_all(huge).await.expect_err("over the request size limit");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+}
