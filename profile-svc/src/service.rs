@@ -56,6 +56,13 @@ impl ProfileService {
         }
     }
 
+    /// Most distinct paths an update mask may name: every path that is not an attribute
+    /// key, plus one delete for each attribute a profile may hold and one set for each
+    /// attribute it may end with. No useful mask names more.
+    fn max_mask_paths(&self) -> usize {
+        WELL_KNOWN.len() + 2 + self.config.max_attributes.saturating_mul(2)
+    }
+
     fn check_attribute(&self, v: &mut Violations, key: &str, value: Option<&String>) {
         if let Some(why) = attribute_key_problem(key) {
             v.add("profile.attributes", format!("key {key:?} {why}"));
@@ -117,6 +124,23 @@ fn from_hash(user_id: &str, hash: Hash) -> pb::UserProfile {
     }
     p.attributes = attributes;
     p
+}
+
+/// The mask's paths, each once, in the order first named (a path named twice is the
+/// same change); None when there are more than `max` distinct paths.
+fn distinct(paths: Vec<String>, max: usize) -> Option<Vec<String>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for p in paths {
+        if !seen.contains(&p) {
+            if out.len() == max {
+                return None;
+            }
+            seen.insert(p.clone());
+            out.push(p);
+        }
+    }
+    Some(out)
 }
 
 /// Translates an update mask into HASH changes, or violations.
@@ -204,7 +228,12 @@ impl Profile for ProfileService {
             v.add("profile", "is required");
             return Err(v.check().unwrap_err().into());
         };
-        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let max = self.max_mask_paths();
+        let Some(paths) = distinct(r.update_mask.map(|m| m.paths).unwrap_or_default(), max) else {
+            v.add("update_mask", format!("must name at most {max} distinct paths (5 + 2 × --max-attributes)"));
+            self.check_profile(&mut v, &p, false);
+            return Err(v.check().unwrap_err().into());
+        };
         let replaces_map = paths.iter().any(|s| s == "attributes" || s == "*");
         self.check_profile(&mut v, &p, replaces_map);
         if !replaces_map {
@@ -313,6 +342,14 @@ mod tests {
             patch(&mut v, &profile(), &paths);
             assert!(!v.is_empty(), "{paths:?}");
         }
+    }
+
+    #[test]
+    fn repeated_paths_count_once_and_too_many_are_refused() {
+        let paths = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(distinct(paths(&["a", "b", "a", "a", "c", "b"]), 3), Some(paths(&["a", "b", "c"])));
+        assert_eq!(distinct(std::iter::repeat_n("x".to_string(), 9000).collect(), 1), Some(paths(&["x"])));
+        assert_eq!(distinct(paths(&["a", "b", "c", "d"]), 3), None);
     }
 
     fn patch_sets(p: &Patch) -> Vec<String> {

@@ -13,9 +13,28 @@ pub const FIELD: &str = "f:";
 /// Prefix of free attributes in the HASH.
 pub const ATTR: &str = "a:";
 
+/// `chunked(cmd, key, list, first)` runs `cmd key …` over `list[first..]` in slices of
+/// 512 values (an even number, so field/value pairs stay together). Lua's `unpack` fails
+/// past ~8,000 values (the C stack limit), and a script that fails after its first write
+/// leaves that write in place: no script may `unpack` a list whose length it does not
+/// bound.
+macro_rules! chunked {
+    () => {
+        r"
+local function chunked(cmd, key, list, first)
+  for i = first, #list, 512 do
+    redis.call(cmd, key, unpack(list, i, math.min(i + 511, #list)))
+  end
+end
+"
+    };
+}
+
 /// Replace the whole profile. KEYS: profile. ARGV: expected version (0 = any), then
 /// field/value pairs. Returns {0, version, hash} or {-1, current version}.
-const PUT: &str = r"
+const PUT: &str = concat!(
+    chunked!(),
+    r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
@@ -23,16 +42,20 @@ local expected = tonumber(ARGV[1])
 if expected ~= 0 and expected ~= cur then return {-1, cur, {}} end
 local ct = redis.call('HGET', KEYS[1], 'ct') or now
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'v', cur + 1, 'ct', ct, 'ut', now, unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], 'v', cur + 1, 'ct', ct, 'ut', now)
+chunked('HSET', KEYS[1], ARGV, 2)
 return {0, cur + 1, redis.call('HGETALL', KEYS[1])}
-";
+"
+);
 
 /// Partial update. KEYS: profile. ARGV: expected version (0 = any), max attributes,
 /// '1' to drop every attribute first, number of sets N, N field/value pairs, then the
 /// fields to delete. Returns {0, version, hash}, {-1, current version} on a version
 /// conflict, {-2, 0} when there is no profile, {-3, count} when the attributes would
 /// exceed the limit; nothing is written unless the answer is 0.
-const UPDATE: &str = r"
+const UPDATE: &str = concat!(
+    chunked!(),
+    r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-2, 0, {}} end
@@ -60,15 +83,18 @@ for i = 5 + 2 * nsets, #ARGV do
   if attrs[ARGV[i]] then attrs[ARGV[i]] = nil; n = n - 1 end
 end
 if n > tonumber(ARGV[2]) then return {-3, n, {}} end
+-- Every check is done: from here on nothing can fail halfway.
 if ARGV[3] == '1' then
   for _, f in ipairs(fields) do
     if string.sub(f, 1, 2) == 'a:' then redis.call('HDEL', KEYS[1], f) end
   end
 end
-if #dels > 0 then redis.call('HDEL', KEYS[1], unpack(dels)) end
-redis.call('HSET', KEYS[1], 'v', cur + 1, 'ut', now, unpack(sets))
+chunked('HDEL', KEYS[1], dels, 1)
+redis.call('HSET', KEYS[1], 'v', cur + 1, 'ut', now)
+chunked('HSET', KEYS[1], sets, 1)
 return {0, cur + 1, redis.call('HGETALL', KEYS[1])}
-";
+"
+);
 
 /// Delete. KEYS: profile. ARGV: expected version (0 = any).
 /// Returns {0, version}, {-1, current version} on a version conflict, {-2, 0} when

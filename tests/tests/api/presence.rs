@@ -240,3 +240,41 @@ async fn a_session_taken_over_by_another_owner_ignores_the_old_one() {
     let bad = pb::LoginRequest { owner: "a b".into(), ..login("ann", "phone", 60_000) };
     assert_eq!(c.login(bad).await.unwrap_err().code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn a_page_of_the_largest_page_size_allowed_works() {
+    // 100,000 is the most --max-page-size takes; one bucket holds every user, so one
+    // page step scans them all (more than Lua's unpack takes at once, ~8,000).
+    const N: usize = 100_000;
+    let app = App::start(&["--online-buckets", "1", "--max-page-size", "100000"]).await;
+    let mut c = app.presence_client().await;
+    c.login(login("user-000000", "d", 3_600_000)).await.unwrap();
+    // The others are written straight into the index as a login would (N logins take
+    // minutes); the first one shows the layout is the one Login writes.
+    let keys = push_common::keys::Keys::new("push");
+    let (by_expiry, by_id) = (keys.online_by_expiry(0), keys.online_by_id(0));
+    let mut r = app.redis.client().get_connection().unwrap();
+    let expiry: i64 = redis::cmd("ZSCORE").arg(&by_expiry).arg("user-000000").query(&mut r).unwrap();
+    let by_id_score: i64 = redis::cmd("ZSCORE").arg(&by_id).arg("user-000000").query(&mut r).unwrap();
+    assert_eq!(by_id_score, 0);
+    for chunk in (1..N).collect::<Vec<_>>().chunks(10_000) {
+        let (mut e, mut i) = (redis::cmd("ZADD"), redis::cmd("ZADD"));
+        e.arg(&by_expiry);
+        i.arg(&by_id);
+        for n in chunk {
+            let u = format!("user-{n:06}");
+            e.arg(expiry).arg(&u);
+            i.arg(0).arg(&u);
+        }
+        let _: () = e.query(&mut r).unwrap();
+        let _: () = i.query(&mut r).unwrap();
+    }
+    assert_eq!(count(&mut c).await, N as i64);
+
+    let req = pb::ListOnlineUsersRequest { page_size: N as i32, page_token: String::new() };
+    let page = c.list_online_users(req).await.expect("a page of the maximum size").into_inner();
+    assert_eq!(page.user_ids.len(), N);
+    assert_eq!(page.user_ids.iter().collect::<HashSet<_>>().len(), N);
+    let rest = pb::ListOnlineUsersRequest { page_size: N as i32, page_token: page.next_page_token };
+    assert!(c.list_online_users(rest).await.unwrap().into_inner().user_ids.is_empty());
+}

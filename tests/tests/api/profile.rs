@@ -161,3 +161,82 @@ async fn the_attribute_limit_holds_across_updates() {
     c.update_profile(update(swap, &["attributes.k64", "attributes.k0"])).await.unwrap();
     assert_eq!(get(&mut c, "z").await.unwrap().attributes.len(), 64);
 }
+
+#[tokio::test]
+async fn a_mask_repeating_one_path_thousands_of_times_is_one_consistent_change() {
+    let app = App::start(&[]).await;
+    let mut c = app.profile_client().await;
+    let before = put(&mut c, ann()).await;
+
+    // "attributes" replaces the map; the repeated path would overflow Lua's unpack.
+    let mut paths = vec!["attributes"];
+    paths.extend(std::iter::repeat_n("display_name", 9000));
+    let change = pb::UserProfile {
+        user_id: "ann".into(),
+        display_name: "Ann C.".into(),
+        attributes: [("only".to_string(), "1".to_string())].into(),
+        ..Default::default()
+    };
+    let r = c.update_profile(update(change, &paths)).await;
+
+    // Whatever the answer, the stored profile is either untouched or wholly updated.
+    let now = get(&mut c, "ann").await.unwrap();
+    if let Err(e) = &r {
+        assert_eq!(now, before, "a refused update ({:?}: {}) changed the profile", e.code(), e.message());
+    }
+    let p = r.expect("a repeated path is the same path once").into_inner().profile.unwrap();
+    assert_eq!(p.version, 2);
+    assert_eq!(p.display_name, "Ann C.");
+    assert_eq!(p.attributes, [("only".to_string(), "1".to_string())].into());
+    assert_eq!(p.address, before.address, "unmasked field kept");
+    assert_eq!(now, p);
+}
+
+#[tokio::test]
+async fn a_mask_with_more_paths_than_a_profile_can_hold_is_refused() {
+    let app = App::start(&[]).await;
+    let mut c = app.profile_client().await;
+    let before = put(&mut c, ann()).await;
+    // The default limit is 64 attributes: a mask may name at most 5 + 2 × 64 paths.
+    let paths: Vec<String> = (0..5 + 2 * 64 + 1).map(|i| format!("attributes.k{i}")).collect();
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let change = pb::UserProfile { user_id: "ann".into(), ..Default::default() };
+    let err = c.update_profile(update(change.clone(), &paths)).await.unwrap_err();
+    assert_invalid(&err, "update_mask");
+    assert_eq!(get(&mut c, "ann").await.unwrap(), before, "nothing changed");
+    // One fewer is fine (the attributes named are absent, so they are removed).
+    c.update_profile(update(change, &paths[1..])).await.unwrap();
+}
+
+#[tokio::test]
+async fn large_profiles_are_written_whole_or_not_at_all() {
+    // More attributes than Lua's unpack takes at once (~8,000 values).
+    let flags = ["--max-attributes", "5000"];
+    let app = push_tests::App::start_full(push_tests::RedisServer::start(), &[], &flags, &[]).await;
+    let mut c = app.profile_client().await;
+    let before = put(&mut c, ann()).await;
+    let attrs: std::collections::HashMap<String, String> =
+        (0..5000).map(|i| (format!("k{i}"), "v".to_string())).collect();
+
+    let big = pb::UserProfile { user_id: "ann".into(), attributes: attrs.clone(), ..Default::default() };
+    let r = c.put_profile(pb::PutProfileRequest { profile: Some(big) }).await;
+    let now = get(&mut c, "ann").await;
+    if let Err(e) = &r {
+        assert_eq!(
+            now.as_ref().ok(),
+            Some(&before),
+            "a failed put ({:?}: {}) changed the profile",
+            e.code(),
+            e.message()
+        );
+    }
+    let p = r.expect("a put within the limits").into_inner().profile.unwrap();
+    assert_eq!((p.version, p.attributes.len()), (2, 5000));
+
+    // An update replacing the whole map is as large.
+    let renamed: std::collections::HashMap<String, String> =
+        (0..5000).map(|i| (format!("n{i}"), "w".to_string())).collect();
+    let change = pb::UserProfile { user_id: "ann".into(), attributes: renamed.clone(), ..Default::default() };
+    let p = c.update_profile(update(change, &["attributes"])).await.unwrap().into_inner().profile.unwrap();
+    assert_eq!((p.version, p.attributes), (3, renamed));
+}
