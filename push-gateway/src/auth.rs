@@ -7,7 +7,8 @@
 //!   calls: a device token for the user they name, or an admin key acting for any user
 //!   (debugging with grpcurl).
 //! - A device token is a JWT (HS256/384/512, RS256/384/512, PS256/384/512, ES256/384)
-//!   with `sub` = the user id and `exp`; `iss` and `aud` are checked when configured.
+//!   with `sub` = the user id and `exp`; `iss` and `aud` are required and checked when
+//!   configured; `nbf`, when present, is checked with the same leeway as `exp`.
 //!   Several keys may be configured at once (rotation): the token's `kid` picks one, or
 //!   every key of the token's algorithm is tried.
 //! - Each API key has a request budget per second (a token bucket); past it, calls get
@@ -219,15 +220,24 @@ impl GatewayPolicy {
             return Err(invalid("no configured key for its kid and algorithm"));
         }
         let mut validation = Validation::new(header.alg);
+        // The leeway covers clock skew both ways: `exp` in the past and `nbf` in the future.
         validation.leeway = self.leeway.as_secs();
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        // A configured claim must be present: `set_audience`/`set_issuer` alone only
+        // refuse a wrong value, and a token without the claim would pass.
+        let mut required = vec!["exp", "sub"];
         match &self.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         let mut last = invalid("bad signature");
         for k in candidates {
             match jsonwebtoken::decode::<Claims>(token, &k.key, &validation) {
@@ -395,6 +405,98 @@ mod tests {
         let twice = format!("a:{}:publish", hex(digest(b"x")));
         let s = AuthSettings { api_keys: vec![twice.clone(), twice.replace("a:", "b:")], ..Default::default() };
         assert!(GatewayPolicy::new(&s).is_err(), "the same secret twice");
+    }
+
+    const SECRET: &str = "a-device-token-secret-of-32-bytes-or-more";
+
+    /// A policy that verifies HS256 device tokens with `SECRET`, `leeway` 30 s, and
+    /// requires `aud` "push" and `iss` "auth.example" when `claims_configured`.
+    fn device_policy(claims_configured: bool) -> GatewayPolicy {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("push-gateway-auth-{}-{n}", std::process::id()));
+        std::fs::write(&path, SECRET).unwrap();
+        let settings = AuthSettings {
+            jwt_keys: vec![format!("hs:HS256:{}", path.display())],
+            jwt_audience: claims_configured.then(|| "push".into()),
+            jwt_issuer: claims_configured.then(|| "auth.example".into()),
+            jwt_leeway: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let policy = GatewayPolicy::new(&settings);
+        let _ = std::fs::remove_file(&path);
+        policy.unwrap().unwrap()
+    }
+
+    #[derive(serde::Serialize)]
+    struct TestClaims {
+        sub: &'static str,
+        exp: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        aud: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        iss: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        nbf: Option<u64>,
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    }
+
+    /// Claims every check passes: for "ann", good for ten minutes, the configured aud/iss.
+    fn good() -> TestClaims {
+        TestClaims { sub: "ann", exp: now() + 600, aud: Some("push"), iss: Some("auth.example"), nbf: None }
+    }
+
+    fn sign(claims: &TestClaims) -> String {
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), claims, &key).unwrap()
+    }
+
+    /// What `policy` says of a Subscribe with `claims`: Ok, or the refusal's message.
+    fn subscribe(policy: &GatewayPolicy, claims: &TestClaims) -> Result<(), String> {
+        let headers = headers(&sign(claims));
+        match policy.authorize("/push.v1.PushGateway/Subscribe", &headers) {
+            Ok(Identity::Device { user, .. }) if user == "ann" => Ok(()),
+            Ok(other) => Err(format!("unexpected identity {other:?}")),
+            Err(s) if s.code() == tonic::Code::Unauthenticated => Err(s.message().to_owned()),
+            Err(s) => Err(format!("unexpected status {s:?}")),
+        }
+    }
+
+    #[test]
+    fn configured_audience_and_issuer_are_required_not_only_checked() {
+        let p = device_policy(true);
+        assert_eq!(subscribe(&p, &good()), Ok(()));
+        let no_aud = TestClaims { aud: None, ..good() };
+        assert_eq!(subscribe(&p, &no_aud), Err("invalid device token: missing claim aud".into()));
+        let no_iss = TestClaims { iss: None, ..good() };
+        assert_eq!(subscribe(&p, &no_iss), Err("invalid device token: missing claim iss".into()));
+        let wrong_aud = TestClaims { aud: Some("other"), ..good() };
+        assert_eq!(subscribe(&p, &wrong_aud), Err("invalid device token: wrong audience".into()));
+        let wrong_iss = TestClaims { iss: Some("evil.example"), ..good() };
+        assert_eq!(subscribe(&p, &wrong_iss), Err("invalid device token: wrong issuer".into()));
+
+        // Without --jwt-audience / --jwt-issuer neither claim is needed, and any is taken.
+        let p = device_policy(false);
+        assert_eq!(subscribe(&p, &TestClaims { aud: None, iss: None, ..good() }), Ok(()));
+        assert_eq!(subscribe(&p, &TestClaims { aud: Some("other"), iss: Some("x"), ..good() }), Ok(()));
+    }
+
+    #[test]
+    fn not_before_is_checked_with_the_leeway_of_expiry() {
+        let p = device_policy(true);
+        // The leeway is 30 s, both ways.
+        let early = TestClaims { nbf: Some(now() + 120), ..good() };
+        assert_eq!(subscribe(&p, &early), Err("invalid device token: not valid yet".into()));
+        let skewed = TestClaims { nbf: Some(now() + 10), ..good() };
+        assert_eq!(subscribe(&p, &skewed), Ok(()));
+        assert_eq!(subscribe(&p, &TestClaims { nbf: Some(now() - 60), ..good() }), Ok(()));
+        let expired = TestClaims { exp: now() - 120, ..good() };
+        assert_eq!(subscribe(&p, &expired), Err("invalid device token: expired".into()));
+        let just_expired = TestClaims { exp: now() - 10, ..good() };
+        assert_eq!(subscribe(&p, &just_expired), Ok(()));
     }
 
     #[test]
