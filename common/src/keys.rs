@@ -15,6 +15,7 @@
 //! | `P:inbox:{u:UID}`, `P:history:{g:GID}`, `P:history:all` | STREAM | capped by count and age | push-gateway |
 //! | the same + `:meta`                  | HASH   | meta TTL (7 d), renewed      | push-gateway |
 //! | `P:acks:{u:UID}`                    | HASH   | meta TTL, renewed by acks    | push-gateway |
+//! | `P:ackdevs:{u:UID}`                 | ZSET   | meta TTL, renewed by acks    | push-gateway |
 //! | `P:ch:all`, `P:ch:{u:UID}`, `P:ch:{g:GID}`, `P:ch:probe:R` | channels | — | push-gateway |
 //!
 //! `P` is the configurable prefix (default `push`). `presence` holds the user's sessions
@@ -27,7 +28,8 @@
 //! A history (a user's inbox, a group's or the broadcast history) is a STREAM whose
 //! entry ids are the message ids; its `:meta` HASH holds the epoch, the last id and
 //! the floor (see push-gateway's `history` module). `acks` maps `DEVICE|SOURCE` to the
-//! device's acknowledged `EPOCH/ID` in that history.
+//! device's acknowledged `EPOCH/ID` in that history; `ackdevs` holds the devices with
+//! positions there (score: their last ack, ms), so their number can be capped.
 //!
 //! Group members are a ZSET with every score 0, so `ListGroupMembers` pages in id order
 //! with `ZRANGE BYLEX` (a SET's SSCAN cursor may repeat members). The probe channel is
@@ -130,6 +132,11 @@ impl Keys {
     /// Each device's acknowledged positions of a user (HASH `DEVICE|SOURCE` → `EPOCH/ID`).
     pub fn acks(&self, user_id: &str) -> String {
         format!("{}:acks:{{u:{user_id}}}", self.prefix)
+    }
+
+    /// The devices with acknowledged positions of a user (ZSET device → last ack, ms).
+    pub fn ack_devices(&self, user_id: &str) -> String {
+        format!("{}:ackdevs:{{u:{user_id}}}", self.prefix)
     }
 
     /// What a channel built by this schema is for.

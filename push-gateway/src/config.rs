@@ -110,6 +110,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_PUBLISH_BYTES", default_value_t = 8 << 20)]
     pub max_publish_bytes: usize,
 
+    /// Most devices per user with acknowledged positions: a new device takes the place
+    /// of the one that acked least recently.
+    #[arg(long, env = "GATEWAY_MAX_ACK_DEVICES_PER_USER", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_ack_devices_per_user: u32,
+
     /// Largest payload of one pushed message.
     #[arg(long, env = "GATEWAY_MAX_PAYLOAD_BYTES", default_value_t = 64 << 10)]
     pub max_payload_bytes: usize,

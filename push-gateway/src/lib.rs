@@ -82,6 +82,7 @@ pub async fn serve(
         history_max_len: config.history_max_len,
         max_age: config.history_max_age,
         meta_ttl: config.history_meta_ttl,
+        max_ack_devices: config.max_ack_devices_per_user as usize,
     };
     let store = store::Store::new(pool.clone(), keys.clone(), retention);
     let hub_config = stream::hub::HubConfig {

@@ -21,6 +21,7 @@ pub mod scripts {
     pub const PUSH: &str = include_str!("lua/push.lua");
     pub const REPLAY: &str = include_str!("lua/replay.lua");
     pub const ACK: &str = include_str!("lua/ack.lua");
+    pub const ACKED: &str = include_str!("lua/acked.lua");
     pub const JOIN: &str = include_str!("lua/join.lua");
     pub const LEAVE: &str = include_str!("lua/leave.lua");
 
@@ -48,6 +49,8 @@ pub struct Retention {
     pub max_age: Duration,
     /// How long a history's meta (epoch, last id) and a user's acks outlive their last use.
     pub meta_ttl: Duration,
+    /// Most devices with acknowledged positions per user.
+    pub max_ack_devices: usize,
 }
 
 /// One page of a history (see `lua/replay.lua`).
@@ -81,6 +84,7 @@ pub struct Store {
     push: Script,
     replay: Script,
     ack: Script,
+    acked: Script,
 }
 
 impl Store {
@@ -94,6 +98,7 @@ impl Store {
             push: scripts::script(scripts::PUSH),
             replay: scripts::script(scripts::REPLAY),
             ack: scripts::script(scripts::ACK),
+            acked: scripts::script(scripts::ACKED),
         }
     }
 
@@ -185,25 +190,38 @@ impl Store {
             .collect())
     }
 
-    /// Moves `device`'s acknowledged positions forward.
+    /// Moves `device`'s acknowledged positions forward. A group the user is not in is
+    /// refused (the whole call, naming the position's index in `positions`).
     #[tracing::instrument(skip(self, positions), err)]
     pub async fn ack(&self, user: &str, device: &str, positions: &[(history::Source, Pos)]) -> Result<(), Error> {
         let mut inv = self.ack.key(self.keys.acks(user));
-        inv.arg(self.retention.meta_ttl.as_millis() as u64);
+        inv.key(self.keys.user_groups(user)).key(self.keys.ack_devices(user));
+        inv.arg(self.retention.meta_ttl.as_millis() as u64).arg(self.retention.max_ack_devices).arg(device);
         for (source, p) in positions {
-            inv.arg(source.ack_field(device)).arg(p.epoch.to_string()).arg(p.id.to_string());
+            let group = match source {
+                history::Source::Group(g) => g,
+                _ => "",
+            };
+            inv.arg(source.ack_field(device)).arg(p.epoch.to_string()).arg(p.id.to_string()).arg(group);
         }
         let mut c = self.pool.get();
-        let _: i64 = inv.invoke_async(&mut c).await?;
-        Ok(())
+        let reply: Vec<i64> = inv.invoke_async(&mut c).await?;
+        match reply.as_slice() {
+            [-1, i] => Err(Error::invalid(format!("cursors[{i}].group_id"), "is not a group the user belongs to")),
+            [_] => Ok(()),
+            other => Err(Error::Protocol(format!("ack script returned {other:?}"))),
+        }
     }
 
-    /// A device's acknowledged positions.
+    /// A device's acknowledged positions in the histories its user reads (its own
+    /// fields only: never the whole acks hash).
     #[tracing::instrument(skip(self), err)]
     pub async fn acked(&self, user: &str, device: &str) -> Result<Vec<(history::Source, Pos)>, Error> {
+        let mut inv = self.acked.key(self.keys.acks(user));
+        inv.key(self.keys.user_groups(user)).arg(device);
         let mut c = self.pool.get();
-        let all: HashMap<String, String> = redis::cmd("HGETALL").arg(self.keys.acks(user)).query_async(&mut c).await?;
-        Ok(all
+        let pairs: Vec<(String, String)> = inv.invoke_async(&mut c).await?;
+        Ok(pairs
             .iter()
             .filter_map(|(f, v)| {
                 let (d, source) = history::Source::of_ack_field(f)?;
@@ -249,7 +267,7 @@ impl Store {
         let mut inv = script.key(self.keys.group_members(group));
         inv.key(&history).key(Keys::history_meta(&history));
         for u in users {
-            inv.key(self.keys.user_groups(u));
+            inv.key(self.keys.user_groups(u)).key(self.keys.acks(u)).key(self.keys.ack_devices(u));
         }
         inv.arg(group).arg(max).arg(self.retention.meta_ttl.as_millis() as u64);
         for u in users {

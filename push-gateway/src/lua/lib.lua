@@ -27,3 +27,15 @@ local function epoch_of(stream, meta)
   if top then redis.call('HSET', meta, 'floor', top[1], 'last', top[1]) end
   return epoch, true
 end
+
+-- The field of a device's position in a user's acks hash: `DEVICE|a` (broadcast),
+-- `DEVICE|i` (inbox), `DEVICE|g:GID` (a group); history::Source::ack_field in Rust.
+local function ack_field(device, source)
+  return device .. '|' .. source
+end
+
+-- Deletes a device's positions from a user's acks hash.
+local function forget_device(acks, groups, device)
+  redis.call('HDEL', acks, ack_field(device, 'a'), ack_field(device, 'i'))
+  for _, g in ipairs(redis.call('HKEYS', groups)) do redis.call('HDEL', acks, ack_field(device, 'g:' .. g)) end
+end

@@ -267,3 +267,51 @@ async fn codes_tell_clients_what_to_do() {
     let err = c.push_to_all(huge).await.expect_err("over the request size limit");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
 }
+
+fn ack(user: &str, device: &str, cursors: Vec<pb::Cursor>) -> pb::AckRequest {
+    pb::AckRequest { user_id: user.into(), device_id: device.into(), cursors }
+}
+
+fn cursor(audience: Audience, group: &str) -> pb::Cursor {
+    pb::Cursor { audience: audience as i32, group_id: group.into(), epoch: "1".into(), message_id: "1-0".into() }
+}
+
+/// The fields of ann's acks hash, sorted.
+fn ack_fields(app: &App) -> Vec<String> {
+    let key = app.redis.keys().into_iter().find(|k| k.contains(":acks:")).unwrap_or_default();
+    let mut r = app.redis.client().get_connection().unwrap();
+    let mut fields: Vec<String> = redis::cmd("HKEYS").arg(key).query(&mut r).unwrap();
+    fields.sort();
+    fields
+}
+
+/// Defect 2: acks are accepted only for histories the user can read, and the acks of
+/// one user are bounded: a capped number of devices, whose fields name only histories
+/// the user reads.
+#[tokio::test]
+async fn acks_are_bounded_to_what_the_user_can_read() {
+    let app = App::start_with(&[], &["--max-ack-devices-per-user", "2"]).await;
+    let mut c = app.gateway_client().await;
+    join(&mut c, "team", &["ann"]).await;
+    let before = app.redis.keys();
+    let err = c.ack(ack("ann", "phone", vec![cursor(Audience::Group, "not-hers")])).await.unwrap_err();
+    assert_invalid(&err, "cursors[0].group_id");
+    assert_eq!(app.redis.keys(), before, "a refused ack writes nothing");
+
+    let mine = || vec![cursor(Audience::All, ""), cursor(Audience::User, ""), cursor(Audience::Group, "team")];
+    c.ack(ack("ann", "phone", mine())).await.unwrap();
+    c.ack(ack("ann", "tablet", mine())).await.unwrap();
+    assert_eq!(ack_fields(&app).len(), 6);
+    // A third device takes the place of the one that acked least recently.
+    c.ack(ack("ann", "phone", vec![cursor(Audience::All, "")])).await.unwrap();
+    c.ack(ack("ann", "laptop", vec![cursor(Audience::All, "")])).await.unwrap();
+    let fields = ack_fields(&app);
+    assert!(fields.iter().all(|f| !f.starts_with("tablet|")), "{fields:?}");
+    assert!(fields.contains(&"laptop|a".to_string()) && fields.contains(&"phone|g:team".to_string()), "{fields:?}");
+    // Leaving a group drops its positions.
+    let leave = pb::LeaveGroupRequest { group_id: "team".into(), user_ids: vec!["ann".into()] };
+    c.leave_group(leave).await.unwrap();
+    let fields = ack_fields(&app);
+    assert!(fields.iter().all(|f| !f.ends_with("|g:team")), "{fields:?}");
+    assert!(fields.contains(&"phone|a".to_string()), "{fields:?}");
+}
