@@ -23,6 +23,14 @@ pub use config::Config;
 /// The name health reports under (besides "").
 pub const SERVICE_NAME: &str = "presence.v1.Presence";
 
+/// Binds `addr` to serve on; a failure names the service and the address (a busy port
+/// alone says only "Address already in use").
+pub async fn listen(addr: std::net::SocketAddr) -> Result<TcpListener, BoxError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("presence-svc cannot listen on {addr} (--listen / PRESENCE_LISTEN): {e}").into())
+}
+
 /// Serves presence on `listener` until `shutdown` completes, then reports NOT_SERVING,
 /// stops accepting and drains in-flight calls (at most `shutdown_grace`).
 pub async fn serve(
@@ -71,4 +79,16 @@ pub async fn serve(
     .await;
     sweeper.abort();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn a_busy_port_names_the_service_and_the_address() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = super::listen(addr).await.unwrap_err().to_string();
+        assert!(err.contains("presence-svc") && err.contains(&addr.to_string()), "{err}");
+        assert!(err.contains("Address already in use"), "{err}");
+    }
 }

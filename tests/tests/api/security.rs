@@ -311,6 +311,17 @@ async fn servers_refuse_to_start_without_credentials() {
     assert!(err.to_string().contains("--internal-token-file"), "{err}");
 }
 
+#[test]
+fn a_busy_port_names_the_gateway_and_the_address() {
+    use clap::Parser;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let config = push_gateway::Config::parse_from(["push-gateway", "--listen", &addr, "--insecure-no-auth"]);
+    let err = push_gateway::run(config).unwrap_err().to_string();
+    assert!(err.contains("push-gateway") && err.contains(&addr), "{err}");
+    assert!(err.contains("Address already in use"), "{err}");
+}
+
 #[tokio::test]
 async fn every_hop_can_run_tls_with_mtls_to_the_internal_services() {
     let s = secrets(&[]);
