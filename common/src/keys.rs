@@ -16,6 +16,7 @@
 //! | the same + `:meta`                  | HASH   | meta TTL (7 d), renewed      | push-gateway |
 //! | `P:acks:{u:UID}`                    | HASH   | meta TTL, renewed by acks    | push-gateway |
 //! | `P:ackdevs:{u:UID}`                 | ZSET   | meta TTL, renewed by acks    | push-gateway |
+//! | `P:left:{u:UID}`                    | HASH   | meta TTL, renewed by leaves  | push-gateway |
 //! | `P:ch:all`, `P:ch:{u:UID}`, `P:ch:{g:GID}`, `P:ch:probe:R` | channels | — | push-gateway |
 //!
 //! `P` is the configurable prefix (default `push`). `presence` holds the user's sessions
@@ -29,7 +30,8 @@
 //! entry ids are the message ids; its `:meta` HASH holds the epoch, the last id and
 //! the floor (see push-gateway's `history` module). `acks` maps `DEVICE|SOURCE` to the
 //! device's acknowledged `EPOCH/ID` in that history; `ackdevs` holds the devices with
-//! positions there (score: their last ack, ms), so their number can be capped.
+//! positions there (score: their last ack, ms), so their number can be capped. `left`
+//! maps a group the user left to where its history stood then (`EPOCH/ID`).
 //!
 //! Group members are a ZSET with every score 0, so `ListGroupMembers` pages in id order
 //! with `ZRANGE BYLEX` (a SET's SSCAN cursor may repeat members). The probe channel is
@@ -137,6 +139,11 @@ impl Keys {
     /// The devices with acknowledged positions of a user (ZSET device → last ack, ms).
     pub fn ack_devices(&self, user_id: &str) -> String {
         format!("{}:ackdevs:{{u:{user_id}}}", self.prefix)
+    }
+
+    /// The groups a user left, with where each group's history stood then (HASH).
+    pub fn left_groups(&self, user_id: &str) -> String {
+        format!("{}:left:{{u:{user_id}}}", self.prefix)
     }
 
     /// What a channel built by this schema is for.

@@ -222,7 +222,7 @@ impl Pusher {
 
     pub async fn leave(&self, r: pb::LeaveGroupRequest) -> Result<pb::LeaveGroupResponse, Error> {
         let users = self.check_membership(&r.group_id, &r.user_ids)?;
-        let removed = self.store.leave(&r.group_id, &users).await?;
+        let removed = self.store.leave(&r.group_id, &users, self.limits.max_groups_per_user).await?;
         self.announce(&users).await?;
         Ok(pb::LeaveGroupResponse { removed: removed as i32 })
     }

@@ -268,6 +268,7 @@ impl Store {
         inv.key(&history).key(Keys::history_meta(&history));
         for u in users {
             inv.key(self.keys.user_groups(u)).key(self.keys.acks(u)).key(self.keys.ack_devices(u));
+            inv.key(self.keys.left_groups(u));
         }
         inv.arg(group).arg(max).arg(self.retention.meta_ttl.as_millis() as u64);
         for u in users {
@@ -288,9 +289,11 @@ impl Store {
         }
     }
 
+    /// Removes `users` from `group`; each keeps where the group stood when they left
+    /// (at most `max_groups` such records per user).
     #[tracing::instrument(skip(self, users), fields(users = users.len()), err)]
-    pub async fn leave(&self, group: &str, users: &[String]) -> Result<i64, Error> {
-        let inv = self.membership(&self.leave, group, users, 0);
+    pub async fn leave(&self, group: &str, users: &[String], max_groups: usize) -> Result<i64, Error> {
+        let inv = self.membership(&self.leave, group, users, max_groups);
         let mut c = self.pool.get();
         Ok(inv.invoke_async(&mut c).await?)
     }
@@ -335,6 +338,15 @@ impl Store {
         let mut all: Vec<Vec<String>> = pipe.query_async(&mut c).await?;
         all.iter_mut().for_each(|g| g.sort());
         Ok(all)
+    }
+
+    /// Where each of `groups`' history stood when `user` left it (None: not recorded).
+    #[tracing::instrument(skip(self), err)]
+    pub async fn left_at(&self, user: &str, groups: &[&str]) -> Result<Vec<Option<Pos>>, Error> {
+        let mut c = self.pool.get();
+        let at: Vec<Option<String>> =
+            redis::cmd("HMGET").arg(self.keys.left_groups(user)).arg(groups).query_async(&mut c).await?;
+        Ok(at.iter().map(|a| a.as_deref().and_then(history::parse_position)).collect())
     }
 
     /// The user's groups with where each group's history stood when the user joined.

@@ -39,3 +39,9 @@ local function forget_device(acks, groups, device)
   redis.call('HDEL', acks, ack_field(device, 'a'), ack_field(device, 'i'))
   for _, g in ipairs(redis.call('HKEYS', groups)) do redis.call('HDEL', acks, ack_field(device, 'g:' .. g)) end
 end
+
+-- In the group scripts (join, leave): key k of user i (both from 1), after the three
+-- group keys: 1 groups hash, 2 acks hash, 3 ack devices, 4 left groups.
+local function user_key(i, k)
+  return KEYS[3 + 4 * (i - 1) + k]
+end

@@ -53,7 +53,14 @@ async fn behind<'a>(shared: &Shared, streams: &[&'a Arc<Stream>]) -> Vec<(&'a Ar
     // (stream, history, its position, index of the history's key)
     let mut checks = Vec::with_capacity(streams.len() * 2);
     for s in streams {
-        for (source, pos) in s.queue.positions() {
+        let groups = s.groups();
+        // A group position the stream is not attached to is one it only finishes (see
+        // `groups::departed`): it must not be caught up past the leave.
+        let followed = |source: &Source| match source {
+            Source::Group(g) => groups.iter().any(|m| **m == **g),
+            _ => true,
+        };
+        for (source, pos) in s.queue.positions().into_iter().filter(|(src, _)| followed(src)) {
             let (key, _) = source.keys(shared.store.keys(), &s.user);
             let n = index.len();
             let k = *index.entry(key).or_insert(n);

@@ -10,7 +10,7 @@ use push_common::Error;
 use tonic::Status;
 
 use super::{Pause, Shared, Stream, open::Plan, replay};
-use crate::history::Source;
+use crate::history::{Pos, Source, Start};
 
 /// Makes `s`'s group channels match its user's groups in Redis. Runs only while `s` is
 /// `scheduled`, so never twice at once for one stream; loops while changes arrive.
@@ -64,6 +64,55 @@ async fn apply(shared: &Arc<Shared>, s: &Arc<Stream>, plan: &Plan) -> Result<(),
         }
     }
     replay::spawn(shared, pause, replays, false);
+    Ok(())
+}
+
+/// Groups the device has a position in but its user left while it was away. What was
+/// pushed to such a group while the user was a member is theirs: it is replayed up to
+/// where the group stood when they left (if the history still holds it, in the same
+/// epoch), then a `CONTINUITY_LEFT` state tells the device to forget the cursor. Never
+/// silence: without a record of the leave (it outlived the meta TTL) the state comes at
+/// once. The stream is not attached to these groups, so no live message of theirs
+/// arrives, and the audit does not follow them.
+pub(super) async fn departed(shared: &Arc<Shared>, s: &Arc<Stream>, plan: &Plan) -> Result<(), Error> {
+    let current = s.groups();
+    let gone: Vec<(&str, Pos)> = plan.group_cursors().filter(|(g, _)| !current.iter().any(|c| c == g)).collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = gone.iter().map(|(g, _)| *g).collect();
+    let left = shared.store.left_at(&s.user, &names).await?;
+    let mut owed = Vec::new();
+    for ((g, cursor), at) in gone.into_iter().zip(left) {
+        let source = Source::Group(g.into());
+        match at {
+            Some(at) if at.epoch == cursor.epoch && at.id > cursor.id => owed.push((source, cursor, at)),
+            at => s.queue.left(&source, at.unwrap_or(cursor)),
+        }
+    }
+    if owed.is_empty() {
+        return Ok(());
+    }
+    let (shared, s) = (shared.clone(), s.clone());
+    tokio::spawn(async move {
+        for (source, cursor, at) in owed {
+            let replayed = async {
+                let from = replay::establish(&shared, &s, &source, Start::After(cursor)).await?;
+                replay::replay_until(&shared, &s, &source, from.unwrap_or(cursor), Some(at.id)).await
+            };
+            if let Err(e) = replayed.await {
+                tracing::warn!(error = %e, user = &*s.user, "cannot replay a group the user left; ending the stream");
+                s.close(Status::unavailable("cannot read the message history; reconnect with your cursors"));
+                return;
+            }
+            // Unless the user joined it again meanwhile (it is followed live then).
+            if let Source::Group(g) = &source
+                && !s.groups().iter().any(|c| **c == **g)
+            {
+                s.queue.left(&source, at);
+            }
+        }
+    });
     Ok(())
 }
 

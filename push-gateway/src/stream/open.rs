@@ -56,6 +56,14 @@ impl Plan {
         self.given.iter().find(|(s, _)| s == source).map_or(Start::Now, |(_, p)| Start::After(*p))
     }
 
+    /// The given positions in groups.
+    pub(super) fn group_cursors(&self) -> impl Iterator<Item = (&str, Pos)> {
+        self.given.iter().filter_map(|(s, p)| match s {
+            Source::Group(g) => Some((&**g, *p)),
+            _ => None,
+        })
+    }
+
     pub(super) fn start_group(&self, source: &Source, joined_at: Option<Pos>) -> Start {
         match (self.start(source), joined_at) {
             (Start::Now, Some(at)) if self.since_join => Start::After(at),
@@ -101,6 +109,7 @@ impl Streams {
         // The stream was created `scheduled`, so announcements arriving meanwhile only
         // mark it dirty and this first reconciliation picks them up.
         groups::reconcile(shared, &stream, &plan).await?;
+        groups::departed(shared, &stream, &plan).await?;
         Ok(device)
     }
 

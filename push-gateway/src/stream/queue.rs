@@ -260,6 +260,25 @@ impl Queue {
         }
     }
 
+    /// Tells the device that its user left a group it has a cursor for, at `pos` (a
+    /// `CONTINUITY_LEFT` state), and stops following it.
+    pub fn left(&self, source: &Source, pos: Pos) {
+        let state =
+            HistoryState { cursor: Some(source.cursor(pos.epoch, pos.id)), continuity: Continuity::Left as i32 };
+        let waker = {
+            let mut s = self.state();
+            if s.end.is_some() {
+                return;
+            }
+            if let Source::Group(g) = source {
+                s.positions.groups.retain(|(h, _)| h != g);
+            }
+            self.enqueue(&mut s, SubscribeResponse::state_entry(&state));
+            s.waker.take()
+        };
+        wake(waker);
+    }
+
     /// Stops following groups' histories (the user left them).
     pub fn forget(&self, groups: &[String]) {
         self.state().positions.groups.retain(|(g, _)| !groups.iter().any(|l| **l == **g));

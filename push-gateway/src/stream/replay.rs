@@ -13,7 +13,7 @@ use push_proto::{push::v1::Continuity, wire::SubscribeResponse};
 use tonic::Status;
 
 use super::{Pause, Shared, Stream};
-use crate::history::{Pos, Source, Start};
+use crate::history::{Pos, Source, Start, StreamId};
 
 /// Most entries read per replay round trip.
 const REPLAY_PAGE: usize = 256;
@@ -69,7 +69,7 @@ pub(super) async fn catch_up(shared: &Shared, pause: &Pause, sources: Vec<(Sourc
             if s.is_closed() {
                 return;
             }
-            match replay(shared, s, &source, from).await {
+            match replay_until(shared, s, &source, from, None).await {
                 Ok(()) => break,
                 Err(e) if tokio::time::Instant::now() < give_up => {
                     tracing::debug!(error = %e, user = &*s.user, "cannot replay a history yet; retrying");
@@ -87,9 +87,16 @@ pub(super) async fn catch_up(shared: &Shared, pause: &Pause, sources: Vec<(Sourc
 }
 
 /// Replays one history into `s`, page by page, after `from` (or after where `s` got
-/// to by now, if further). Tells the device when the history has a gap or a new epoch.
-/// Stops when the stream no longer follows the history (its user left the group).
-async fn replay(shared: &Shared, s: &Stream, source: &Source, from: Pos) -> Result<(), Error> {
+/// to by now, if further), up to `until` if given. Tells the device when the history
+/// has a gap or a new epoch. Stops when the stream no longer follows the history (its
+/// user left the group).
+pub(super) async fn replay_until(
+    shared: &Shared,
+    s: &Stream,
+    source: &Source,
+    from: Pos,
+    until: Option<StreamId>,
+) -> Result<(), Error> {
     let (stream, _) = source.keys(shared.store.keys(), &s.user);
     let mut cursor = from;
     loop {
@@ -105,10 +112,13 @@ async fn replay(shared: &Shared, s: &Stream, source: &Source, from: Pos) -> Resu
         let full = page.entries.len() == want;
         let mut last = page.point;
         for (id, message) in page.entries {
+            if until.is_some_and(|u| id > u) {
+                return Ok(());
+            }
             s.queue.replayed(source, id, SubscribeResponse::message_entry(&message));
             last = id;
         }
-        if !full || s.is_closed() || s.queue.position(source).is_none() {
+        if !full || s.is_closed() || s.queue.position(source).is_none() || until.is_some_and(|u| last >= u) {
             return Ok(());
         }
         cursor = Pos { epoch: page.epoch, id: last };

@@ -315,3 +315,40 @@ async fn acks_are_bounded_to_what_the_user_can_read() {
     assert!(fields.iter().all(|f| !f.ends_with("|g:team")), "{fields:?}");
     assert!(fields.contains(&"phone|a".to_string()), "{fields:?}");
 }
+
+/// Defect 12: a message pushed to a group while the user was a member is theirs, even
+/// if they left before their device came back; the device is then told it left.
+#[tokio::test]
+async fn a_group_message_pushed_while_a_member_reaches_it_after_it_left() {
+    let app = App::start(&[]).await;
+    let mut c = app.gateway_client().await;
+    join(&mut c, "team", &["ann"]).await;
+    let mut d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
+    d.wait_states(3).await;
+    c.push_to_group(to_group("team", "seen")).await.unwrap();
+    assert_eq!(d.next().await.topic, "seen");
+    let cursors = d.cursors();
+    drop(d);
+
+    c.push_to_group(to_group("team", "while-member")).await.unwrap();
+    let leave = pb::LeaveGroupRequest { group_id: "team".into(), user_ids: vec!["ann".into()] };
+    c.leave_group(leave).await.unwrap();
+    c.push_to_group(to_group("team", "after-leave")).await.unwrap();
+
+    let mut d = Device::resume(app.gateway.addr, "ann", "phone", cursors).await.unwrap();
+    assert_eq!(d.next().await.topic, "while-member");
+    let left = |d: &Device| {
+        d.states().iter().any(|s| {
+            let c = s.cursor.as_ref().unwrap();
+            c.group_id == "team" && s.continuity == Continuity::Left as i32
+        })
+    };
+    eventually(Duration::from_secs(5), "the device is told its user left the group", || {
+        let done = left(&d);
+        async move { done }
+    })
+    .await;
+    c.push_to_users(to_users(&["ann"], "marker")).await.unwrap();
+    assert_eq!(d.next().await.topic, "marker");
+    assert_eq!(topics(&d), ["while-member", "marker"]);
+}
