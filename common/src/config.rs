@@ -26,6 +26,20 @@ pub struct RedisArgs {
     /// Prefix of every Redis key, so several deployments can share one Redis.
     #[arg(long = "key-prefix", env = "KEY_PREFIX", default_value = "push")]
     pub key_prefix: String,
+
+    /// PEM CA bundle that signed Redis's certificate, for a `rediss://` URL (without
+    /// it the system's trust store is used).
+    #[arg(long = "redis-tls-ca-file", env = "REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca: Option<std::path::PathBuf>,
+
+    /// PEM client certificate to present to Redis (`tls-auth-clients yes`), with
+    /// --redis-tls-key-file.
+    #[arg(long = "redis-tls-cert-file", env = "REDIS_TLS_CERT_FILE", requires = "redis_tls_key")]
+    pub redis_tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --redis-tls-cert-file.
+    #[arg(long = "redis-tls-key-file", env = "REDIS_TLS_KEY_FILE", requires = "redis_tls_cert")]
+    pub redis_tls_key: Option<std::path::PathBuf>,
 }
 
 /// Serving options common to every gRPC server.

@@ -37,12 +37,37 @@ impl Pool {
     }
 }
 
+/// The client every connection of a process is made from: `--redis-url`, with the
+/// TLS files when the URL is `rediss://` and any are given.
+pub fn client(args: &RedisArgs) -> Result<redis::Client, Error> {
+    let bad_url = |e: redis::RedisError| Error::Config(format!("--redis-url: {e}"));
+    let tls_files = args.redis_tls_ca.is_some() || args.redis_tls_cert.is_some();
+    if !tls_files {
+        return redis::Client::open(args.url.as_str()).map_err(bad_url);
+    }
+    if !args.url.starts_with("rediss://") {
+        return Err(Error::Config("--redis-tls-* files are given but --redis-url is not rediss://".into()));
+    }
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| Error::Config(format!("{flag} {}: {e}", path.display())))
+    };
+    let root_cert = args.redis_tls_ca.as_deref().map(|p| read("--redis-tls-ca-file", p)).transpose()?;
+    let client_tls = match (&args.redis_tls_cert, &args.redis_tls_key) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("--redis-tls-cert-file", cert)?,
+            client_key: read("--redis-tls-key-file", key)?,
+        }),
+        _ => None,
+    };
+    redis::Client::build_with_tls(args.url.as_str(), redis::TlsCertificates { client_tls, root_cert }).map_err(bad_url)
+}
+
 /// Builds the pool. Connecting is lazy: a server that starts before Redis is up comes up
 /// NOT_SERVING and turns SERVING once Redis answers. While Redis is unreachable each
 /// command fails within `--redis-timeout` and the connection is re-established in the
 /// background.
 pub fn pool(args: &RedisArgs) -> Result<Pool, Error> {
-    let client = redis::Client::open(args.url.as_str()).map_err(|e| Error::Config(format!("--redis-url: {e}")))?;
+    let client = client(args)?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(args.timeout))
         .set_response_timeout(Some(args.timeout))
@@ -66,7 +91,7 @@ pub async fn ping(pool: &Pool, timeout: Duration) -> bool {
 /// A connection of its own (not shared), for blocking reads. Its reply timeout is
 /// `reply_timeout`, which must exceed the longest BLOCK it is used with.
 pub async fn dedicated(args: &RedisArgs, reply_timeout: Duration) -> Result<redis::aio::MultiplexedConnection, Error> {
-    let client = redis::Client::open(args.url.as_str()).map_err(|e| Error::Config(format!("--redis-url: {e}")))?;
+    let client = client(args)?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(args.timeout))
         .set_response_timeout(Some(reply_timeout));

@@ -88,7 +88,7 @@ pub async fn serve(
     };
     let store = store::Store::new(pool.clone(), keys.clone(), retention);
     let hub_config = stream::hub::HubConfig {
-        url: config.redis.url.clone(),
+        client: redis::client(&config.redis)?,
         connect_timeout: config.redis.timeout,
         probe_interval: config.hub_probe_interval,
         subscribe_timeout: config.redis.timeout * 2,

@@ -32,6 +32,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// Extra `redis-server` flags (they override the defaults).
     flags: Vec<String>,
+    /// The URL services connect with, when not the unix socket (e.g. `rediss://`).
+    service_url: Option<String>,
 }
 
 impl RedisServer {
@@ -51,7 +53,7 @@ impl RedisServer {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         let flags = flags.iter().map(|f| f.to_string()).collect();
-        let mut server = Self { dir, child: None, flags };
+        let mut server = Self { dir, child: None, flags, service_url: None };
         server.restart();
         server
     }
@@ -60,14 +62,24 @@ impl RedisServer {
         self.dir.join("redis.sock")
     }
 
-    /// The URL services connect with.
+    /// The URL services connect with: the unix socket unless [`RedisServer::serve_at`]
+    /// said otherwise.
     pub fn url(&self) -> String {
+        self.service_url.clone().unwrap_or_else(|| self.socket_url())
+    }
+
+    /// Services connect with `url` (e.g. a `rediss://` one) instead of the socket.
+    pub fn serve_at(&mut self, url: &str) {
+        self.service_url = Some(url.to_owned());
+    }
+
+    fn socket_url(&self) -> String {
         format!("redis+unix://{}", self.socket().display())
     }
 
-    /// A plain client for assertions on the data (DBSIZE, key scans).
+    /// A plain client for assertions on the data (DBSIZE, key scans), on the socket.
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url()).expect("redis client")
+        redis::Client::open(self.socket_url()).expect("redis client")
     }
 
     /// Kills the server (as a crash would).

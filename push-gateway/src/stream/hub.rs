@@ -41,8 +41,8 @@ use crate::{
 /// Hub settings.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
-    /// Redis URL of the dedicated Pub/Sub connection.
-    pub url: String,
+    /// The client of the dedicated Pub/Sub connection (`push_common::redis::client`).
+    pub client: redis::Client,
     pub connect_timeout: Duration,
     pub probe_interval: Duration,
     /// How long to wait for the confirmation of a SUBSCRIBE before a stream gives up.
@@ -86,8 +86,7 @@ impl Hub {
         keys: &Keys,
         events: Events,
     ) -> Result<(Hub, tokio::task::JoinHandle<()>), Error> {
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|e| Error::Config(format!("hub redis url: {e}")))?;
+        let client = config.client.clone();
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             events,

@@ -9,5 +9,6 @@ mod inbox;
 mod presence;
 mod profile;
 mod push;
+mod redis_tls;
 mod security;
 mod validation;
