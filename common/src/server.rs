@@ -89,7 +89,8 @@ pub async fn run<P, F>(
 ) -> Result<(), crate::BoxError>
 where
     P: FnMut() -> F + Send + 'static,
-    F: Future<Output = bool> + Send,
+    F: Future + Send,
+    F::Output: crate::health::Probed,
 {
     use crate::health;
 

@@ -68,9 +68,10 @@ pub async fn serve(
     };
 
     let timeout = config.redis.timeout;
+    let unreachable = push_common::health::redis_unreachable(&config.redis.url, timeout);
     let probe = move || {
-        let pool = pool.clone();
-        async move { redis::ping(&pool, timeout).await }
+        let (pool, unreachable) = (pool.clone(), unreachable.clone());
+        async move { if redis::ping(&pool, timeout).await { Ok(()) } else { Err(unreachable) } }
     };
     let service = PresenceServer::new(service::PresenceService::new(store, config.clone()));
     let result = server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, |r| {
@@ -83,6 +84,65 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use clap::Parser;
+
+    /// Collects the message of every event logged on this thread.
+    struct Capture(Arc<Mutex<Vec<String>>>);
+
+    impl tracing::Subscriber for Capture {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            struct Message(String);
+            impl tracing::field::Visit for Message {
+                fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                    if field.name() == "message" {
+                        self.0 = format!("{value:?}");
+                    }
+                }
+            }
+            let mut m = Message(String::new());
+            event.record(&mut m);
+            self.0.lock().unwrap().push(m.0);
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[tokio::test]
+    async fn the_health_warning_names_the_unreachable_redis() {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let _guard = tracing::subscriber::set_default(Capture(lines.clone()));
+        let listener = super::listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        // Nothing listens on port 1.
+        let args = ["presence-svc", "--redis-url", "redis://127.0.0.1:1", "--insecure-no-auth"];
+        let config = super::Config::parse_from(args.iter().chain(&["--health-interval", "50ms"]));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(super::serve(listener, config, async {
+            let _ = stopped.await;
+        }));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let warning = loop {
+            let found = lines.lock().unwrap().iter().find(|l| l.contains("NOT_SERVING")).cloned();
+            if let Some(line) = found {
+                break line;
+            }
+            assert!(std::time::Instant::now() < deadline, "no NOT_SERVING warning in {:?}", lines.lock().unwrap());
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        let _ = stop.send(());
+        let _ = server.await;
+        assert!(warning.contains("Redis") && warning.contains("127.0.0.1:1"), "{warning}");
+    }
+
     #[tokio::test]
     async fn a_busy_port_names_the_service_and_the_address() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -41,9 +41,10 @@ pub async fn serve(
     let store = store::Store::new(pool.clone(), Keys::new(&config.redis.key_prefix));
 
     let timeout = config.redis.timeout;
+    let unreachable = push_common::health::redis_unreachable(&config.redis.url, timeout);
     let probe = move || {
-        let pool = pool.clone();
-        async move { redis::ping(&pool, timeout).await }
+        let (pool, unreachable) = (pool.clone(), unreachable.clone());
+        async move { if redis::ping(&pool, timeout).await { Ok(()) } else { Err(unreachable) } }
     };
     let service = ProfileServer::new(service::ProfileService::new(store, config.clone()));
     server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, |r| server::add_guarded(r, service, policy))
