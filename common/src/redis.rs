@@ -48,9 +48,7 @@ pub fn client(args: &RedisArgs) -> Result<redis::Client, Error> {
     if !args.url.starts_with("rediss://") {
         return Err(Error::Config("--redis-tls-* files are given but --redis-url is not rediss://".into()));
     }
-    let read = |flag: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| Error::Config(format!("{flag} {}: {e}", path.display())))
-    };
+    let read = crate::config::read_file;
     let root_cert = args.redis_tls_ca.as_deref().map(|p| read("--redis-tls-ca-file", p)).transpose()?;
     let client_tls = match (&args.redis_tls_cert, &args.redis_tls_key) {
         (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {

@@ -163,24 +163,3 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
 }
-
-impl Config {
-    /// The policy's settings: the flags plus the keys file.
-    pub fn auth_settings(&self) -> Result<crate::auth::AuthSettings, push_common::Error> {
-        let mut api_keys: Vec<String> = self.api_keys.iter().filter(|k| !k.trim().is_empty()).cloned().collect();
-        if let Some(path) = &self.api_keys_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| push_common::Error::Config(format!("--api-keys-file {}: {e}", path.display())))?;
-            let lines = text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty());
-            api_keys.extend(lines.map(String::from));
-        }
-        Ok(crate::auth::AuthSettings {
-            api_keys,
-            jwt_keys: self.jwt_keys.iter().filter(|k| !k.trim().is_empty()).cloned().collect(),
-            jwt_issuer: self.jwt_issuer.clone(),
-            jwt_audience: self.jwt_audience.clone(),
-            jwt_leeway: self.jwt_leeway,
-            api_key_rate: self.api_key_rate,
-        })
-    }
-}

@@ -20,7 +20,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -78,14 +78,15 @@ struct Inner {
 }
 
 impl Hub {
-    /// Starts the hub's connection task. `pool` publishes the probes; what the
-    /// maintenance task must do is sent to `events`.
+    /// Starts the hub's connection task. `pool` publishes the probes on `replica`'s
+    /// probe channel; what the maintenance task must do is sent to `events`.
     pub fn start(
         config: HubConfig,
         pool: Pool,
         keys: &Keys,
+        replica: &str,
         events: Events,
-    ) -> Result<(Hub, tokio::task::JoinHandle<()>), Error> {
+    ) -> (Hub, tokio::task::JoinHandle<()>) {
         let client = config.client.clone();
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
@@ -96,17 +97,10 @@ impl Hub {
             healthy: AtomicBool::new(false),
             subscribe_timeout: config.subscribe_timeout,
         });
-        // A random-enough replica id, so replicas never hear each other's probes.
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let replica = format!(
-            "{}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed),
-            uuid::Uuid::now_v7().simple()
-        );
-        let probe_channel = keys.channel_probe(&replica);
+        // The replica's own channel: replicas never hear each other's probes.
+        let probe_channel = keys.channel_probe(replica);
         let task = tokio::spawn(run(inner.clone(), client, pool, config, probe_channel, rx));
-        Ok((Hub { inner }, task))
+        (Hub { inner }, task)
     }
 
     /// True while the Pub/Sub connection is up and answering probes.

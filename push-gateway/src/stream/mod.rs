@@ -142,13 +142,14 @@ impl Live {
 }
 
 impl Streams {
-    /// Starts the maintenance task; `events` is the receiving end of the sender the
-    /// hub was started with.
+    /// Starts the maintenance task; `events` is the channel whose sender the hub was
+    /// started with; `replica` is this replica's id (its sessions' owners).
     pub fn start(
         hub: Hub,
         store: Store,
         presence: PresenceClient<Internal>,
         settings: Settings,
+        replica: String,
         events: (Events, mpsc::UnboundedReceiver<Event>),
     ) -> (Streams, tokio::task::JoinHandle<()>) {
         let shared = Arc::new(Shared {
@@ -156,7 +157,7 @@ impl Streams {
             store,
             presence,
             settings,
-            replica: uuid::Uuid::now_v7().simple().to_string(),
+            replica,
             serials: AtomicU64::new(1),
             events: events.0,
             live: Mutex::default(),
