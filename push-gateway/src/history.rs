@@ -136,6 +136,31 @@ pub enum Start {
     Now,
 }
 
+/// The history an `(audience, group_id)` pair names, each given with its field name;
+/// None (with violations) when it names none.
+pub fn parse_source(v: &mut Violations, audience: (&str, i32), group_id: (&str, &str)) -> Option<Source> {
+    let ((audience_field, audience), (group_field, group)) = (audience, group_id);
+    let source = match Audience::try_from(audience) {
+        Ok(Audience::All) => Some(Source::All),
+        Ok(Audience::User) => Some(Source::Inbox),
+        Ok(Audience::Group) => {
+            v.id(group_field, group);
+            Some(Source::Group(group.into()))
+        }
+        _ => {
+            v.add(audience_field, "must be AUDIENCE_ALL, AUDIENCE_USER or AUDIENCE_GROUP");
+            if !group.is_empty() {
+                v.id(group_field, group);
+            }
+            None
+        }
+    };
+    if !matches!(source, Some(Source::Group(_)) | None) && !group.is_empty() {
+        v.add(group_field, "must be empty unless audience is AUDIENCE_GROUP");
+    }
+    source
+}
+
 /// Validates `cursors` (field `field`) and returns them by source. Each history at most
 /// once; at most `max` of them.
 pub fn parse_cursors(v: &mut Violations, field: &str, cursors: &[pb::Cursor], max: usize) -> Vec<(Source, Pos)> {
@@ -146,24 +171,7 @@ pub fn parse_cursors(v: &mut Violations, field: &str, cursors: &[pb::Cursor], ma
     let mut out: Vec<(Source, Pos)> = Vec::with_capacity(cursors.len());
     for (i, c) in cursors.iter().enumerate() {
         let at = |f: &str| format!("{field}[{i}].{f}");
-        let source = match Audience::try_from(c.audience) {
-            Ok(Audience::All) => Some(Source::All),
-            Ok(Audience::User) => Some(Source::Inbox),
-            Ok(Audience::Group) => {
-                v.id(&at("group_id"), &c.group_id);
-                Some(Source::Group(c.group_id.as_str().into()))
-            }
-            _ => {
-                v.add(at("audience"), "must be AUDIENCE_ALL, AUDIENCE_USER or AUDIENCE_GROUP");
-                if !c.group_id.is_empty() {
-                    v.id(&at("group_id"), &c.group_id);
-                }
-                None
-            }
-        };
-        if !matches!(source, Some(Source::Group(_)) | None) && !c.group_id.is_empty() {
-            v.add(at("group_id"), "must be empty unless audience is AUDIENCE_GROUP");
-        }
+        let source = parse_source(v, (&at("audience"), c.audience), (&at("group_id"), &c.group_id));
         let epoch = parse_epoch(&c.epoch);
         if epoch.is_none() {
             v.add(at("epoch"), "must be an epoch as reported by a HistoryState (decimal digits)");

@@ -262,24 +262,7 @@ impl Pusher {
             v.add("message_id", "must be a message id as returned by a push (\"<ms>-<seq>\")");
         }
         v.ids("user_ids", &r.user_ids, self.limits.max_users_per_call);
-        let source = match Audience::try_from(r.audience) {
-            Ok(Audience::User) => Some(Source::Inbox),
-            Ok(Audience::All) => Some(Source::All),
-            Ok(Audience::Group) => {
-                v.id("group_id", &r.group_id);
-                Some(Source::Group(r.group_id.as_str().into()))
-            }
-            _ => {
-                v.add("audience", "must be AUDIENCE_USER, AUDIENCE_GROUP or AUDIENCE_ALL");
-                if !r.group_id.is_empty() {
-                    v.id("group_id", &r.group_id);
-                }
-                None
-            }
-        };
-        if !matches!(source, Some(Source::Group(_)) | None) && !r.group_id.is_empty() {
-            v.add("group_id", "must be empty unless audience is AUDIENCE_GROUP");
-        }
+        let source = history::parse_source(&mut v, ("audience", r.audience), ("group_id", &r.group_id));
         v.check()?;
         let (Some(id), Some(source)) = (id, source) else { unreachable!("checked above") };
         let keys = self.store.keys();

@@ -24,7 +24,7 @@ const GRACE: Duration = Duration::from_secs(1);
 type Behind<'a> = (&'a Arc<Stream>, Vec<(Source, Pos)>);
 
 /// Audits `streams` (see the module's doc).
-pub(super) async fn run(shared: &Arc<Shared>, streams: &[Arc<Stream>]) {
+pub(super) async fn round(shared: &Arc<Shared>, streams: &[Arc<Stream>]) {
     let open: Vec<&Arc<Stream>> = streams.iter().filter(|s| !s.is_closed()).collect();
     check_groups(shared, &open).await;
     let suspects = behind(shared, &open).await;

@@ -30,7 +30,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     let streams = shared.streams();
-                    audit::run(&shared, &streams).await;
+                    audit::round(&shared, &streams).await;
                     renew_all(&shared, streams).await;
                     drop(round);
                 });

@@ -1,7 +1,8 @@
 //! Device streams: everything between the hub's Pub/Sub connection and a device.
 //!
 //! Layout (one job per file):
-//! - [`hub`]: this replica's one Pub/Sub connection and its registry channel → streams.
+//! - [`hub`]: this replica's one Pub/Sub connection (`hub/connection.rs`) and its
+//!   registry channel → streams.
 //! - [`record`]: the record of one stream ([`Stream`]) and the [`Pause`] guard.
 //! - [`queue`]: a stream's bounded queue and its positions (dedup, order, gaps).
 //! - [`device`]: the response stream tonic polls ([`DeviceStream`]).

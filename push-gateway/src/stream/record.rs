@@ -151,3 +151,48 @@ impl Drop for Pause {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream() -> Arc<Stream> {
+        Stream::new(Limits { messages: 10, bytes: 1 << 10 }, "u", "d", 0, 1)
+    }
+
+    #[test]
+    fn membership_changes_coalesce_and_are_never_lost() {
+        let s = stream();
+        // A new stream is scheduled (its opening reconciles); a change during the pass
+        // only marks it, and makes the pass run again.
+        s.reconcile_pass();
+        assert!(!s.membership_changed());
+        assert!(s.reconcile_again(true), "the change during the pass makes it run again");
+        s.reconcile_pass();
+        assert!(!s.reconcile_again(true), "nothing changed: done, unscheduled");
+        assert!(s.membership_changed(), "the next change schedules a reconciliation");
+        assert!(!s.membership_changed(), "and a second one coalesces into it");
+        s.reconcile_pass();
+        assert!(!s.reconcile_again(false), "a failed pass unschedules; its caller retries");
+        assert!(s.membership_changed());
+    }
+
+    #[test]
+    fn a_pause_is_given_back_when_its_guard_drops() {
+        let s = stream();
+        let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        s.queue.establish(&Source::All, crate::history::Pos { epoch: 1, id: Default::default() }, Default::default());
+        let id = |n| crate::history::StreamId { ms: n, seq: 0 };
+        let pause = Pause::new(&s, &events);
+        s.queue.push(&Source::All, Some(id(1)), id(2), prost::bytes::Bytes::from_static(b"2"));
+        drop(pause);
+        // Message 1 is missing: the queue holds on, and a guard travels with the event.
+        let Ok(Event::Missed(pause, missing)) = rx.try_recv() else { panic!("expected a Missed event") };
+        assert_eq!(missing, vec![Source::All]);
+        assert!(Arc::ptr_eq(pause.stream(), &s));
+        s.queue.replayed(&Source::All, id(1), prost::bytes::Bytes::from_static(b"1"));
+        drop(pause);
+        assert!(rx.try_recv().is_err(), "released: nothing more to replay");
+        assert_eq!(s.queue.position(&Source::All).map(|p| p.id), Some(id(2)));
+    }
+}

@@ -1,0 +1,221 @@
+//! The hub's connection task: connect, (re-)subscribe, pump messages and commands,
+//! probe; on any failure mark the hub unhealthy, back off, and start over.
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use push_common::redis::Pool;
+use redis::aio::PubSubSink;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::StreamExt;
+
+use super::{Cmd, HubConfig, HubState, Probe, dispatch};
+use crate::stream::{Event, Pause, Stream};
+
+/// Most commands taken from the queue at once.
+const MAX_BATCH: usize = 4096;
+
+/// The task and what it keeps across connections.
+pub(super) struct Task {
+    state: Arc<HubState>,
+    client: redis::Client,
+    pool: Pool,
+    config: HubConfig,
+    probe_channel: String,
+    cmds: mpsc::UnboundedReceiver<Cmd>,
+    /// Barriers a failed connection did not reach: acknowledged once the next one has
+    /// re-subscribed the registry (their channels included), so a stream opening during
+    /// a reconnect waits instead of failing.
+    waiting: Vec<oneshot::Sender<()>>,
+}
+
+impl Task {
+    pub(super) fn new(
+        state: Arc<HubState>,
+        client: redis::Client,
+        pool: Pool,
+        config: HubConfig,
+        probe_channel: String,
+        cmds: mpsc::UnboundedReceiver<Cmd>,
+    ) -> Task {
+        Task { state, client, pool, config, probe_channel, cmds, waiting: Vec::new() }
+    }
+
+    /// Keeps a connection up until every `Hub` handle is gone.
+    pub(super) async fn run(mut self) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.connection().await {
+                Ok(()) => return, // every Hub handle is gone: the server is shutting down
+                Err(why) => {
+                    if self.state.healthy.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(%why, "push hub lost its Redis connection; reconnecting");
+                    } else {
+                        tracing::debug!(%why, ?backoff, "push hub cannot connect yet");
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            if self.state.healthy.load(Ordering::Relaxed) {
+                backoff = Duration::from_millis(50);
+            }
+        }
+    }
+
+    /// One connection's life. Ok when the hub is dropped, Err when the connection failed.
+    async fn connection(&mut self) -> Result<(), String> {
+        let pubsub = tokio::time::timeout(self.config.connect_timeout, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let (mut sink, mut messages) = pubsub.split();
+        self.resubscribe(&mut sink).await?;
+        let mut probe = Probe::default();
+        let mut tick = tokio::time::interval(self.config.probe_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = messages.next() => {
+                    let Some(msg) = msg else { return Err("connection closed".into()) };
+                    dispatch(&self.state, msg.get_channel_name(), msg.get_payload_bytes(), &mut probe);
+                }
+                cmd = self.cmds.recv() => match cmd {
+                    None => return Ok(()),
+                    Some(first) => {
+                        // A reconnect storm opens thousands of streams at once: take whatever
+                        // is queued and send runs of (un)subscribes as one command each.
+                        let mut batch = vec![first];
+                        while batch.len() < MAX_BATCH {
+                            let Ok(cmd) = self.cmds.try_recv() else { break };
+                            batch.push(cmd);
+                        }
+                        carry_out(&mut sink, self.config.subscribe_timeout, batch, &mut self.waiting).await?;
+                    }
+                },
+                // A probe gets one interval to come back, measured from when it was sent.
+                _ = tokio::time::sleep_until(probe.deadline(self.config.probe_interval)), if probe.is_outstanding() => {
+                    return Err("a probe was not heard back: the subscription is dead".into());
+                }
+                _ = tick.tick() => probe.send(&self.pool, &self.probe_channel),
+            }
+        }
+    }
+
+    /// Re-subscribes everything the registry holds (commands already queued are carried
+    /// out after this and are idempotent), plus the probe channel. Every stream is paused
+    /// from before the subscription until the maintenance task has replayed what was
+    /// published while the hub was away.
+    async fn resubscribe(&mut self, sink: &mut PubSubSink) -> Result<(), String> {
+        let (mut channels, pauses) = {
+            let reg = self.state.registry.lock().unwrap_or_else(|e| e.into_inner());
+            let mut streams: Vec<&Arc<Stream>> = reg.values().flatten().collect();
+            streams.sort_by_key(|s| s.serial);
+            streams.dedup_by_key(|s| s.serial);
+            let pauses: Vec<Pause> = streams.into_iter().map(|s| Pause::new(s, &self.state.events)).collect();
+            (reg.keys().cloned().collect::<Vec<_>>(), pauses)
+        };
+        channels.push(self.probe_channel.clone());
+        // Every (un)subscribe waits for Redis's confirmation, with a deadline: a
+        // connection that swallows replies must not hang the hub.
+        for chunk in channels.chunks(1000) {
+            // On failure the pauses drop here, releasing what they held.
+            confirm(self.config.subscribe_timeout, sink.subscribe(chunk)).await?;
+        }
+        if !pauses.is_empty() {
+            let _ = self.state.events.send(Event::Resubscribed(pauses));
+        }
+        // Attaches cut short by the previous connection: their channels are subscribed now.
+        for ack in self.waiting.drain(..) {
+            let _ = ack.send(());
+        }
+        self.state.healthy.store(true, Ordering::Relaxed);
+        tracing::info!(channels = channels.len() - 1, "push hub subscribed");
+        Ok(())
+    }
+}
+
+/// Carries out `batch` in order, merging adjacent subscribes (and unsubscribes) into
+/// one command; barriers are acknowledged once everything in the batch is confirmed.
+///
+/// When the connection fails, the barriers not yet reached are kept in `waiting`.
+async fn carry_out(
+    sink: &mut PubSubSink,
+    deadline: Duration,
+    batch: Vec<Cmd>,
+    waiting: &mut Vec<oneshot::Sender<()>>,
+) -> Result<(), String> {
+    let mut batch = batch.into_iter();
+    let result = carry_out_in_order(sink, deadline, &mut batch, waiting).await;
+    if result.is_err() {
+        waiting.extend(batch.filter_map(|c| match c {
+            Cmd::Barrier(ack) => Some(ack),
+            _ => None,
+        }));
+    }
+    result
+}
+
+async fn carry_out_in_order(
+    sink: &mut PubSubSink,
+    deadline: Duration,
+    batch: &mut std::vec::IntoIter<Cmd>,
+    waiting: &mut Vec<oneshot::Sender<()>>,
+) -> Result<(), String> {
+    async fn flush(sink: &mut PubSubSink, deadline: Duration, run: Option<(bool, Vec<String>)>) -> Result<(), String> {
+        let Some((subscribe, channels)) = run else { return Ok(()) };
+        for chunk in channels.chunks(1000) {
+            match subscribe {
+                true => confirm(deadline, sink.subscribe(chunk)).await?,
+                false => confirm(deadline, sink.unsubscribe(chunk)).await?,
+            }
+        }
+        Ok(())
+    }
+    // Barriers are acknowledged at the end of the batch, once everything before them is
+    // confirmed; so they do not split runs of (un)subscribes.
+    let mut run: Option<(bool, Vec<String>)> = None;
+    let mut acks = Vec::new();
+    let mut result = Ok(());
+    for cmd in batch.by_ref() {
+        let (subscribe, channels) = match cmd {
+            Cmd::Subscribe(chs) => (true, chs),
+            Cmd::Unsubscribe(chs) => (false, chs),
+            Cmd::Barrier(ack) => {
+                acks.push(ack);
+                continue;
+            }
+        };
+        match &mut run {
+            Some((kind, pending)) if *kind == subscribe => pending.extend(channels),
+            _ => {
+                result = flush(sink, deadline, run.replace((subscribe, channels))).await;
+                if result.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    if result.is_ok() {
+        result = flush(sink, deadline, run).await;
+    }
+    match result {
+        Ok(()) => {
+            for ack in acks {
+                let _ = ack.send(());
+            }
+        }
+        Err(_) => waiting.extend(acks),
+    }
+    result
+}
+
+/// Awaits a SUBSCRIBE/UNSUBSCRIBE confirmation for at most `deadline`.
+async fn confirm(deadline: Duration, f: impl Future<Output = redis::RedisResult<()>>) -> Result<(), String> {
+    match tokio::time::timeout(deadline, f).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("Redis did not confirm a (un)subscribe in time".into()),
+    }
+}

@@ -1,0 +1,261 @@
+//! The hub: this replica's one Pub/Sub connection and its registry of local streams.
+//!
+//! - One dedicated connection per replica (never one per stream, never a pooled one).
+//!   A channel is subscribed when its first local stream needs it and unsubscribed
+//!   when the last leaves.
+//! - A message arrives encoded once (see [`crate::envelope`]), is copied into one `Bytes` and
+//!   shared by every local receiver; pushing into a stream's queue never waits.
+//! - When the connection drops the hub reconnects with backoff and re-subscribes every
+//!   channel it held; `is_healthy` is false meanwhile (health says NOT_SERVING). What
+//!   was published while it was away is not lost: before re-subscribing, every local
+//!   stream is paused, and once subscribed the maintenance task replays each stream's
+//!   histories from its positions and re-reads its groups ([`Event::Resubscribed`]).
+//! - A message that does not follow what a stream has (one before it was lost) pauses
+//!   that stream and has the history replayed first ([`Event::Missed`]).
+//! - A connection can look alive and deliver nothing (after a failover, behind a
+//!   proxy). The hub publishes to its own probe channel every `probe_interval` and
+//!   reconnects when a probe does not come back in time. A healthy connection answers
+//!   every probe, so it is never restarted by one.
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use push_common::redis::Pool;
+use push_common::{Error, keys::Keys};
+use push_proto::wire::SubscribeResponse;
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+mod connection;
+
+use super::{Event, Events, Pause, Pushed, Stream};
+use crate::{
+    envelope::{self, Envelope},
+    history::Source,
+};
+
+/// Hub settings.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// The client of the dedicated Pub/Sub connection (`push_common::redis::client`).
+    pub client: redis::Client,
+    pub connect_timeout: Duration,
+    pub probe_interval: Duration,
+    /// How long to wait for the confirmation of a SUBSCRIBE before a stream gives up.
+    pub subscribe_timeout: Duration,
+}
+
+pub(super) enum Cmd {
+    Subscribe(Vec<String>),
+    Unsubscribe(Vec<String>),
+    /// Acknowledged once every command sent before it has been carried out.
+    Barrier(oneshot::Sender<()>),
+}
+
+type Registry = HashMap<String, Vec<Arc<Stream>>>;
+
+/// A handle on the hub; cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    state: Arc<HubState>,
+}
+
+pub(super) struct HubState {
+    /// To the maintenance task.
+    pub(super) events: Events,
+    pub(super) keys: Keys,
+    /// channel → the local queues that receive it. A std `Mutex`: held only to look up
+    /// or change a list, never across an `.await`. Commands to the connection are sent
+    /// while it is held, so SUBSCRIBE/UNSUBSCRIBE reach Redis in registry order.
+    pub(super) registry: Mutex<Registry>,
+    pub(super) cmds: mpsc::UnboundedSender<Cmd>,
+    pub(super) healthy: AtomicBool,
+    pub(super) subscribe_timeout: Duration,
+}
+
+impl Hub {
+    /// Starts the hub's connection task. `pool` publishes the probes on `replica`'s
+    /// probe channel; what the maintenance task must do is sent to `events`.
+    pub fn start(
+        config: HubConfig,
+        pool: Pool,
+        keys: &Keys,
+        replica: &str,
+        events: Events,
+    ) -> (Hub, tokio::task::JoinHandle<()>) {
+        let client = config.client.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = Arc::new(HubState {
+            events,
+            keys: keys.clone(),
+            registry: Mutex::default(),
+            cmds: tx,
+            healthy: AtomicBool::new(false),
+            subscribe_timeout: config.subscribe_timeout,
+        });
+        // The replica's own channel: replicas never hear each other's probes.
+        let probe_channel = keys.channel_probe(replica);
+        let task = connection::Task::new(state.clone(), client, pool, config, probe_channel, rx);
+        (Hub { state }, tokio::spawn(task.run()))
+    }
+
+    /// True while the Pub/Sub connection is up and answering probes.
+    pub fn is_healthy(&self) -> bool {
+        self.state.healthy.load(Ordering::Relaxed)
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.state.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers `stream` for `channels` and returns once the hub is subscribed to all
+    /// of them, so anything published after this returns reaches the stream.
+    pub async fn attach(&self, stream: &Arc<Stream>, channels: &[String]) -> Result<(), Error> {
+        if channels.is_empty() {
+            return Ok(()); // most streams have no groups: no trip through the hub task
+        }
+        let (ack, acked) = oneshot::channel();
+        {
+            let mut reg = self.registry();
+            let mut new = Vec::new();
+            for ch in channels {
+                let list = reg.entry(ch.clone()).or_default();
+                if list.is_empty() {
+                    new.push(ch.clone());
+                }
+                if !list.iter().any(|s| Arc::ptr_eq(s, stream)) {
+                    list.push(stream.clone());
+                }
+            }
+            if !new.is_empty() {
+                let _ = self.state.cmds.send(Cmd::Subscribe(new));
+            }
+            let _ = self.state.cmds.send(Cmd::Barrier(ack));
+        }
+        match tokio::time::timeout(self.state.subscribe_timeout, acked).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Error::Unavailable("the push hub is not connected to Redis".into())),
+        }
+    }
+
+    /// Unregisters `stream` from `channels`; channels nobody needs any more are unsubscribed.
+    pub fn detach(&self, stream: &Arc<Stream>, channels: &[String]) {
+        let mut reg = self.registry();
+        let mut gone = Vec::new();
+        for ch in channels {
+            if let Some(list) = reg.get_mut(ch) {
+                if let Some(i) = list.iter().position(|s| Arc::ptr_eq(s, stream)) {
+                    list.swap_remove(i);
+                }
+                if list.is_empty() {
+                    reg.remove(ch);
+                    gone.push(ch.clone());
+                }
+            }
+        }
+        if !gone.is_empty() {
+            let _ = self.state.cmds.send(Cmd::Unsubscribe(gone));
+        }
+    }
+
+    /// Ends every local stream with `status` (graceful shutdown: devices reconnect
+    /// to another replica).
+    pub fn close_all(&self, status: Status) {
+        let reg = self.registry();
+        for list in reg.values() {
+            for s in list {
+                s.close(status.clone());
+            }
+        }
+    }
+}
+
+/// Delivers one published payload to the local streams of `channel`.
+pub(super) fn dispatch(state: &HubState, channel: &str, payload: &[u8], probe: &mut Probe) {
+    let Some(envelope) = Envelope::parse(payload) else {
+        tracing::warn!(channel, "ignoring a payload in an unknown format");
+        return;
+    };
+    if let Envelope::Probe(n) = envelope {
+        return probe.answered(n);
+    }
+    let Some(source) = state.keys.parse_channel(channel).map(Source::of_channel) else {
+        tracing::warn!(channel, "ignoring a payload on a channel of no history");
+        return;
+    };
+    let reg = state.registry.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(list) = reg.get(channel) else { return };
+    match envelope {
+        Envelope::Message { prev, id, message } => {
+            // One copy per message per replica; every receiver shares it.
+            let entry = SubscribeResponse::message_entry(message);
+            for s in list {
+                if s.queue.push(&source, prev, id, entry.clone()) == Pushed::Missing {
+                    let pause = Pause::adopt(s.clone(), state.events.clone());
+                    let _ = state.events.send(Event::Missed(pause, vec![source.clone()]));
+                }
+            }
+        }
+        Envelope::Membership => {
+            for s in list {
+                if s.membership_changed() {
+                    let _ = state.events.send(Event::Membership(s.clone()));
+                }
+            }
+        }
+        Envelope::Epoch(epoch) => list.iter().for_each(|s| s.queue.epoch_changed(&source, epoch)),
+        Envelope::Disconnect(device) => {
+            for s in list.iter().filter(|s| device.is_empty() || *s.device == *device) {
+                s.close(tonic::Status::unauthenticated("the device was logged out by the backend"));
+            }
+        }
+        Envelope::Probe(_) => {}
+    }
+}
+
+/// The probe in flight, if any.
+#[derive(Default)]
+pub(super) struct Probe {
+    next: u64,
+    outstanding: Option<(u64, tokio::time::Instant)>,
+}
+
+impl Probe {
+    /// When the outstanding probe is overdue.
+    pub(super) fn deadline(&self, interval: Duration) -> tokio::time::Instant {
+        self.outstanding.map_or_else(tokio::time::Instant::now, |(_, sent)| sent + interval)
+    }
+
+    pub(super) fn is_outstanding(&self) -> bool {
+        self.outstanding.is_some()
+    }
+
+    /// Publishes the next probe on `channel`, unless one is outstanding. Published from
+    /// the pool, off the connection task: a slow PUBLISH must not stall delivery.
+    pub(super) fn send(&mut self, pool: &Pool, channel: &str) {
+        if self.outstanding.is_some() {
+            return;
+        }
+        self.next += 1;
+        self.outstanding = Some((self.next, tokio::time::Instant::now()));
+        let payload = envelope::probe(self.next);
+        let (pool, channel) = (pool.clone(), channel.to_owned());
+        tokio::spawn(async move {
+            let mut c = pool.get();
+            let _: Result<i64, _> = redis::cmd("PUBLISH").arg(channel).arg(payload).query_async(&mut c).await;
+        });
+    }
+
+    fn answered(&mut self, n: &[u8]) {
+        if let Some((want, _)) = self.outstanding
+            && n == want.to_be_bytes()
+        {
+            self.outstanding = None;
+        }
+    }
+}
