@@ -78,6 +78,35 @@ pub fn pool(args: &RedisArgs) -> Result<Pool, Error> {
     Ok(Pool { conns: conns.into(), next: Arc::new(AtomicUsize::new(0)) })
 }
 
+/// The health check of a process's Redis: PING on the pool within `--redis-timeout`,
+/// failing with what to look at (the address, never the URL, which may hold a
+/// password). Cheap to clone.
+#[derive(Clone)]
+pub struct Check {
+    pool: Pool,
+    timeout: Duration,
+    unreachable: Arc<str>,
+}
+
+impl Check {
+    pub fn new(pool: &Pool, args: &RedisArgs) -> Check {
+        let unreachable = crate::health::redis_unreachable(&args.url, args.timeout);
+        Check { pool: pool.clone(), timeout: args.timeout, unreachable: unreachable.into() }
+    }
+
+    pub async fn run(&self) -> Result<(), String> {
+        if ping(&self.pool, self.timeout).await { Ok(()) } else { Err(self.unreachable.to_string()) }
+    }
+
+    /// A health probe (see `health::spawn_watcher`) of this check alone.
+    pub fn probe(self) -> impl FnMut() -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send {
+        move || {
+            let check = self.clone();
+            Box::pin(async move { check.run().await })
+        }
+    }
+}
+
 /// True when Redis answers PING within `timeout`.
 pub async fn ping(pool: &Pool, timeout: Duration) -> bool {
     let mut c = pool.get();

@@ -67,12 +67,7 @@ pub async fn serve(
         })
     };
 
-    let timeout = config.redis.timeout;
-    let unreachable = push_common::health::redis_unreachable(&config.redis.url, timeout);
-    let probe = move || {
-        let (pool, unreachable) = (pool.clone(), unreachable.clone());
-        async move { if redis::ping(&pool, timeout).await { Ok(()) } else { Err(unreachable) } }
-    };
+    let probe = redis::Check::new(&pool, &config.redis).probe();
     let service = PresenceServer::new(service::PresenceService::new(store, config.clone()));
     let result = server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, |r| {
         server::add_guarded(r, service, policy)

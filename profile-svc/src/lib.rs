@@ -40,12 +40,7 @@ pub async fn serve(
     let pool = redis::pool(&config.redis)?;
     let store = store::Store::new(pool.clone(), Keys::new(&config.redis.key_prefix));
 
-    let timeout = config.redis.timeout;
-    let unreachable = push_common::health::redis_unreachable(&config.redis.url, timeout);
-    let probe = move || {
-        let (pool, unreachable) = (pool.clone(), unreachable.clone());
-        async move { if redis::ping(&pool, timeout).await { Ok(()) } else { Err(unreachable) } }
-    };
+    let probe = redis::Check::new(&pool, &config.redis).probe();
     let service = ProfileServer::new(service::ProfileService::new(store, config.clone()));
     server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, |r| server::add_guarded(r, service, policy))
         .await

@@ -67,17 +67,31 @@ pub async fn serve(
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let (hub, hub_task) = stream::hub::Hub::start(s.hub, s.pool.clone(), &s.keys, &s.replica, events_tx.clone());
 
+    // Names the first dependency that fails, so the health warning says where to look.
     let timeout = config.connect_timeout;
-    let (p, q, h, pool) = (s.presence.clone(), s.profile.clone(), hub.clone(), s.pool.clone());
+    let (p, q, h) = (s.presence.clone(), s.profile.clone(), hub.clone());
+    let (p_url, q_url) = (config.presence_url.clone(), config.profile_url.clone());
+    let redis_check = redis::Check::new(&s.pool, &config.redis);
     let probe = move || {
-        let (p, q, h, pool) = (p.clone(), q.clone(), h.clone(), pool.clone());
+        let (p, q, h, check) = (p.clone(), q.clone(), h.clone(), redis_check.clone());
+        let (p_url, q_url) = (p_url.clone(), q_url.clone());
         async move {
             let (a, b, c) = tokio::join!(
                 downstream::serving(p, "presence.v1.Presence", timeout),
                 downstream::serving(q, "profile.v1.Profile", timeout),
-                redis::ping(&pool, timeout),
+                check.run(),
             );
-            a && b && c && h.is_healthy()
+            c?;
+            if !a {
+                return Err(format!("presence-svc at {p_url} (--presence-url) is not SERVING"));
+            }
+            if !b {
+                return Err(format!("profile-svc at {q_url} (--profile-url) is not SERVING"));
+            }
+            if !h.is_healthy() {
+                return Err("the push hub's Pub/Sub connection to Redis is down (reconnecting)".to_owned());
+            }
+            Ok(())
         }
     };
 
