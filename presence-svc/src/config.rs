@@ -58,6 +58,11 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_EVENTS_MAX_LEN", default_value_t = 100_000)]
     pub events_max_len: u64,
 
+    /// Most WatchPresence streams this replica serves at once; one more is
+    /// RESOURCE_EXHAUSTED. All of them share one Redis connection.
+    #[arg(long, env = "PRESENCE_MAX_WATCHERS", default_value_t = 1000)]
+    pub max_watchers: usize,
+
     /// Most ids in one GetPresence.
     #[arg(long, env = "PRESENCE_MAX_BATCH", default_value_t = 500)]
     pub max_batch: usize,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod service;
 pub mod store;
 pub mod token;
+pub mod watch;
 
 use std::future::Future;
 
@@ -68,12 +69,14 @@ pub async fn serve(
     };
 
     let probe = redis::Check::new(&pool, &config.redis).probe();
-    let service = PresenceServer::new(service::PresenceService::new(store, config.clone()));
+    let (watchers, reader) = watch::Watchers::start(store.clone(), config.redis.clone(), config.max_watchers);
+    let service = PresenceServer::new(service::PresenceService::new(store, config.clone(), watchers));
     let result = server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, |r| {
         server::add_guarded(r, service, policy)
     })
     .await;
     sweeper.abort();
+    reader.abort();
     result
 }
 

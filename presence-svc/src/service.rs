@@ -11,14 +11,10 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     config::Config,
-    store::{Event, Store, Touch, TouchOutcome, Touched, parse_event_id, read_events},
+    store::{Event, Store, Touch, TouchOutcome, Touched},
     token::PageToken,
+    watch::Watchers,
 };
-
-/// How long one read of the event stream waits for news before reading again.
-const WATCH_BLOCK: Duration = Duration::from_secs(5);
-/// Most events in one WatchPresence item.
-const WATCH_BATCH: usize = 500;
 
 /// Default and maximum page sizes of ListOnlineUsers (AIP-158: larger asks are coerced).
 const DEFAULT_PAGE: usize = 100;
@@ -28,11 +24,12 @@ const DEFAULT_PAGE: usize = 100;
 pub struct PresenceService {
     store: Store,
     config: Config,
+    watchers: Watchers,
 }
 
 impl PresenceService {
-    pub fn new(store: Store, config: Config) -> Self {
-        Self { store, config }
+    pub fn new(store: Store, config: Config, watchers: Watchers) -> Self {
+        Self { store, config, watchers }
     }
 
     /// The lease asked for, or the default; out of bounds is a violation.
@@ -88,7 +85,7 @@ impl PresenceService {
     }
 }
 
-fn to_pb(e: Event) -> pb::PresenceEvent {
+pub(crate) fn to_pb(e: Event) -> pb::PresenceEvent {
     use pb::presence_event::{Kind, Reason};
     let reason = match (e.online, e.expired) {
         (true, _) => Reason::Unspecified,
@@ -105,13 +102,6 @@ fn to_pb(e: Event) -> pb::PresenceEvent {
     }
 }
 
-/// What a watcher whose cursor fell behind the retained events is told.
-fn resync() -> Status {
-    Status::failed_precondition(
-        "cursor: events after it are no longer retained; resync with ListOnlineUsers and watch from now on",
-    )
-}
-
 #[tonic::async_trait]
 impl Presence for PresenceService {
     type WatchPresenceStream = tokio_stream::wrappers::ReceiverStream<Result<pb::WatchPresenceResponse, Status>>;
@@ -120,55 +110,8 @@ impl Presence for PresenceService {
         &self,
         req: Request<pb::WatchPresenceRequest>,
     ) -> Result<Response<Self::WatchPresenceStream>, Status> {
-        let cursor = req.into_inner().cursor;
-        let start = match cursor.as_str() {
-            "" => None,
-            c => Some(
-                parse_event_id(c)
-                    .ok_or_else(|| Error::invalid("cursor", "must be an event_id from this stream, \"0\" or empty"))?,
-            ),
-        };
-        let mut conn =
-            push_common::redis::dedicated(&self.config.redis, WATCH_BLOCK + self.config.redis.timeout).await?;
-        let mut cur = match start {
-            None => self.store.last_event_id().await?,
-            Some(id) if id != (0, 0) && self.store.trimmed_past(id).await? => return Err(resync()),
-            Some(_) => cursor,
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let store = self.store.clone();
-        let key = push_common::keys::Keys::new(&self.config.redis.key_prefix).presence_events();
-        tokio::spawn(async move {
-            loop {
-                let read = tokio::select! {
-                    _ = tx.closed() => return,
-                    r = read_events(&mut conn, &key, &cur, WATCH_BLOCK, WATCH_BATCH) => r,
-                };
-                let events = match read {
-                    Ok(events) if events.is_empty() => continue,
-                    Ok(events) => events,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
-                };
-                // Events were added, so trimming may have overtaken a slow watcher: say so
-                // rather than skip silently.
-                match parse_event_id(&cur).filter(|c| *c != (0, 0)) {
-                    Some(c) if store.trimmed_past(c).await.unwrap_or(false) => {
-                        let _ = tx.send(Err(resync())).await;
-                        return;
-                    }
-                    _ => {}
-                }
-                cur = events.last().map(|e| e.id.clone()).unwrap_or(cur);
-                let item = pb::WatchPresenceResponse { events: events.into_iter().map(to_pb).collect() };
-                if tx.send(Ok(item)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        let events = self.watchers.watch(&req.into_inner().cursor).await?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(events)))
     }
 
     async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {

@@ -478,27 +478,44 @@ impl Store {
     }
 }
 
-/// Reads up to `count` events after `cursor`, waiting up to `block` for the first, on a
-/// connection of the caller's own (a blocking read would stall a shared connection).
-pub async fn read_events(
-    conn: &mut redis::aio::MultiplexedConnection,
-    key: &str,
-    cursor: &str,
-    block: Duration,
-    count: usize,
-) -> Result<Vec<Event>, Error> {
-    type Reply = Option<Vec<(String, Vec<(String, Vec<String>)>)>>;
-    let reply: Reply = redis::cmd("XREAD")
-        .arg("COUNT")
-        .arg(count)
-        .arg("BLOCK")
-        .arg(ms(block))
-        .arg("STREAMS")
-        .arg(key)
-        .arg(cursor)
-        .query_async(conn)
-        .await?;
-    Ok(reply.into_iter().flatten().flat_map(|(_, entries)| entries).map(|(id, f)| event(id, f)).collect())
+type EventsReply = Option<Vec<(String, Vec<(String, Vec<String>)>)>>;
+
+impl Store {
+    /// Reads up to `count` events after `cursor`, waiting up to `block` for the first, on
+    /// a connection of the caller's own (a blocking read would stall a shared one).
+    pub async fn wait_for_events(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        cursor: &str,
+        block: Duration,
+        count: usize,
+    ) -> Result<Vec<Event>, Error> {
+        let reply: EventsReply = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(ms(block))
+            .arg("STREAMS")
+            .arg(self.keys.presence_events())
+            .arg(cursor)
+            .query_async(conn)
+            .await?;
+        Ok(reply.into_iter().flatten().flat_map(|(_, entries)| entries).map(|(id, f)| event(id, f)).collect())
+    }
+
+    /// Up to `count` events after `cursor`, without waiting, on the pool.
+    pub async fn events_after(&self, cursor: &str, count: usize) -> Result<Vec<Event>, Error> {
+        let mut c = self.pool.get();
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(self.keys.presence_events())
+            .arg(format!("({cursor}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut c)
+            .await?;
+        Ok(entries.into_iter().map(|(id, f)| event(id, f)).collect())
+    }
 }
 
 #[cfg(test)]

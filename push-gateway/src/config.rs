@@ -115,6 +115,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_ACK_DEVICES_PER_USER", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_ack_devices_per_user: u32,
 
+    /// Most open WatchPresence streams per API key on a replica; one more is
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "GATEWAY_MAX_WATCHERS_PER_KEY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_watchers_per_key: u32,
+
     /// Largest payload of one pushed message.
     #[arg(long, env = "GATEWAY_MAX_PAYLOAD_BYTES", default_value_t = 64 << 10)]
     pub max_payload_bytes: usize,

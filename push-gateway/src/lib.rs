@@ -99,9 +99,9 @@ pub async fn serve(
     let presence = PresenceClient::new(internal(&s.presence));
     let (streams, sessions_task) =
         stream::Streams::start(hub.clone(), store, presence, s.streams, s.replica, (events_tx, events_rx));
-    let service =
-        PushGatewayServer::new(service::Gateway::new(internal(&s.presence), internal(&s.profile), pusher, streams))
-            .max_decoding_message_size(config.max_payload_bytes + (1 << 20));
+    let max_watches = config.max_watchers_per_key as usize;
+    let gateway = service::Gateway::new(internal(&s.presence), internal(&s.profile), pusher, streams, max_watches);
+    let service = PushGatewayServer::new(gateway).max_decoding_message_size(config.max_payload_bytes + (1 << 20));
     let policy = s.policy;
     let closing = hub.clone();
     let shutdown = async move {

@@ -20,11 +20,58 @@ pub struct Gateway {
     profile: ProfileClient<Internal>,
     pusher: Pusher,
     streams: Streams,
+    watches: WatchCaps,
 }
 
 impl Gateway {
-    pub fn new(presence: Internal, profile: Internal, pusher: Pusher, streams: Streams) -> Self {
-        Self { presence: PresenceClient::new(presence), profile: ProfileClient::new(profile), pusher, streams }
+    pub fn new(presence: Internal, profile: Internal, pusher: Pusher, streams: Streams, max_watches: usize) -> Self {
+        let (presence, profile) = (PresenceClient::new(presence), ProfileClient::new(profile));
+        Self { presence, profile, pusher, streams, watches: WatchCaps::new(max_watches) }
+    }
+}
+
+/// Open WatchPresence streams per API key, capped: one key cannot take every watcher
+/// place of the presence replicas.
+#[derive(Clone)]
+struct WatchCaps {
+    open: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    max: usize,
+}
+
+/// Holds one watch place of a key until dropped (with its stream).
+struct WatchPlace {
+    caps: WatchCaps,
+    key: String,
+}
+
+impl WatchCaps {
+    fn new(max: usize) -> Self {
+        Self { open: Default::default(), max }
+    }
+
+    fn take(&self, key: String) -> Result<WatchPlace, Status> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(key.clone()).or_default();
+        if *n >= self.max {
+            let max = self.max;
+            return Err(Status::resource_exhausted(format!(
+                "this API key already has {max} open WatchPresence streams on this replica (--max-watchers-per-key)"
+            )));
+        }
+        *n += 1;
+        Ok(WatchPlace { caps: self.clone(), key })
+    }
+}
+
+impl Drop for WatchPlace {
+    fn drop(&mut self) {
+        let mut open = self.caps.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -131,8 +178,15 @@ impl PushGateway for Gateway {
         &self,
         req: Request<pb::WatchPresenceRequest>,
     ) -> Result<Response<Self::WatchPresenceStream>, Status> {
+        let place = self.watches.take(caller(&req))?;
         let mut c = self.presence.clone();
-        forward_stream(req, |r| async move { c.watch_presence(r).await }).await
+        let events = forward_stream(req, |r| async move { c.watch_presence(r).await }).await?.into_inner();
+        // The place is held as long as the stream lives.
+        let events = tokio_stream::StreamExt::map(events, move |item| {
+            let _held = &place;
+            item
+        });
+        Ok(Response::new(Box::pin(events)))
     }
 
     type SubscribeStream = DeviceStream;

@@ -12,3 +12,4 @@ mod push;
 mod redis_tls;
 mod security;
 mod validation;
+mod watch;

@@ -1,0 +1,60 @@
+//! WatchPresence at scale: one Redis reader per presence replica, whatever the number of
+//! watchers, and caps per replica and per API key (issue 11, defect 9).
+use std::time::Duration;
+
+use push_proto::push::v1 as pb;
+use push_tests::{App, Device};
+use tonic::Code;
+
+fn connected_clients(app: &App) -> i64 {
+    let mut r = app.redis.client().get_connection().unwrap();
+    let info: String = redis::cmd("INFO").arg("clients").query(&mut r).unwrap();
+    let line = info.lines().find(|l| l.starts_with("connected_clients:")).unwrap();
+    line.split(':').nth(1).unwrap().trim().parse().unwrap()
+}
+
+async fn watch(c: &mut crate::helpers::Client) -> Result<tonic::Streaming<pb::WatchPresenceResponse>, tonic::Status> {
+    c.watch_presence(pb::WatchPresenceRequest { cursor: String::new() }).await.map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn many_watchers_share_one_redis_reader_and_all_get_every_event() {
+    let app = App::start_with(&[], &["--max-watchers-per-key", "100"]).await;
+    let mut c = app.gateway_client().await;
+    let mut first = watch(&mut c).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = connected_clients(&app);
+    let mut watchers = Vec::new();
+    for _ in 0..50 {
+        watchers.push(watch(&mut c).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = connected_clients(&app);
+    assert!(after <= before + 1, "50 more watchers took Redis from {before} to {after} clients");
+    // Every watcher, the first and the last, gets the event.
+    let _d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
+    for w in std::iter::once(&mut first).chain(watchers.iter_mut()) {
+        let item = tokio::time::timeout(Duration::from_secs(10), w.message()).await.unwrap().unwrap().unwrap();
+        assert_eq!(item.events[0].user_id, "ann");
+    }
+}
+
+#[tokio::test]
+async fn watchers_are_capped_per_replica_and_per_key() {
+    let app = App::start_with(&["--max-watchers", "3"], &["--max-watchers-per-key", "2"]).await;
+    let mut c = app.gateway_client().await;
+    let _a = watch(&mut c).await.unwrap();
+    let b = watch(&mut c).await.unwrap();
+    let err = watch(&mut c).await.expect_err("a third watch of one key");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    // A watch that ends frees its place.
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _b = watch(&mut c).await.unwrap();
+    // presence-svc's own cap, reached directly.
+    let mut p = app.presence_client().await;
+    let req = || push_proto::presence::v1::WatchPresenceRequest { cursor: String::new() };
+    let _x = p.watch_presence(req()).await.unwrap();
+    let err = p.watch_presence(req()).await.expect_err("a fourth watch on the replica");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+}
