@@ -155,6 +155,8 @@ pub struct AuthSettings {
     pub jwt_leeway: Duration,
     /// Requests per second per API key; 0 for no limit.
     pub api_key_rate: f64,
+    /// Device calls (Subscribe, Ack) per second per user; 0 for no limit.
+    pub device_rate: f64,
 }
 
 /// The gateway's policy.
@@ -165,6 +167,41 @@ pub struct GatewayPolicy {
     audience: Option<String>,
     leeway: Duration,
     rate: f64,
+    devices: DeviceLimit,
+}
+
+/// Device calls per user: one token bucket per user who called lately. Buckets that
+/// have refilled are dropped when the map grows, so idle users cost nothing.
+struct DeviceLimit {
+    rate: f64,
+    buckets: Mutex<std::collections::HashMap<String, Bucket>>,
+}
+
+/// Users with a bucket before the full ones are dropped.
+const DEVICE_BUCKETS_BEFORE_PRUNING: usize = 10_000;
+
+impl DeviceLimit {
+    fn spend(&self, user: &str) -> Result<(), Status> {
+        if self.rate <= 0.0 {
+            return Ok(());
+        }
+        let (rate, burst, now) = (self.rate, self.rate.max(1.0), Instant::now());
+        let refilled = |b: &Bucket| (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= DEVICE_BUCKETS_BEFORE_PRUNING && !buckets.contains_key(user) {
+            buckets.retain(|_, b| refilled(b) < burst);
+        }
+        let b = buckets.entry(user.to_owned()).or_insert(Bucket { tokens: burst, at: now });
+        b.tokens = refilled(b);
+        b.at = now;
+        if b.tokens < 1.0 {
+            return Err(Status::resource_exhausted(format!(
+                "user {user:?} is over the device call rate limit of {rate} requests/s (--device-rate)"
+            )));
+        }
+        b.tokens -= 1.0;
+        Ok(())
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -193,6 +230,7 @@ impl GatewayPolicy {
             audience: s.jwt_audience.clone(),
             leeway: s.jwt_leeway,
             rate: s.api_key_rate,
+            devices: DeviceLimit { rate: s.device_rate, buckets: Mutex::default() },
         }))
     }
 
@@ -295,7 +333,10 @@ impl Authorize for GatewayPolicy {
         if is_jwt(token) {
             let (user, until) = self.device(token)?;
             return match need {
-                Need::Device => Ok(Identity::Device { user, until }),
+                Need::Device => {
+                    self.devices.spend(&user)?;
+                    Ok(Identity::Device { user, until })
+                }
                 Need::Scope(_) => Err(Status::permission_denied("a device token may only call Subscribe and Ack")),
             };
         }
@@ -412,6 +453,11 @@ mod tests {
     /// A policy that verifies HS256 device tokens with `SECRET`, `leeway` 30 s, and
     /// requires `aud` "push" and `iss` "auth.example" when `claims_configured`.
     fn device_policy(claims_configured: bool) -> GatewayPolicy {
+        device_policy_at(claims_configured, 0.0)
+    }
+
+    /// Like `device_policy`, with `device_rate` calls per second per user.
+    fn device_policy_at(claims_configured: bool, device_rate: f64) -> GatewayPolicy {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("push-gateway-auth-{}-{n}", std::process::id()));
@@ -421,6 +467,7 @@ mod tests {
             jwt_audience: claims_configured.then(|| "push".into()),
             jwt_issuer: claims_configured.then(|| "auth.example".into()),
             jwt_leeway: Duration::from_secs(30),
+            device_rate,
             ..Default::default()
         };
         let policy = GatewayPolicy::new(&settings);
@@ -497,6 +544,19 @@ mod tests {
         assert_eq!(subscribe(&p, &expired), Err("invalid device token: expired".into()));
         let just_expired = TestClaims { exp: now() - 10, ..good() };
         assert_eq!(subscribe(&p, &just_expired), Ok(()));
+    }
+
+    #[test]
+    fn device_calls_are_rate_limited_per_user() {
+        let p = device_policy_at(true, 5.0);
+        let refused = (0..20).filter(|_| subscribe(&p, &good()).is_err()).count();
+        assert!(refused >= 14, "{refused} of 20 refused");
+        let err = p.authorize("/push.v1.PushGateway/Ack", &headers(&sign(&good()))).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err.message().contains("--device-rate"), "{err:?}");
+        // Another user has a budget of its own.
+        let bob = TestClaims { sub: "bob", ..good() };
+        assert!(p.authorize("/push.v1.PushGateway/Subscribe", &headers(&sign(&bob))).is_ok());
     }
 
     #[test]

@@ -65,6 +65,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_API_KEY_RATE", default_value_t = 1000.0)]
     pub api_key_rate: f64,
 
+    /// Device calls (Subscribe, Ack) per second per user with a device token (a burst of
+    /// one second's worth); 0 for no limit.
+    #[arg(long, env = "GATEWAY_DEVICE_RATE", default_value_t = 20.0)]
+    pub device_rate: f64,
+
     /// A key that verifies device tokens (JWT): `KID:ALG:PATH`, with an HMAC secret file
     /// for HS256/384/512 or a PEM public key for RS*/PS*/ES256/ES384. Repeat for rotation.
     #[arg(long = "jwt-key", env = "GATEWAY_JWT_KEYS", value_delimiter = ';')]

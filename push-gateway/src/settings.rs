@@ -101,5 +101,6 @@ fn auth_settings(config: &Config) -> Result<auth::AuthSettings, push_common::Err
         jwt_audience: config.jwt_audience.clone(),
         jwt_leeway: config.jwt_leeway,
         api_key_rate: config.api_key_rate,
+        device_rate: config.device_rate,
     })
 }
