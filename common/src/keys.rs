@@ -206,6 +206,8 @@ mod tests {
     fn user_keys_share_one_hash_tag() {
         let k = Keys::new("push");
         assert_eq!(k.sessions("alice"), "push:presence:{u:alice}");
+        assert_eq!(k.session_owners("alice"), "push:owners:{u:alice}");
+        assert_eq!(k.presence_events(), "push:presence:events");
         assert_eq!(k.last_seen("alice"), "push:seen:{u:alice}");
         assert_eq!(k.profile("alice"), "push:profile:{u:alice}");
         assert_eq!(k.online_by_expiry(3), "push:online:{b:3}");
@@ -217,6 +219,9 @@ mod tests {
         assert_eq!(k.channel_all(), "push:ch:all");
         assert_eq!(k.inbox("alice"), "push:inbox:{u:alice}");
         assert_eq!(k.acks("alice"), "push:acks:{u:alice}");
+        assert_eq!(k.ack_devices("alice"), "push:ackdevs:{u:alice}");
+        assert_eq!(k.left_groups("alice"), "push:left:{u:alice}");
+        assert_eq!(k.channel_probe("r1"), "push:ch:probe:r1");
         assert_eq!(k.idempotency("", "k1"), "push:idem:k1");
         assert_eq!(k.idempotency("billing", "k1"), "push:idem:billing|k1");
         assert_eq!(k.group_history("g1"), "push:history:{g:g1}");
@@ -232,9 +237,15 @@ mod tests {
 
     #[test]
     fn buckets_are_stable_and_spread() {
-        // Pinned: a change would strand users in the wrong bucket after an upgrade.
-        assert_eq!(bucket_of("alice", 16), bucket_of("alice", 16));
-        assert_eq!(bucket_of("", 16), (0xcbf2_9ce4_8422_2325u64 % 16) as u32);
+        // Pinned to values computed outside this code: a change of the hash would strand
+        // users in the wrong bucket after an upgrade. FNV-1a 64 of "a" is the published
+        // test vector 0xaf63dc4c8601ec8c; of "" it is the offset basis 0xcbf29ce484222325;
+        // of "alice" 0x508b2abb65a03907.
+        assert_eq!(bucket_of("a", 16), 0xc);
+        assert_eq!(bucket_of("a", 1 << 16), 0xec8c);
+        assert_eq!(bucket_of("", 16), 5);
+        assert_eq!(bucket_of("alice", 16), 7);
+        assert_eq!(bucket_of("alice", 1024), 263);
         let mut counts = [0u32; 16];
         for i in 0..16_000 {
             counts[bucket_of(&format!("user-{i}"), 16) as usize] += 1;
