@@ -65,8 +65,12 @@ find_dead() {
   done
 }
 
+# What the system needs of Redis (docs/OPERATIONS.md): AOF for the histories, no
+# eviction, and room in the gateway hubs' Pub/Sub output buffers above
+# --max-publish-bytes, so one large push never disconnects a replica's subscriber.
 start redis-server redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$run_dir" \
-  --save "" --appendonly yes --appendfsync everysec \
+  --save "" --appendonly yes --appendfsync everysec --maxmemory-policy noeviction \
+  --client-output-buffer-limit "pubsub 256mb 64mb 60" \
   --logfile "$run_dir/redis.log"
 # Ours answers (not another server already on the port): its process id is ours.
 ours() { redis-cli -p "$REDIS_PORT" info server 2>/dev/null | tr -d '\r' | grep -qx "process_id:${pids[0]}"; }
