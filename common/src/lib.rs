@@ -1,7 +1,7 @@
 //! Plumbing shared by every service of the push system.
 //!
 //! Layout:
-//! - [`memory`]: the allocator every binary uses (mimalloc) and its process setting.
+//! - [`memory`]: the process setting the binaries' allocator (mimalloc) needs.
 //! - [`keys`]: the Redis key schema; every key is built there and nowhere else.
 //! - [`config`]: command-line/env argument groups that several binaries flatten in.
 //! - [`redis`]: the pooled Redis connections and their health probe.

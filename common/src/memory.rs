@@ -1,11 +1,9 @@
-//! The allocator of every binary in the workspace, and the one process setting it needs.
+//! The one process setting the workspace's allocator needs.
 //!
-//! mimalloc replaces glibc's malloc: a push allocates and frees many small buffers, often
-//! on one task and freed on another, and glibc's malloc took ~13% of the gateway's CPU
-//! (docs/ARCHITECTURE.md, "Allocator"). Linking this crate is enough to use it.
-
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+//! Every binary declares mimalloc as its `#[global_allocator]` in its own `main.rs` (a
+//! library must not choose its users' allocator): a push allocates and frees many small
+//! buffers, often on one task and freed on another, and glibc's malloc took ~13% of the
+//! gateway's CPU (docs/ARCHITECTURE.md, "Allocator").
 
 /// Call first thing in `main`. Turns transparent huge pages off for this process: on a
 /// host with THP set to `always`, mimalloc's arenas are backed by 2 MiB pages and the

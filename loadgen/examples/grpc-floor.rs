@@ -33,6 +33,10 @@ struct Args {
     seconds: u64,
 }
 
+// Every binary of the workspace declares mimalloc (docs/ARCHITECTURE.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     push_common::memory::init();
     let args = Args::parse();

@@ -266,6 +266,10 @@ fn pct(h: &Histogram<u64>, q: f64) -> String {
     if h.is_empty() { "-".into() } else { format!("{:.2} ms", h.value_at_quantile(q) as f64 / 1000.0) }
 }
 
+// Every binary of the workspace declares mimalloc (docs/ARCHITECTURE.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     push_common::memory::init();
     let args = Arc::new(Args::parse());

@@ -1,5 +1,9 @@
 use clap::Parser;
 
+// Every binary of the workspace declares mimalloc (docs/ARCHITECTURE.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     push_common::memory::init();
