@@ -2,6 +2,8 @@
 //!
 //! Layout:
 //! - [`memory`]: the process setting the binaries' allocator (mimalloc) needs.
+//! - [`auth`]: bearer credentials: the internal token, the `Authorize` policy trait and
+//!   the tower wrapper that enforces it, and the client interceptor that sends them.
 //! - [`keys`]: the Redis key schema; every key is built there and nowhere else.
 //! - [`config`]: command-line/env argument groups that several binaries flatten in.
 //! - [`redis`]: the pooled Redis connections and their health probe.
