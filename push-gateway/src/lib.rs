@@ -6,7 +6,9 @@
 //! - [`downstream`]: channels to presence-svc and profile-svc, and call forwarding
 //!   that keeps their status codes and error details.
 //! - [`auth`]: the gateway's policy: API keys with scopes, device tokens (JWT).
-//! - [`push`]: push, receipt and group RPCs (validate, encode once, append + publish).
+//! - [`push`]: push RPCs (validate, encode once, append + publish).
+//! - [`membership`]: group RPCs (join, leave, members, a user's groups).
+//! - [`receipts`]: delivery receipts (GetDeliveryStatus).
 //! - [`history`]: inboxes and histories: ids, epochs, cursors, sources.
 //! - [`envelope`]: what travels on the Pub/Sub channels, for both sides.
 //! - [`store`]: every Redis command of the gateway; its Lua scripts are in `lua/`.
@@ -20,7 +22,9 @@ pub mod config;
 pub mod downstream;
 pub mod envelope;
 pub mod history;
+pub mod membership;
 pub mod push;
+pub mod receipts;
 pub mod service;
 pub mod settings;
 pub mod store;
@@ -96,11 +100,14 @@ pub async fn serve(
     };
 
     let pusher = push::Pusher { store: store.clone(), limits: s.push };
+    let membership = membership::Membership { store: store.clone(), limits: s.push };
+    let receipts = receipts::Receipts { store: store.clone(), limits: s.push };
     let presence = PresenceClient::new(internal(&s.presence));
-    let (streams, sessions_task) =
+    let (streams, maintenance_task) =
         stream::Streams::start(hub.clone(), store, presence, s.streams, s.replica, (events_tx, events_rx));
     let max_watches = config.max_watchers_per_key as usize;
-    let gateway = service::Gateway::new(internal(&s.presence), internal(&s.profile), pusher, streams, max_watches);
+    let parts = service::Parts { pusher, membership, receipts, streams, max_watches };
+    let gateway = service::Gateway::new(internal(&s.presence), internal(&s.profile), parts);
     let service = PushGatewayServer::new(gateway).max_decoding_message_size(config.max_payload_bytes + (1 << 20));
     let policy = s.policy;
     let closing = hub.clone();
@@ -113,6 +120,6 @@ pub async fn serve(
     })
     .await;
     hub_task.abort();
-    sessions_task.abort();
+    maintenance_task.abort();
     result
 }

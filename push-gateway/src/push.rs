@@ -1,22 +1,18 @@
-//! Push and group RPCs: validate, encode the message once, append it to its histories
-//! and publish it (one Lua step, see `lua/push.lua`).
+//! Push RPCs: validate, encode the message once, append it to its histories and
+//! publish it (one Lua step, see `lua/push.lua`). Groups are in [`crate::membership`],
+//! delivery receipts in [`crate::receipts`].
 use std::time::SystemTime;
 
 use prost::{Message as _, bytes::Bytes};
-use push_common::{Error, token, validate::Violations};
-use push_proto::push::v1::{self as pb, Audience, DeliveryState};
+use push_common::{Error, validate::Violations};
+use push_proto::push::v1::{self as pb, Audience};
 
-use crate::{
-    envelope,
-    history::{self, Source, StreamId},
-    store::{Joined, Store},
-};
+use crate::store::Store;
 
 const MAX_TOPIC: usize = 128;
 const MAX_CONTENT_TYPE: usize = 128;
-const DEFAULT_PAGE: usize = 100;
 
-/// Limits on pushes and groups.
+/// Limits on pushes, groups and receipts.
 #[derive(Debug, Clone, Copy)]
 pub struct PushLimits {
     pub max_payload_bytes: usize,
@@ -181,152 +177,5 @@ impl Pusher {
         let key =
             (!c.idempotency_key.is_empty()).then_some((caller, c.idempotency_key, self.limits.idempotency_window));
         self.store.push(targets, max_len, &message, key).await
-    }
-
-    fn check_membership(&self, group: &str, users: &[String]) -> Result<Vec<String>, Error> {
-        let mut v = Violations::new();
-        v.id("group_id", group);
-        v.ids("user_ids", users, self.limits.max_users_per_call);
-        v.check()?;
-        let mut users = users.to_vec();
-        users.sort();
-        users.dedup();
-        Ok(users)
-    }
-
-    /// Tells the users' open streams (on any replica) to re-read their groups.
-    async fn announce(&self, users: &[String]) -> Result<(), Error> {
-        let channels: Vec<String> = users.iter().map(|u| self.store.keys().channel_user(u)).collect();
-        self.store.publish(&channels, &Bytes::from_static(&[envelope::MEMBERSHIP])).await
-    }
-
-    /// Ends the streams of `device` of `user` on every replica (after a Logout).
-    pub async fn disconnect(&self, user: &str, device: &str) -> Result<(), Error> {
-        let channel = [self.store.keys().channel_user(user)];
-        self.store.publish(&channel, &Bytes::from(envelope::disconnect(device))).await
-    }
-
-    pub async fn join(&self, r: pb::JoinGroupRequest) -> Result<pb::JoinGroupResponse, Error> {
-        let users = self.check_membership(&r.group_id, &r.user_ids)?;
-        match self.store.join(&r.group_id, &users, self.limits.max_groups_per_user).await? {
-            Joined::Added(n) => {
-                self.announce(&users).await?;
-                Ok(pb::JoinGroupResponse { added: n as i32 })
-            }
-            Joined::TooManyGroups(i) => Err(Error::ResourceExhausted(format!(
-                "user {:?} already belongs to {} groups, the limit (max_groups_per_user)",
-                users[i], self.limits.max_groups_per_user
-            ))),
-        }
-    }
-
-    pub async fn leave(&self, r: pb::LeaveGroupRequest) -> Result<pb::LeaveGroupResponse, Error> {
-        let users = self.check_membership(&r.group_id, &r.user_ids)?;
-        let removed = self.store.leave(&r.group_id, &users, self.limits.max_groups_per_user).await?;
-        self.announce(&users).await?;
-        Ok(pb::LeaveGroupResponse { removed: removed as i32 })
-    }
-
-    pub async fn members(&self, r: pb::ListGroupMembersRequest) -> Result<pb::ListGroupMembersResponse, Error> {
-        let mut v = Violations::new();
-        v.id("group_id", &r.group_id);
-        if r.page_size < 0 {
-            v.add("page_size", "must not be negative");
-        }
-        let after = decode_token(&r.page_token);
-        if after.is_none() {
-            v.add("page_token", "is not a token returned by this service");
-        }
-        v.check()?;
-        let want = match r.page_size {
-            0 => DEFAULT_PAGE,
-            n => (n as usize).min(self.limits.max_page_size),
-        };
-        let user_ids = self.store.members(&r.group_id, &after.unwrap_or_default(), want).await?;
-        let next_page_token = match user_ids.last() {
-            Some(last) if user_ids.len() == want => encode_token(last),
-            _ => String::new(),
-        };
-        Ok(pb::ListGroupMembersResponse { user_ids, next_page_token })
-    }
-
-    /// Whether a message reached each user: a device acknowledged it (or later), it is
-    /// pending in the history, or it is not there (never pushed there, or trimmed).
-    pub async fn delivery_status(
-        &self,
-        r: pb::GetDeliveryStatusRequest,
-    ) -> Result<pb::GetDeliveryStatusResponse, Error> {
-        let mut v = Violations::new();
-        let id = r.message_id.parse::<StreamId>().ok();
-        if id.is_none() {
-            v.add("message_id", "must be a message id as returned by a push (\"<ms>-<seq>\")");
-        }
-        v.ids("user_ids", &r.user_ids, self.limits.max_users_per_call);
-        let source = history::parse_source(&mut v, ("audience", r.audience), ("group_id", &r.group_id));
-        v.check()?;
-        let (Some(id), Some(source)) = (id, source) else { unreachable!("checked above") };
-        let keys = self.store.keys();
-        let streams: Vec<String> = match source {
-            Source::Inbox => r.user_ids.iter().map(|u| keys.inbox(u)).collect(),
-            _ => vec![source.keys(keys, "").0],
-        };
-        let receipts = self.store.receipts(&streams, id, &r.user_ids).await?;
-        let suffix = source.ack_field("");
-        let deliveries = r
-            .user_ids
-            .into_iter()
-            .enumerate()
-            .map(|(k, user_id)| {
-                let (exists, epoch) = receipts.found[if streams.len() > 1 { k } else { 0 }];
-                let mut device_ids: Vec<String> = receipts.acks[k]
-                    .iter()
-                    .filter_map(|(field, value)| {
-                        let device = field.strip_suffix(suffix.as_str())?;
-                        let pos = history::parse_position(value)?;
-                        (exists && Some(pos.epoch) == epoch && pos.id >= id).then(|| device.to_owned())
-                    })
-                    .collect();
-                device_ids.sort();
-                let state = match (exists, device_ids.is_empty()) {
-                    (false, _) => DeliveryState::Unknown,
-                    (true, true) => DeliveryState::Pending,
-                    (true, false) => DeliveryState::Delivered,
-                };
-                pb::UserDelivery { user_id, state: state as i32, device_ids }
-            })
-            .collect();
-        Ok(pb::GetDeliveryStatusResponse { deliveries })
-    }
-
-    pub async fn user_groups(&self, r: pb::ListUserGroupsRequest) -> Result<pb::ListUserGroupsResponse, Error> {
-        let mut v = Violations::new();
-        v.id("user_id", &r.user_id);
-        v.check()?;
-        Ok(pb::ListUserGroupsResponse { group_ids: self.store.user_groups(&r.user_id).await? })
-    }
-}
-
-/// Member page tokens: the last id returned (opaque to clients).
-fn encode_token(last: &str) -> String {
-    token::encode(last)
-}
-
-/// The id after which to continue; `Some("")` for the first page, `None` when invalid.
-fn decode_token(t: &str) -> Option<String> {
-    let s = token::decode(t, push_common::validate::MAX_ID_LEN)?;
-    (s.is_empty() || push_common::validate::id_problem(&s).is_none()).then_some(s)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn member_tokens_round_trip_and_reject_junk() {
-        assert_eq!(decode_token(&encode_token("user-9")), Some("user-9".into()));
-        assert_eq!(decode_token(""), Some(String::new()));
-        for junk in ["x", "zz", "7b7d", &"61".repeat(200)] {
-            assert_eq!(decode_token(junk), None, "{junk}");
-        }
     }
 }

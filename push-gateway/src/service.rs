@@ -8,25 +8,40 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     downstream::{ForwardedStream, Internal, forward, forward_stream},
+    membership::Membership,
     push::Pusher,
+    receipts::Receipts,
     stream::{DeviceStream, Streams},
 };
 
 /// The gateway service: presence calls go to presence-svc, profile calls to profile-svc,
-/// pushes and groups to Redis, device streams to the hub.
+/// pushes, groups and receipts to Redis, device streams to the stream side.
 #[derive(Clone)]
 pub struct Gateway {
     presence: PresenceClient<Internal>,
     profile: ProfileClient<Internal>,
     pusher: Pusher,
+    membership: Membership,
+    receipts: Receipts,
     streams: Streams,
     watches: WatchCaps,
 }
 
+/// What the gateway's own (not forwarded) methods run on.
+pub struct Parts {
+    pub pusher: Pusher,
+    pub membership: Membership,
+    pub receipts: Receipts,
+    pub streams: Streams,
+    /// Most open WatchPresence streams per API key.
+    pub max_watches: usize,
+}
+
 impl Gateway {
-    pub fn new(presence: Internal, profile: Internal, pusher: Pusher, streams: Streams, max_watches: usize) -> Self {
+    pub fn new(presence: Internal, profile: Internal, parts: Parts) -> Self {
         let (presence, profile) = (PresenceClient::new(presence), ProfileClient::new(profile));
-        Self { presence, profile, pusher, streams, watches: WatchCaps::new(max_watches) }
+        let Parts { pusher, membership, receipts, streams, max_watches } = parts;
+        Self { presence, profile, pusher, membership, receipts, streams, watches: WatchCaps::new(max_watches) }
     }
 }
 
@@ -104,7 +119,7 @@ impl PushGateway for Gateway {
         let (user, device) = (req.get_ref().user_id.clone(), req.get_ref().session_id.clone());
         let mut c = self.presence.clone();
         let done = forward(req, |r| async move { c.logout(r).await }).await?;
-        self.pusher.disconnect(&user, &device).await?;
+        self.streams.disconnect(&user, &device).await?;
         Ok(done)
     }
 
@@ -222,32 +237,32 @@ impl PushGateway for Gateway {
         &self,
         req: Request<pb::GetDeliveryStatusRequest>,
     ) -> Result<Response<pb::GetDeliveryStatusResponse>, Status> {
-        Ok(Response::new(self.pusher.delivery_status(req.into_inner()).await?))
+        Ok(Response::new(self.receipts.delivery_status(req.into_inner()).await?))
     }
 
     async fn join_group(&self, req: Request<pb::JoinGroupRequest>) -> Result<Response<pb::JoinGroupResponse>, Status> {
-        Ok(Response::new(self.pusher.join(req.into_inner()).await?))
+        Ok(Response::new(self.membership.join(req.into_inner()).await?))
     }
 
     async fn leave_group(
         &self,
         req: Request<pb::LeaveGroupRequest>,
     ) -> Result<Response<pb::LeaveGroupResponse>, Status> {
-        Ok(Response::new(self.pusher.leave(req.into_inner()).await?))
+        Ok(Response::new(self.membership.leave(req.into_inner()).await?))
     }
 
     async fn list_group_members(
         &self,
         req: Request<pb::ListGroupMembersRequest>,
     ) -> Result<Response<pb::ListGroupMembersResponse>, Status> {
-        Ok(Response::new(self.pusher.members(req.into_inner()).await?))
+        Ok(Response::new(self.membership.members(req.into_inner()).await?))
     }
 
     async fn list_user_groups(
         &self,
         req: Request<pb::ListUserGroupsRequest>,
     ) -> Result<Response<pb::ListUserGroupsResponse>, Status> {
-        Ok(Response::new(self.pusher.user_groups(req.into_inner()).await?))
+        Ok(Response::new(self.membership.user_groups(req.into_inner()).await?))
     }
 }
 

@@ -1,4 +1,5 @@
-//! Opening a device stream (Subscribe), and a device's acks.
+//! Opening a device stream (Subscribe), ending a device's streams (Logout), and a
+//! device's acks.
 //!
 //! Order matters: the stream is registered and its cleanup armed before anything else
 //! (so an error or a cancelled call at any point cleans up); the device gets a presence
@@ -111,6 +112,14 @@ impl Streams {
         groups::reconcile(shared, &stream, &plan).await?;
         groups::departed(shared, &stream, &plan).await?;
         Ok(device)
+    }
+
+    /// Ends the streams of `device` of `user` on every replica (after a Logout): a
+    /// DISCONNECT on the user's channel.
+    pub async fn disconnect(&self, user: &str, device: &str) -> Result<(), push_common::Error> {
+        let channel = [self.shared.store.keys().channel_user(user)];
+        let payload = prost::bytes::Bytes::from(crate::envelope::disconnect(device));
+        self.shared.store.publish(&channel, &payload).await
     }
 
     /// A device acknowledges what it has processed.
