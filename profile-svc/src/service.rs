@@ -1,22 +1,17 @@
 //! `profile.v1.Profile`: validate → store → convert.
-use std::collections::HashMap;
-
-use push_common::{Error, time::ms_to_timestamp, validate::Violations};
+use push_common::{Error, validate::Violations};
 use push_proto::profile::v1::{self as pb, profile_server::Profile};
 use tonic::{Request, Response, Status};
 
 use crate::{
     config::Config,
-    store::{ATTR, FIELD, Hash, Patch, Store},
+    store::{Field, Patch, Store},
 };
 
 const MAX_DISPLAY_NAME: usize = 256;
 const MAX_AVATAR_URL: usize = 2048;
 const MAX_ADDRESS: usize = 1024;
 const MAX_ATTRIBUTE_KEY: usize = 64;
-
-/// The well-known string fields: (mask path, HASH field without prefix).
-const WELL_KNOWN: [&str; 3] = ["display_name", "avatar_url", "address"];
 
 /// The Profile service.
 #[derive(Clone)]
@@ -60,7 +55,7 @@ impl ProfileService {
     /// key, plus one delete for each attribute a profile may hold and one set for each
     /// attribute it may end with. No useful mask names more.
     fn max_mask_paths(&self) -> usize {
-        WELL_KNOWN.len() + 2 + self.config.max_attributes.saturating_mul(2)
+        Field::WELL_KNOWN.len() + 2 + self.config.max_attributes.saturating_mul(2)
     }
 
     fn check_attribute(&self, v: &mut Violations, key: &str, value: Option<&String>) {
@@ -90,42 +85,6 @@ fn attribute_key_problem(key: &str) -> Option<&'static str> {
     }
 }
 
-/// The HASH fields of a whole profile (empty values are left out: empty means unset).
-fn hash_fields(p: &pb::UserProfile) -> Vec<(String, String)> {
-    let well_known = [&p.display_name, &p.avatar_url, &p.address];
-    let mut out: Vec<(String, String)> = WELL_KNOWN
-        .iter()
-        .zip(well_known)
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(k, v)| (format!("{FIELD}{k}"), v.clone()))
-        .collect();
-    out.extend(p.attributes.iter().map(|(k, v)| (format!("{ATTR}{k}"), v.clone())));
-    out
-}
-
-/// A stored HASH → the message.
-fn from_hash(user_id: &str, hash: Hash) -> pb::UserProfile {
-    let mut p = pb::UserProfile { user_id: user_id.to_owned(), ..Default::default() };
-    let mut attributes = HashMap::new();
-    for (k, v) in hash {
-        match k.as_str() {
-            "v" => p.version = v.parse().unwrap_or_default(),
-            "ct" => p.create_time = v.parse().ok().map(ms_to_timestamp),
-            "ut" => p.update_time = v.parse().ok().map(ms_to_timestamp),
-            "f:display_name" => p.display_name = v,
-            "f:avatar_url" => p.avatar_url = v,
-            "f:address" => p.address = v,
-            _ => {
-                if let Some(a) = k.strip_prefix(ATTR) {
-                    attributes.insert(a.to_owned(), v);
-                }
-            }
-        }
-    }
-    p.attributes = attributes;
-    p
-}
-
 /// The mask's paths, each once, in the order first named (a path named twice is the
 /// same change); None when there are more than `max` distinct paths.
 fn distinct(paths: Vec<String>, max: usize) -> Option<Vec<String>> {
@@ -143,7 +102,7 @@ fn distinct(paths: Vec<String>, max: usize) -> Option<Vec<String>> {
     Some(out)
 }
 
-/// Translates an update mask into HASH changes, or violations.
+/// Translates an update mask into field changes, or violations.
 fn patch(v: &mut Violations, p: &pb::UserProfile, paths: &[String]) -> Patch {
     let mut patch = Patch::default();
     if paths.is_empty() {
@@ -151,51 +110,45 @@ fn patch(v: &mut Violations, p: &pb::UserProfile, paths: &[String]) -> Patch {
         return patch;
     }
     let all = paths.iter().any(|s| s == "*");
-    let set_field = |patch: &mut Patch, name: &str, value: &str| {
-        let field = format!("{FIELD}{name}");
-        if value.is_empty() {
-            patch.delete.push(field);
-        } else {
-            patch.set.push((field, value.to_owned()));
+    let change = |patch: &mut Patch, field: Field| match field.value(p) {
+        "" => patch.delete.push(field),
+        value => {
+            let value = value.to_owned();
+            patch.set.push((field, value));
         }
     };
     for path in paths {
         match path.as_str() {
             "*" => {}
-            "display_name" if !all => set_field(&mut patch, path, &p.display_name),
-            "avatar_url" if !all => set_field(&mut patch, path, &p.avatar_url),
-            "address" if !all => set_field(&mut patch, path, &p.address),
             "attributes" => patch.clear_attributes = true,
-            "display_name" | "avatar_url" | "address" => {}
-            other => match other.strip_prefix("attributes.") {
-                Some(key) if attribute_key_problem(key).is_none() => {
-                    let field = format!("{ATTR}{key}");
-                    match p.attributes.get(key) {
-                        Some(val) => patch.set.push((field, val.clone())),
-                        None => patch.delete.push(field),
+            other => {
+                match (Field::WELL_KNOWN.into_iter().find(|f| f.path() == other), other.strip_prefix("attributes.")) {
+                    (Some(field), _) if !all => change(&mut patch, field),
+                    (Some(_), _) => {}
+                    (None, Some(key)) if attribute_key_problem(key).is_none() => {
+                        change(&mut patch, Field::Attribute(key.to_owned()))
                     }
-                }
-                _ => v.add(
-                    "update_mask",
-                    format!(
-                        "unknown path {other:?}; expected display_name, avatar_url, address, \
+                    _ => v.add(
+                        "update_mask",
+                        format!(
+                            "unknown path {other:?}; expected display_name, avatar_url, address, \
                          attributes, attributes.KEY or *"
+                        ),
                     ),
-                ),
-            },
+                }
+            }
         }
     }
     if all {
-        set_field(&mut patch, "display_name", &p.display_name);
-        set_field(&mut patch, "avatar_url", &p.avatar_url);
-        set_field(&mut patch, "address", &p.address);
+        Field::WELL_KNOWN.into_iter().for_each(|f| change(&mut patch, f));
         patch.clear_attributes = true;
     }
     if patch.clear_attributes {
         // The whole map replaces the stored one.
-        patch.set.retain(|(f, _)| !f.starts_with(ATTR));
-        patch.delete.retain(|f| !f.starts_with(ATTR));
-        patch.set.extend(p.attributes.iter().map(|(k, val)| (format!("{ATTR}{k}"), val.clone())));
+        let is_attribute = |f: &Field| matches!(f, Field::Attribute(_));
+        patch.set.retain(|(f, _)| !is_attribute(f));
+        patch.delete.retain(|f| !is_attribute(f));
+        patch.set.extend(p.attributes.iter().map(|(k, val)| (Field::Attribute(k.clone()), val.clone())));
     }
     patch
 }
@@ -214,8 +167,8 @@ impl Profile for ProfileService {
         };
         self.check_profile(&mut v, &p, true);
         v.check()?;
-        let hash = self.store.put(&p.user_id, p.version, hash_fields(&p)).await?;
-        Ok(Response::new(pb::PutProfileResponse { profile: Some(from_hash(&p.user_id, hash)) }))
+        let profile = self.store.put(&p).await?;
+        Ok(Response::new(pb::PutProfileResponse { profile: Some(profile) }))
     }
 
     async fn update_profile(
@@ -243,8 +196,8 @@ impl Profile for ProfileService {
         }
         let patch = patch(&mut v, &p, &paths);
         v.check()?;
-        let hash = self.store.update(&p.user_id, p.version, self.config.max_attributes, patch).await?;
-        Ok(Response::new(pb::UpdateProfileResponse { profile: Some(from_hash(&p.user_id, hash)) }))
+        let profile = self.store.update(&p.user_id, p.version, self.config.max_attributes, patch).await?;
+        Ok(Response::new(pb::UpdateProfileResponse { profile: Some(profile) }))
     }
 
     async fn get_profile(
@@ -255,11 +208,10 @@ impl Profile for ProfileService {
         let mut v = Violations::new();
         v.id("user_id", &r.user_id);
         v.check()?;
-        let hash = self.store.get(std::slice::from_ref(&r.user_id)).await?.pop().unwrap_or_default();
-        if hash.is_empty() {
+        let Some(profile) = self.store.get(std::slice::from_ref(&r.user_id)).await?.pop().flatten() else {
             return Err(Error::NotFound(format!("user {:?} has no profile", r.user_id)).into());
-        }
-        Ok(Response::new(pb::GetProfileResponse { profile: Some(from_hash(&r.user_id, hash)) }))
+        };
+        Ok(Response::new(pb::GetProfileResponse { profile: Some(profile) }))
     }
 
     async fn batch_get_profiles(
@@ -270,13 +222,12 @@ impl Profile for ProfileService {
         let mut v = Violations::new();
         v.ids("user_ids", &r.user_ids, self.config.max_batch);
         v.check()?;
-        let hashes = self.store.get(&r.user_ids).await?;
+        let profiles = self.store.get(&r.user_ids).await?;
         let mut out = pb::BatchGetProfilesResponse::default();
-        for (user, hash) in r.user_ids.into_iter().zip(hashes) {
-            if hash.is_empty() {
-                out.missing_user_ids.push(user);
-            } else {
-                out.profiles.push(from_hash(&user, hash));
+        for (user, profile) in r.user_ids.into_iter().zip(profiles) {
+            match profile {
+                Some(p) => out.profiles.push(p),
+                None => out.missing_user_ids.push(user),
             }
         }
         Ok(Response::new(out))
@@ -320,8 +271,8 @@ mod tests {
             &["display_name".into(), "address".into(), "attributes.lang".into(), "attributes.gone".into()],
         );
         assert!(v.is_empty());
-        assert_eq!(patch_sets(&p), ["f:display_name=Ann", "a:lang=en"]);
-        assert_eq!(p.delete, ["f:address", "a:gone"]);
+        assert_eq!(patch_sets(&p), ["display_name=Ann", "lang=en"]);
+        assert_eq!(p.delete, [Field::Address, Field::Attribute("gone".into())]);
         assert!(!p.clear_attributes);
     }
 
@@ -331,8 +282,8 @@ mod tests {
         let p = patch(&mut v, &profile(), &["*".into()]);
         assert!(v.is_empty());
         assert!(p.clear_attributes);
-        assert_eq!(patch_sets(&p), ["f:display_name=Ann", "a:lang=en"]);
-        assert_eq!(p.delete, ["f:avatar_url", "f:address"]);
+        assert_eq!(patch_sets(&p), ["display_name=Ann", "lang=en"]);
+        assert_eq!(p.delete, [Field::AvatarUrl, Field::Address]);
     }
 
     #[test]
@@ -353,6 +304,6 @@ mod tests {
     }
 
     fn patch_sets(p: &Patch) -> Vec<String> {
-        p.set.iter().map(|(k, v)| format!("{k}={v}")).collect()
+        p.set.iter().map(|(k, v)| format!("{}={v}", k.path())).collect()
     }
 }

@@ -5,13 +5,14 @@
 //! attributes, so attribute keys can never collide with our own fields. Writes are Lua
 //! scripts, so the version check and the write are one atomic step.
 use push_common::redis::Pool;
-use push_common::{Error, keys::Keys};
+use push_common::{Error, keys::Keys, time::ms_to_timestamp};
+use push_proto::profile::v1 as pb;
 use redis::Script;
 
 /// Prefix of well-known fields in the HASH.
-pub const FIELD: &str = "f:";
+const FIELD: &str = "f:";
 /// Prefix of free attributes in the HASH.
-pub const ATTR: &str = "a:";
+const ATTR: &str = "a:";
 
 /// `chunked(cmd, key, list, first)` runs `cmd key …` over `list[first..]` in slices of
 /// 512 values (an even number, so field/value pairs stay together). Lua's `unpack` fails
@@ -108,16 +109,94 @@ redis.call('DEL', KEYS[1])
 return {0, cur}
 ";
 
-/// A profile as stored: the raw HASH fields.
-pub type Hash = Vec<(String, String)>;
+/// A profile as stored: the raw HASH fields (this module's business alone).
+type Hash = Vec<(String, String)>;
 
-/// A partial update, already translated to HASH fields.
+/// A field of a profile, as the service names it; only the store knows its HASH field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Field {
+    DisplayName,
+    AvatarUrl,
+    Address,
+    Attribute(String),
+}
+
+impl Field {
+    /// The well-known fields.
+    pub const WELL_KNOWN: [Field; 3] = [Field::DisplayName, Field::AvatarUrl, Field::Address];
+
+    /// Its name in an update mask.
+    pub fn path(&self) -> &str {
+        match self {
+            Field::DisplayName => "display_name",
+            Field::AvatarUrl => "avatar_url",
+            Field::Address => "address",
+            Field::Attribute(k) => k,
+        }
+    }
+
+    /// Its value in a profile ('' for unset).
+    pub fn value<'p>(&self, p: &'p pb::UserProfile) -> &'p str {
+        match self {
+            Field::DisplayName => &p.display_name,
+            Field::AvatarUrl => &p.avatar_url,
+            Field::Address => &p.address,
+            Field::Attribute(k) => p.attributes.get(k).map_or("", String::as_str),
+        }
+    }
+
+    fn hash_field(&self) -> String {
+        match self {
+            Field::Attribute(k) => format!("{ATTR}{k}"),
+            well_known => format!("{FIELD}{}", well_known.path()),
+        }
+    }
+}
+
+/// A partial update.
 #[derive(Debug, Default)]
 pub struct Patch {
     /// Drop every attribute before applying `set`/`delete`.
     pub clear_attributes: bool,
-    pub set: Vec<(String, String)>,
-    pub delete: Vec<String>,
+    pub set: Vec<(Field, String)>,
+    pub delete: Vec<Field>,
+}
+
+/// The HASH fields of a whole profile (empty values are left out: empty means unset).
+fn hash_fields(p: &pb::UserProfile) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Field::WELL_KNOWN
+        .iter()
+        .filter(|f| !f.value(p).is_empty())
+        .map(|f| (f.hash_field(), f.value(p).to_owned()))
+        .collect();
+    out.extend(p.attributes.iter().map(|(k, v)| (format!("{ATTR}{k}"), v.clone())));
+    out
+}
+
+/// A stored HASH → the message.
+fn from_hash(user_id: &str, hash: Hash) -> pb::UserProfile {
+    let mut p = pb::UserProfile { user_id: user_id.to_owned(), ..Default::default() };
+    let mut attributes = std::collections::HashMap::new();
+    for (k, v) in hash {
+        match k.as_str() {
+            "v" => p.version = v.parse().unwrap_or_default(),
+            "ct" => p.create_time = v.parse().ok().map(ms_to_timestamp),
+            "ut" => p.update_time = v.parse().ok().map(ms_to_timestamp),
+            _ => match k.strip_prefix(ATTR) {
+                Some(a) => {
+                    attributes.insert(a.to_owned(), v);
+                }
+                None => match k.strip_prefix(FIELD) {
+                    Some("display_name") => p.display_name = v,
+                    Some("avatar_url") => p.avatar_url = v,
+                    Some("address") => p.address = v,
+                    _ => {}
+                },
+            },
+        }
+    }
+    p.attributes = attributes;
+    p
 }
 
 /// Typed access to profiles.
@@ -135,29 +214,36 @@ impl Store {
         Self { pool, keys, put: Script::new(PUT), update: Script::new(UPDATE), delete: Script::new(DELETE) }
     }
 
-    /// Replaces the profile with `fields`; `expected` 0 means unconditionally.
-    #[tracing::instrument(skip(self, fields), err)]
-    pub async fn put(&self, user: &str, expected: i64, fields: Vec<(String, String)>) -> Result<Hash, Error> {
-        let mut inv = self.put.key(self.keys.profile(user));
-        inv.arg(expected);
-        for (f, v) in fields {
+    /// Replaces the profile with `p` if it is at `p.version` (0: unconditionally);
+    /// returns it as stored.
+    #[tracing::instrument(skip(self, p), fields(user = p.user_id), err)]
+    pub async fn put(&self, p: &pb::UserProfile) -> Result<pb::UserProfile, Error> {
+        let mut inv = self.put.key(self.keys.profile(&p.user_id));
+        inv.arg(p.version);
+        for (f, v) in hash_fields(p) {
             inv.arg(f).arg(v);
         }
         let mut c = self.pool.get();
         let (code, version, hash): (i64, i64, Hash) = inv.invoke_async(&mut c).await?;
-        outcome(user, code, version, hash)
+        outcome(&p.user_id, code, version, hash)
     }
 
     /// Applies `patch` to an existing profile.
     #[tracing::instrument(skip(self, patch), err)]
-    pub async fn update(&self, user: &str, expected: i64, max_attributes: usize, patch: Patch) -> Result<Hash, Error> {
+    pub async fn update(
+        &self,
+        user: &str,
+        expected: i64,
+        max_attributes: usize,
+        patch: Patch,
+    ) -> Result<pb::UserProfile, Error> {
         let mut inv = self.update.key(self.keys.profile(user));
         inv.arg(expected).arg(max_attributes).arg(if patch.clear_attributes { "1" } else { "0" }).arg(patch.set.len());
         for (f, v) in patch.set {
-            inv.arg(f).arg(v);
+            inv.arg(f.hash_field()).arg(v);
         }
         for f in patch.delete {
-            inv.arg(f);
+            inv.arg(f.hash_field());
         }
         let mut c = self.pool.get();
         let (code, n, hash): (i64, i64, Hash) = inv.invoke_async(&mut c).await?;
@@ -170,16 +256,17 @@ impl Store {
         outcome(user, code, n, hash)
     }
 
-    /// Profiles of many users in one round trip (a pipeline of HGETALL); an empty hash
-    /// means there is no profile.
+    /// Profiles of many users in one round trip (a pipeline of HGETALL); None for a
+    /// user without one.
     #[tracing::instrument(skip(self, users), fields(users = users.len()), err)]
-    pub async fn get(&self, users: &[String]) -> Result<Vec<Hash>, Error> {
+    pub async fn get(&self, users: &[String]) -> Result<Vec<Option<pb::UserProfile>>, Error> {
         let mut pipe = redis::pipe();
         for u in users {
             pipe.cmd("HGETALL").arg(self.keys.profile(u));
         }
         let mut c = self.pool.get();
-        Ok(pipe.query_async(&mut c).await?)
+        let hashes: Vec<Hash> = pipe.query_async(&mut c).await?;
+        Ok(users.iter().zip(hashes).map(|(u, h)| (!h.is_empty()).then(|| from_hash(u, h))).collect())
     }
 
     /// Deletes a profile; `expected` 0 means unconditionally.
@@ -192,9 +279,9 @@ impl Store {
     }
 }
 
-fn outcome(user: &str, code: i64, version: i64, hash: Hash) -> Result<Hash, Error> {
+fn outcome(user: &str, code: i64, version: i64, hash: Hash) -> Result<pb::UserProfile, Error> {
     match code {
-        0 => Ok(hash),
+        0 => Ok(from_hash(user, hash)),
         -1 => Err(Error::Aborted(format!(
             "profile of {user:?} is at version {version}, not the version given; re-read and retry"
         ))),
