@@ -41,7 +41,9 @@
 //! Cluster slot; a bucket's two keys share the `{b:N}` tag. Ids are validated to contain
 //! no `{`, `}` or whitespace, so they cannot break a tag.
 
-/// Builds every key under one prefix.
+use crate::ids::{GroupId, IdemKey, UserId};
+
+/// Builds every key under one prefix, from parsed ids only.
 #[derive(Clone, Debug)]
 pub struct Keys {
     prefix: String,
@@ -57,17 +59,17 @@ impl Keys {
     }
 
     /// A user's sessions (ZSET session id → lease expiry ms).
-    pub fn sessions(&self, user_id: &str) -> String {
+    pub fn sessions(&self, user_id: &UserId) -> String {
         format!("{}:presence:{{u:{user_id}}}", self.prefix)
     }
 
     /// Who holds each of a user's sessions (HASH session id → owner), if anyone.
-    pub fn session_owners(&self, user_id: &str) -> String {
+    pub fn session_owners(&self, user_id: &UserId) -> String {
         format!("{}:owners:{{u:{user_id}}}", self.prefix)
     }
 
     /// When the user was last seen (STRING, ms since the epoch).
-    pub fn last_seen(&self, user_id: &str) -> String {
+    pub fn last_seen(&self, user_id: &UserId) -> String {
         format!("{}:seen:{{u:{user_id}}}", self.prefix)
     }
 
@@ -87,36 +89,37 @@ impl Keys {
     }
 
     /// A user's profile (HASH).
-    pub fn profile(&self, user_id: &str) -> String {
+    pub fn profile(&self, user_id: &UserId) -> String {
         format!("{}:profile:{{u:{user_id}}}", self.prefix)
     }
 
     /// A group's members (ZSET user id → 0).
-    pub fn group_members(&self, group_id: &str) -> String {
+    pub fn group_members(&self, group_id: &GroupId) -> String {
         format!("{}:group:{{g:{group_id}}}:members", self.prefix)
     }
 
     /// The groups of a user (HASH group id → `EPOCH/ID`, the group history when they joined).
-    pub fn user_groups(&self, user_id: &str) -> String {
+    pub fn user_groups(&self, user_id: &UserId) -> String {
         format!("{}:groups:{{u:{user_id}}}", self.prefix)
     }
 
     /// The message id of the push made with an idempotency key (STRING, expiring).
-    pub fn idempotency(&self, caller: &str, key: &str) -> String {
+    /// `caller` is the API key's name (None without authentication).
+    pub fn idempotency(&self, caller: Option<&IdemKey>, key: &IdemKey) -> String {
         match caller {
-            "" => format!("{}:idem:{key}", self.prefix),
+            None => format!("{}:idem:{key}", self.prefix),
             // '|' cannot occur in an id, so callers cannot alias through their names.
-            caller => format!("{}:idem:{caller}|{key}", self.prefix),
+            Some(caller) => format!("{}:idem:{caller}|{key}", self.prefix),
         }
     }
 
     /// A user's inbox (STREAM); its meta HASH is this key + `:meta`.
-    pub fn inbox(&self, user_id: &str) -> String {
+    pub fn inbox(&self, user_id: &UserId) -> String {
         format!("{}:inbox:{{u:{user_id}}}", self.prefix)
     }
 
     /// A group's history (STREAM); its meta HASH is this key + `:meta`.
-    pub fn group_history(&self, group_id: &str) -> String {
+    pub fn group_history(&self, group_id: &GroupId) -> String {
         format!("{}:history:{{g:{group_id}}}", self.prefix)
     }
 
@@ -132,17 +135,17 @@ impl Keys {
     }
 
     /// Each device's acknowledged positions of a user (HASH `DEVICE|SOURCE` → `EPOCH/ID`).
-    pub fn acks(&self, user_id: &str) -> String {
+    pub fn acks(&self, user_id: &UserId) -> String {
         format!("{}:acks:{{u:{user_id}}}", self.prefix)
     }
 
     /// The devices with acknowledged positions of a user (ZSET device → last ack, ms).
-    pub fn ack_devices(&self, user_id: &str) -> String {
+    pub fn ack_devices(&self, user_id: &UserId) -> String {
         format!("{}:ackdevs:{{u:{user_id}}}", self.prefix)
     }
 
     /// The groups a user left, with where each group's history stood then (HASH).
-    pub fn left_groups(&self, user_id: &str) -> String {
+    pub fn left_groups(&self, user_id: &UserId) -> String {
         format!("{}:left:{{u:{user_id}}}", self.prefix)
     }
 
@@ -164,12 +167,12 @@ impl Keys {
     }
 
     /// A user's channel: their messages and membership changes.
-    pub fn channel_user(&self, user_id: &str) -> String {
+    pub fn channel_user(&self, user_id: &UserId) -> String {
         format!("{}:ch:{{u:{user_id}}}", self.prefix)
     }
 
     /// A group's channel.
-    pub fn channel_group(&self, group_id: &str) -> String {
+    pub fn channel_group(&self, group_id: &GroupId) -> String {
         format!("{}:ch:{{g:{group_id}}}", self.prefix)
     }
 
@@ -201,36 +204,49 @@ pub fn bucket_of(user_id: &str, buckets: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::Id;
+
+    fn u(s: &str) -> UserId {
+        UserId::parse(s).unwrap()
+    }
+
+    fn g(s: &str) -> GroupId {
+        GroupId::parse(s).unwrap()
+    }
+
+    fn i(s: &str) -> IdemKey {
+        IdemKey::parse(s).unwrap()
+    }
 
     #[test]
     fn user_keys_share_one_hash_tag() {
         let k = Keys::new("push");
-        assert_eq!(k.sessions("alice"), "push:presence:{u:alice}");
-        assert_eq!(k.session_owners("alice"), "push:owners:{u:alice}");
+        assert_eq!(k.sessions(&u("alice")), "push:presence:{u:alice}");
+        assert_eq!(k.session_owners(&u("alice")), "push:owners:{u:alice}");
         assert_eq!(k.presence_events(), "push:presence:events");
-        assert_eq!(k.last_seen("alice"), "push:seen:{u:alice}");
-        assert_eq!(k.profile("alice"), "push:profile:{u:alice}");
+        assert_eq!(k.last_seen(&u("alice")), "push:seen:{u:alice}");
+        assert_eq!(k.profile(&u("alice")), "push:profile:{u:alice}");
         assert_eq!(k.online_by_expiry(3), "push:online:{b:3}");
         assert_eq!(k.online_by_id(3), "push:online:{b:3}:ids");
-        assert_eq!(k.user_groups("alice"), "push:groups:{u:alice}");
-        assert_eq!(k.group_members("g1"), "push:group:{g:g1}:members");
-        assert_eq!(k.channel_user("alice"), "push:ch:{u:alice}");
-        assert_eq!(k.channel_group("g1"), "push:ch:{g:g1}");
+        assert_eq!(k.user_groups(&u("alice")), "push:groups:{u:alice}");
+        assert_eq!(k.group_members(&g("g1")), "push:group:{g:g1}:members");
+        assert_eq!(k.channel_user(&u("alice")), "push:ch:{u:alice}");
+        assert_eq!(k.channel_group(&g("g1")), "push:ch:{g:g1}");
         assert_eq!(k.channel_all(), "push:ch:all");
-        assert_eq!(k.inbox("alice"), "push:inbox:{u:alice}");
-        assert_eq!(k.acks("alice"), "push:acks:{u:alice}");
-        assert_eq!(k.ack_devices("alice"), "push:ackdevs:{u:alice}");
-        assert_eq!(k.left_groups("alice"), "push:left:{u:alice}");
+        assert_eq!(k.inbox(&u("alice")), "push:inbox:{u:alice}");
+        assert_eq!(k.acks(&u("alice")), "push:acks:{u:alice}");
+        assert_eq!(k.ack_devices(&u("alice")), "push:ackdevs:{u:alice}");
+        assert_eq!(k.left_groups(&u("alice")), "push:left:{u:alice}");
         assert_eq!(k.channel_probe("r1"), "push:ch:probe:r1");
-        assert_eq!(k.idempotency("", "k1"), "push:idem:k1");
-        assert_eq!(k.idempotency("billing", "k1"), "push:idem:billing|k1");
-        assert_eq!(k.group_history("g1"), "push:history:{g:g1}");
+        assert_eq!(k.idempotency(None, &i("k1")), "push:idem:k1");
+        assert_eq!(k.idempotency(Some(&i("billing")), &i("k1")), "push:idem:billing|k1");
+        assert_eq!(k.group_history(&g("g1")), "push:history:{g:g1}");
         assert_eq!(k.all_history(), "push:history:all");
-        assert_eq!(Keys::history_meta(&k.inbox("alice")), "push:inbox:{u:alice}:meta");
-        assert_eq!(Keys::history_meta(&k.group_history("g1")), "push:history:{g:g1}:meta");
+        assert_eq!(Keys::history_meta(&k.inbox(&u("alice"))), "push:inbox:{u:alice}:meta");
+        assert_eq!(Keys::history_meta(&k.group_history(&g("g1"))), "push:history:{g:g1}:meta");
         assert_eq!(k.parse_channel(&k.channel_all()), Some(ChannelOf::All));
-        assert_eq!(k.parse_channel(&k.channel_user("a.b")), Some(ChannelOf::User("a.b")));
-        assert_eq!(k.parse_channel(&k.channel_group("g1")), Some(ChannelOf::Group("g1")));
+        assert_eq!(k.parse_channel(&k.channel_user(&u("a.b"))), Some(ChannelOf::User("a.b")));
+        assert_eq!(k.parse_channel(&k.channel_group(&g("g1"))), Some(ChannelOf::Group("g1")));
         assert_eq!(k.parse_channel(&k.channel_probe("r")), None);
         assert_eq!(k.parse_channel("other:ch:all"), None);
     }

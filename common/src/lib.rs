@@ -4,7 +4,9 @@
 //! - [`memory`]: the process setting the binaries' allocator (mimalloc) needs.
 //! - [`auth`]: bearer credentials: the internal token, the `Authorize` policy trait and
 //!   the tower wrapper that enforces it, and the client interceptor that sends them.
-//! - [`keys`]: the Redis key schema; every key is built there and nowhere else.
+//! - [`ids`]: user, group, device ids and idempotency keys, parsed once at the edge.
+//! - [`keys`]: the Redis key schema; every key is built there and nowhere else, from
+//!   parsed ids only.
 //! - [`config`]: command-line/env argument groups that several binaries flatten in.
 //! - [`redis`]: the pooled Redis connections and their health probe.
 //! - [`validate`]: id, length and batch checks that collect `google.rpc.BadRequest` violations.
@@ -21,6 +23,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod ids;
 pub mod keys;
 pub mod memory;
 pub mod redis;

@@ -2,7 +2,7 @@
 //! client learns every bad field at once; nothing is written unless all pass.
 use tonic_types::FieldViolation;
 
-use crate::Error;
+use crate::{Error, ids::Id};
 
 /// Longest user, session or group id, in bytes.
 pub const MAX_ID_LEN: usize = 128;
@@ -49,6 +49,17 @@ impl Violations {
         }
     }
 
+    /// Parses an id of type `T` (a key-forming id: see [`crate::ids`]).
+    pub fn parse<T: Id>(&mut self, field: &str, value: &str) -> Option<T> {
+        T::parse(value).map_err(|p| self.add(field, p)).ok()
+    }
+
+    /// Parses 1..=`max` ids, each checked as `field[i]`; the valid ones.
+    pub fn parse_all<T: Id>(&mut self, field: &str, values: &[String], max: usize) -> Vec<T> {
+        self.ids(field, values, max);
+        values.iter().filter_map(|v| T::parse(v).ok()).collect()
+    }
+
     /// A list of ids with 1..=`max` entries, each checked as `field[i]`.
     pub fn ids(&mut self, field: &str, values: &[String], max: usize) {
         if values.is_empty() {
@@ -78,6 +89,13 @@ impl Violations {
     /// Ok when nothing was found, else INVALID_ARGUMENT listing every violation.
     pub fn check(self) -> Result<(), Error> {
         if self.0.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(self.0)) }
+    }
+
+    /// Like [`Violations::check`], then the values parsed meanwhile (all are there when
+    /// nothing was found; `a.zip(b)` passes several).
+    pub fn check_with<T>(self, parsed: Option<T>) -> Result<T, Error> {
+        self.check()?;
+        parsed.ok_or_else(|| Error::Protocol("a parsed value is missing although nothing was refused".into()))
     }
 }
 

@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use push_common::{
     Error,
+    ids::{DeviceId, UserId},
     time::{ms_to_timestamp, proto_duration},
     validate::Violations,
 };
@@ -57,16 +58,16 @@ impl PresenceService {
         owner: &str,
     ) -> Result<(pb::Session, Touched), Error> {
         let mut v = Violations::new();
-        v.id("user_id", user);
-        v.id("session_id", session);
+        let user_id = v.parse::<UserId>("user_id", user);
+        let session_id = v.parse::<DeviceId>("session_id", session);
         if !owner.is_empty() {
             v.id("owner", owner);
         }
         let ttl = self.ttl(&mut v, ttl);
-        v.check()?;
+        let (user_id, session_id) = v.check_with(user_id.zip(session_id))?;
         let c = &self.config;
         let touch = Touch { ttl, seen_ttl: c.last_seen_retention, max_sessions: c.max_sessions_per_user, login, owner };
-        let outcome = self.store.touch(user, session, touch).await?;
+        let outcome = self.store.touch(&user_id, &session_id, touch).await?;
         match outcome {
             TouchOutcome::Touched(t) => {
                 let s = pb::Session { session_id: session.to_owned(), expire_time: Some(ms_to_timestamp(t.expire_ms)) };
@@ -133,14 +134,14 @@ impl Presence for PresenceService {
     async fn logout(&self, req: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
         let r = req.into_inner();
         let mut v = Violations::new();
-        v.id("user_id", &r.user_id);
-        v.id("session_id", &r.session_id);
+        let user = v.parse::<UserId>("user_id", &r.user_id);
+        let session = v.parse::<DeviceId>("session_id", &r.session_id);
         if !r.owner.is_empty() {
             v.id("owner", &r.owner);
         }
-        v.check()?;
+        let (user, session) = v.check_with(user.zip(session))?;
         let seen = self.config.last_seen_retention;
-        let (found, left) = self.store.logout(&r.user_id, &r.session_id, seen, &r.owner).await?;
+        let (found, left) = self.store.logout(&user, &session, seen, &r.owner).await?;
         Ok(Response::new(pb::LogoutResponse {
             session_found: found,
             user_online: left > 0,
@@ -154,9 +155,9 @@ impl Presence for PresenceService {
     ) -> Result<Response<pb::GetPresenceResponse>, Status> {
         let r = req.into_inner();
         let mut v = Violations::new();
-        v.ids("user_ids", &r.user_ids, self.config.max_batch);
+        let users = v.parse_all::<UserId>("user_ids", &r.user_ids, self.config.max_batch);
         v.check()?;
-        let states = self.store.get(&r.user_ids).await?;
+        let states = self.store.get(&users).await?;
         let presences = r
             .user_ids
             .into_iter()

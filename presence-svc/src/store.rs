@@ -18,6 +18,7 @@ use std::time::Duration;
 use push_common::redis::Pool;
 use push_common::{
     Error,
+    ids::{DeviceId, UserId},
     keys::{Keys, bucket_of},
 };
 use redis::Script;
@@ -239,7 +240,7 @@ impl Store {
         self.buckets
     }
 
-    fn user_keys(&self, user: &str) -> [String; 6] {
+    fn user_keys(&self, user: &UserId) -> [String; 6] {
         let b = bucket_of(user, self.buckets);
         [
             self.keys.sessions(user),
@@ -253,14 +254,14 @@ impl Store {
 
     /// Creates (`login`) or renews a session's lease.
     #[tracing::instrument(skip(self), err)]
-    pub async fn touch(&self, user: &str, session: &str, t: Touch<'_>) -> Result<TouchOutcome, Error> {
+    pub async fn touch(&self, user: &UserId, session: &DeviceId, t: Touch<'_>) -> Result<TouchOutcome, Error> {
         let Touch { ttl, seen_ttl, max_sessions, login, owner } = t;
         let mut c = self.pool.get();
         let reply: Vec<i64> = self
             .touch
             .key(&self.user_keys(user)[..])
-            .arg(user)
-            .arg(session)
+            .arg(user.as_str())
+            .arg(session.as_str())
             .arg(ms(ttl))
             .arg(ms(seen_ttl))
             .arg(max_sessions)
@@ -286,8 +287,8 @@ impl Store {
     #[tracing::instrument(skip(self), err)]
     pub async fn logout(
         &self,
-        user: &str,
-        session: &str,
+        user: &UserId,
+        session: &DeviceId,
         seen_ttl: Duration,
         owner: &str,
     ) -> Result<(bool, i64), Error> {
@@ -295,8 +296,8 @@ impl Store {
         let (removed, left): (i64, i64) = self
             .logout
             .key(&self.user_keys(user)[..])
-            .arg(user)
-            .arg(session)
+            .arg(user.as_str())
+            .arg(session.as_str())
             .arg(ms(seen_ttl))
             .arg(self.events_max_len)
             .arg(owner)
@@ -308,7 +309,7 @@ impl Store {
     /// Sessions and last-seen of many users in one round trip (a read-only pipeline
     /// whose first command reads the server clock the filter uses).
     #[tracing::instrument(skip(self, users), fields(users = users.len()), err)]
-    pub async fn get(&self, users: &[String]) -> Result<Vec<UserState>, Error> {
+    pub async fn get(&self, users: &[UserId]) -> Result<Vec<UserState>, Error> {
         let mut pipe = redis::pipe();
         pipe.cmd("TIME");
         for u in users {

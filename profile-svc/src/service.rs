@@ -1,5 +1,5 @@
 //! `profile.v1.Profile`: validate → store → convert.
-use push_common::{Error, validate::Violations};
+use push_common::{Error, ids::UserId, validate::Violations};
 use push_proto::profile::v1::{self as pb, profile_server::Profile};
 use tonic::{Request, Response, Status};
 
@@ -25,9 +25,9 @@ impl ProfileService {
         Self { store, config }
     }
 
-    /// Checks every field of `p` (attributes only when `attributes` is set).
-    fn check_profile(&self, v: &mut Violations, p: &pb::UserProfile, attributes: bool) {
-        v.id("profile.user_id", &p.user_id);
+    /// Checks every field of `p` (attributes only when `attributes` is set); its user.
+    fn check_profile(&self, v: &mut Violations, p: &pb::UserProfile, attributes: bool) -> Option<UserId> {
+        let user = v.parse::<UserId>("profile.user_id", &p.user_id);
         v.text("profile.display_name", &p.display_name, MAX_DISPLAY_NAME, false);
         v.text("profile.avatar_url", &p.avatar_url, MAX_AVATAR_URL, false);
         if !p.avatar_url.is_empty()
@@ -49,6 +49,7 @@ impl ProfileService {
                 self.check_attribute(v, k, Some(val));
             }
         }
+        user
     }
 
     /// Most distinct paths an update mask may name: every path that is not an attribute
@@ -165,9 +166,9 @@ impl Profile for ProfileService {
             v.add("profile", "is required");
             return Err(v.check().unwrap_err().into());
         };
-        self.check_profile(&mut v, &p, true);
-        v.check()?;
-        let profile = self.store.put(&p).await?;
+        let user = self.check_profile(&mut v, &p, true);
+        let user = v.check_with(user)?;
+        let profile = self.store.put(&user, &p).await?;
         Ok(Response::new(pb::PutProfileResponse { profile: Some(profile) }))
     }
 
@@ -184,19 +185,19 @@ impl Profile for ProfileService {
         let max = self.max_mask_paths();
         let Some(paths) = distinct(r.update_mask.map(|m| m.paths).unwrap_or_default(), max) else {
             v.add("update_mask", format!("must name at most {max} distinct paths (5 + 2 × --max-attributes)"));
-            self.check_profile(&mut v, &p, false);
+            let _ = self.check_profile(&mut v, &p, false);
             return Err(v.check().unwrap_err().into());
         };
         let replaces_map = paths.iter().any(|s| s == "attributes" || s == "*");
-        self.check_profile(&mut v, &p, replaces_map);
+        let user = self.check_profile(&mut v, &p, replaces_map);
         if !replaces_map {
             for key in paths.iter().filter_map(|s| s.strip_prefix("attributes.")) {
                 self.check_attribute(&mut v, key, p.attributes.get(key));
             }
         }
         let patch = patch(&mut v, &p, &paths);
-        v.check()?;
-        let profile = self.store.update(&p.user_id, p.version, self.config.max_attributes, patch).await?;
+        let user = v.check_with(user)?;
+        let profile = self.store.update(&user, p.version, self.config.max_attributes, patch).await?;
         Ok(Response::new(pb::UpdateProfileResponse { profile: Some(profile) }))
     }
 
@@ -206,9 +207,9 @@ impl Profile for ProfileService {
     ) -> Result<Response<pb::GetProfileResponse>, Status> {
         let r = req.into_inner();
         let mut v = Violations::new();
-        v.id("user_id", &r.user_id);
-        v.check()?;
-        let Some(profile) = self.store.get(std::slice::from_ref(&r.user_id)).await?.pop().flatten() else {
+        let user = v.parse::<UserId>("user_id", &r.user_id);
+        let user = v.check_with(user)?;
+        let Some(profile) = self.store.get(std::slice::from_ref(&user)).await?.pop().flatten() else {
             return Err(Error::NotFound(format!("user {:?} has no profile", r.user_id)).into());
         };
         Ok(Response::new(pb::GetProfileResponse { profile: Some(profile) }))
@@ -220,9 +221,9 @@ impl Profile for ProfileService {
     ) -> Result<Response<pb::BatchGetProfilesResponse>, Status> {
         let r = req.into_inner();
         let mut v = Violations::new();
-        v.ids("user_ids", &r.user_ids, self.config.max_batch);
+        let users = v.parse_all::<UserId>("user_ids", &r.user_ids, self.config.max_batch);
         v.check()?;
-        let profiles = self.store.get(&r.user_ids).await?;
+        let profiles = self.store.get(&users).await?;
         let mut out = pb::BatchGetProfilesResponse::default();
         for (user, profile) in r.user_ids.into_iter().zip(profiles) {
             match profile {
@@ -239,12 +240,12 @@ impl Profile for ProfileService {
     ) -> Result<Response<pb::DeleteProfileResponse>, Status> {
         let r = req.into_inner();
         let mut v = Violations::new();
-        v.id("user_id", &r.user_id);
+        let user = v.parse::<UserId>("user_id", &r.user_id);
         if r.version < 0 {
             v.add("version", "must not be negative");
         }
-        v.check()?;
-        self.store.delete(&r.user_id, r.version).await?;
+        let user = v.check_with(user)?;
+        self.store.delete(&user, r.version).await?;
         Ok(Response::new(pb::DeleteProfileResponse {}))
     }
 }

@@ -5,7 +5,7 @@
 //! attributes, so attribute keys can never collide with our own fields. Writes are Lua
 //! scripts, so the version check and the write are one atomic step.
 use push_common::redis::Pool;
-use push_common::{Error, keys::Keys, time::ms_to_timestamp};
+use push_common::{Error, ids::UserId, keys::Keys, time::ms_to_timestamp};
 use push_proto::profile::v1 as pb;
 use redis::Script;
 
@@ -217,22 +217,22 @@ impl Store {
     /// Replaces the profile with `p` if it is at `p.version` (0: unconditionally);
     /// returns it as stored.
     #[tracing::instrument(skip(self, p), fields(user = p.user_id), err)]
-    pub async fn put(&self, p: &pb::UserProfile) -> Result<pb::UserProfile, Error> {
-        let mut inv = self.put.key(self.keys.profile(&p.user_id));
+    pub async fn put(&self, user: &UserId, p: &pb::UserProfile) -> Result<pb::UserProfile, Error> {
+        let mut inv = self.put.key(self.keys.profile(user));
         inv.arg(p.version);
         for (f, v) in hash_fields(p) {
             inv.arg(f).arg(v);
         }
         let mut c = self.pool.get();
         let (code, version, hash): (i64, i64, Hash) = inv.invoke_async(&mut c).await?;
-        outcome(&p.user_id, code, version, hash)
+        outcome(user, code, version, hash)
     }
 
     /// Applies `patch` to an existing profile.
     #[tracing::instrument(skip(self, patch), err)]
     pub async fn update(
         &self,
-        user: &str,
+        user: &UserId,
         expected: i64,
         max_attributes: usize,
         patch: Patch,
@@ -259,7 +259,7 @@ impl Store {
     /// Profiles of many users in one round trip (a pipeline of HGETALL); None for a
     /// user without one.
     #[tracing::instrument(skip(self, users), fields(users = users.len()), err)]
-    pub async fn get(&self, users: &[String]) -> Result<Vec<Option<pb::UserProfile>>, Error> {
+    pub async fn get(&self, users: &[UserId]) -> Result<Vec<Option<pb::UserProfile>>, Error> {
         let mut pipe = redis::pipe();
         for u in users {
             pipe.cmd("HGETALL").arg(self.keys.profile(u));
@@ -271,7 +271,7 @@ impl Store {
 
     /// Deletes a profile; `expected` 0 means unconditionally.
     #[tracing::instrument(skip(self), err)]
-    pub async fn delete(&self, user: &str, expected: i64) -> Result<(), Error> {
+    pub async fn delete(&self, user: &UserId, expected: i64) -> Result<(), Error> {
         let mut c = self.pool.get();
         let (code, version): (i64, i64) =
             self.delete.key(self.keys.profile(user)).arg(expected).invoke_async(&mut c).await?;

@@ -18,7 +18,11 @@
 //! [`crate::store`].
 use std::{fmt, str::FromStr};
 
-use push_common::{keys::ChannelOf, keys::Keys, validate::Violations};
+use push_common::{
+    ids::{GroupId, Id, UserId},
+    keys::{ChannelOf, Keys},
+    validate::Violations,
+};
 use push_proto::push::v1::{self as pb, Audience};
 
 /// Largest number accepted in an id or epoch: Lua compares them as doubles.
@@ -72,21 +76,21 @@ pub struct Pos {
 pub enum Source {
     All,
     Inbox,
-    Group(Box<str>),
+    Group(GroupId),
 }
 
 impl Source {
     /// What a message on `channel` belongs to, for a stream of that channel's user.
-    pub fn of_channel(c: ChannelOf<'_>) -> Source {
-        match c {
+    pub fn of_channel(c: ChannelOf<'_>) -> Option<Source> {
+        Some(match c {
             ChannelOf::All => Source::All,
             ChannelOf::User(_) => Source::Inbox,
-            ChannelOf::Group(g) => Source::Group(g.into()),
-        }
+            ChannelOf::Group(g) => Source::Group(GroupId::parse(g).ok()?),
+        })
     }
 
     /// The history's stream and meta keys, for `user`.
-    pub fn keys(&self, keys: &Keys, user: &str) -> (String, String) {
+    pub fn keys(&self, keys: &Keys, user: &UserId) -> (String, String) {
         let stream = match self {
             Source::All => keys.all_history(),
             Source::Inbox => keys.inbox(user),
@@ -111,7 +115,7 @@ impl Source {
         let source = match s {
             "a" => Source::All,
             "i" => Source::Inbox,
-            _ => Source::Group(s.strip_prefix("g:")?.into()),
+            _ => Source::Group(GroupId::parse(s.strip_prefix("g:")?).ok()?),
         };
         Some((device, source))
     }
@@ -143,10 +147,7 @@ pub fn parse_source(v: &mut Violations, audience: (&str, i32), group_id: (&str, 
     let source = match Audience::try_from(audience) {
         Ok(Audience::All) => Some(Source::All),
         Ok(Audience::User) => Some(Source::Inbox),
-        Ok(Audience::Group) => {
-            v.id(group_field, group);
-            Some(Source::Group(group.into()))
-        }
+        Ok(Audience::Group) => Some(Source::Group(v.parse(group_field, group)?)),
         _ => {
             v.add(audience_field, "must be AUDIENCE_ALL, AUDIENCE_USER or AUDIENCE_GROUP");
             if !group.is_empty() {
@@ -202,6 +203,10 @@ pub fn parse_position(value: &str) -> Option<Pos> {
 mod tests {
     use super::*;
 
+    fn group(g: &str) -> GroupId {
+        GroupId::parse(g).unwrap()
+    }
+
     #[test]
     fn ids_parse_print_and_order() {
         let a: StreamId = "1764262800123-0".parse().unwrap();
@@ -218,7 +223,7 @@ mod tests {
 
     #[test]
     fn ack_fields_round_trip() {
-        for s in [Source::All, Source::Inbox, Source::Group("g.1".into())] {
+        for s in [Source::All, Source::Inbox, Source::Group(group("g.1"))] {
             let f = s.ack_field("phone");
             assert_eq!(Source::of_ack_field(&f), Some(("phone", s)));
         }
@@ -245,7 +250,7 @@ mod tests {
         let got = parse_cursors(&mut v, "cursors", &[ok(Audience::User, ""), ok(Audience::Group, "g")], 10);
         assert!(v.is_empty());
         assert_eq!(got.len(), 2);
-        assert_eq!(got[1].0, Source::Group("g".into()));
+        assert_eq!(got[1].0, Source::Group(group("g")));
 
         for (bad, field) in [
             (ok(Audience::Unspecified, ""), "cursors[0].audience"),

@@ -2,7 +2,12 @@
 //! and its users' keys in one Lua step each, then announce the change on the users'
 //! channels so their open streams, on any replica, re-read their groups.
 use prost::bytes::Bytes;
-use push_common::{Error, token, validate::Violations};
+use push_common::{
+    Error,
+    ids::{GroupId, UserId},
+    token,
+    validate::Violations,
+};
 use push_proto::push::v1 as pb;
 
 use crate::{
@@ -21,26 +26,25 @@ pub struct Membership {
 }
 
 impl Membership {
-    fn check_membership(&self, group: &str, users: &[String]) -> Result<Vec<String>, Error> {
+    fn check_membership(&self, group: &str, users: &[String]) -> Result<(GroupId, Vec<UserId>), Error> {
         let mut v = Violations::new();
-        v.id("group_id", group);
-        v.ids("user_ids", users, self.limits.max_users_per_call);
-        v.check()?;
-        let mut users = users.to_vec();
+        let group = v.parse::<GroupId>("group_id", group);
+        let mut users = v.parse_all::<UserId>("user_ids", users, self.limits.max_users_per_call);
+        let group = v.check_with(group)?;
         users.sort();
         users.dedup();
-        Ok(users)
+        Ok((group, users))
     }
 
     /// Tells the users' open streams (on any replica) to re-read their groups.
-    async fn announce(&self, users: &[String]) -> Result<(), Error> {
+    async fn announce(&self, users: &[UserId]) -> Result<(), Error> {
         let channels: Vec<String> = users.iter().map(|u| self.store.keys().channel_user(u)).collect();
         self.store.publish(&channels, &Bytes::from_static(&[envelope::MEMBERSHIP])).await
     }
 
     pub async fn join(&self, r: pb::JoinGroupRequest) -> Result<pb::JoinGroupResponse, Error> {
-        let users = self.check_membership(&r.group_id, &r.user_ids)?;
-        match self.store.join(&r.group_id, &users, self.limits.max_groups_per_user).await? {
+        let (group, users) = self.check_membership(&r.group_id, &r.user_ids)?;
+        match self.store.join(&group, &users, self.limits.max_groups_per_user).await? {
             Joined::Added(n) => {
                 self.announce(&users).await?;
                 Ok(pb::JoinGroupResponse { added: n as i32 })
@@ -53,15 +57,15 @@ impl Membership {
     }
 
     pub async fn leave(&self, r: pb::LeaveGroupRequest) -> Result<pb::LeaveGroupResponse, Error> {
-        let users = self.check_membership(&r.group_id, &r.user_ids)?;
-        let removed = self.store.leave(&r.group_id, &users, self.limits.max_groups_per_user).await?;
+        let (group, users) = self.check_membership(&r.group_id, &r.user_ids)?;
+        let removed = self.store.leave(&group, &users, self.limits.max_groups_per_user).await?;
         self.announce(&users).await?;
         Ok(pb::LeaveGroupResponse { removed: removed as i32 })
     }
 
     pub async fn members(&self, r: pb::ListGroupMembersRequest) -> Result<pb::ListGroupMembersResponse, Error> {
         let mut v = Violations::new();
-        v.id("group_id", &r.group_id);
+        let group = v.parse::<GroupId>("group_id", &r.group_id);
         if r.page_size < 0 {
             v.add("page_size", "must not be negative");
         }
@@ -69,12 +73,12 @@ impl Membership {
         if after.is_none() {
             v.add("page_token", "is not a token returned by this service");
         }
-        v.check()?;
+        let group = v.check_with(group)?;
         let want = match r.page_size {
             0 => DEFAULT_PAGE,
             n => (n as usize).min(self.limits.max_page_size),
         };
-        let user_ids = self.store.members(&r.group_id, &after.unwrap_or_default(), want).await?;
+        let user_ids = self.store.members(&group, &after.unwrap_or_default(), want).await?;
         let next_page_token = match user_ids.last() {
             Some(last) if user_ids.len() == want => encode_token(last),
             _ => String::new(),
@@ -84,9 +88,9 @@ impl Membership {
 
     pub async fn user_groups(&self, r: pb::ListUserGroupsRequest) -> Result<pb::ListUserGroupsResponse, Error> {
         let mut v = Violations::new();
-        v.id("user_id", &r.user_id);
-        v.check()?;
-        Ok(pb::ListUserGroupsResponse { group_ids: self.store.user_groups(&r.user_id).await? })
+        let user = v.parse::<UserId>("user_id", &r.user_id);
+        let user = v.check_with(user)?;
+        Ok(pb::ListUserGroupsResponse { group_ids: self.store.user_groups(&user).await? })
     }
 }
 

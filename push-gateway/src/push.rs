@@ -4,7 +4,11 @@
 use std::time::SystemTime;
 
 use prost::{Message as _, bytes::Bytes};
-use push_common::{Error, validate::Violations};
+use push_common::{
+    Error,
+    ids::{GroupId, Id, IdemKey, UserId},
+    validate::Violations,
+};
 use push_proto::push::v1::{self as pb, Audience};
 
 use crate::store::Store;
@@ -62,7 +66,8 @@ macro_rules! content {
 }
 
 impl Content<'_> {
-    fn check(&self, v: &mut Violations, limits: &PushLimits) {
+    /// Checks the content; its idempotency key, parsed, if it has one.
+    fn check(&self, v: &mut Violations, limits: &PushLimits) -> Option<IdemKey> {
         if self.topic.is_empty() || self.topic.len() > MAX_TOPIC {
             v.add("topic", format!("must be 1 to {MAX_TOPIC} characters"));
         } else if !self.topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '/' | '-')) {
@@ -80,8 +85,9 @@ impl Content<'_> {
         if !self.sender.is_empty() {
             v.id("sender", self.sender);
         }
-        if !self.idempotency_key.is_empty() {
-            v.id("idempotency_key", self.idempotency_key);
+        match self.idempotency_key {
+            "" => None,
+            key => v.parse("idempotency_key", key),
         }
     }
 
@@ -112,23 +118,22 @@ impl Pusher {
     pub async fn to_all(&self, caller: &str, r: pb::PushToAllRequest) -> Result<pb::PushToAllResponse, Error> {
         let c = content!(r);
         let mut v = Violations::new();
-        c.check(&mut v, &self.limits);
+        let key = c.check(&mut v, &self.limits);
         v.check()?;
         let keys = self.store.keys();
         let target = [(keys.all_history(), keys.channel_all())];
-        let message_id =
-            self.push(caller, &c, &target, self.store.retention.history_max_len, Audience::All, "").await?;
+        let max_len = self.store.retention.history_max_len;
+        let message_id = self.push((caller, key.as_ref()), &c, &target, max_len, Audience::All, "").await?;
         Ok(pb::PushToAllResponse { message_id })
     }
 
     pub async fn to_users(&self, caller: &str, r: pb::PushToUsersRequest) -> Result<pb::PushToUsersResponse, Error> {
         let c = content!(r);
         let mut v = Violations::new();
-        v.ids("user_ids", &r.user_ids, self.limits.max_users_per_call);
-        c.check(&mut v, &self.limits);
+        let mut users = v.parse_all::<UserId>("user_ids", &r.user_ids, self.limits.max_users_per_call);
+        let key = c.check(&mut v, &self.limits);
         v.check()?;
         // A user listed twice still gets the message once.
-        let mut users: Vec<&String> = r.user_ids.iter().collect();
         users.sort();
         users.dedup();
         let bytes = c.published_size().saturating_mul(users.len());
@@ -143,30 +148,32 @@ impl Pusher {
             ));
         }
         let keys = self.store.keys();
-        let targets: Vec<(String, String)> = users.into_iter().map(|u| (keys.inbox(u), keys.channel_user(u))).collect();
-        let message_id =
-            self.push(caller, &c, &targets, self.store.retention.inbox_max_len, Audience::User, "").await?;
+        let targets: Vec<(String, String)> = users.iter().map(|u| (keys.inbox(u), keys.channel_user(u))).collect();
+        let max_len = self.store.retention.inbox_max_len;
+        let message_id = self.push((caller, key.as_ref()), &c, &targets, max_len, Audience::User, "").await?;
         Ok(pb::PushToUsersResponse { message_id })
     }
 
     pub async fn to_group(&self, caller: &str, r: pb::PushToGroupRequest) -> Result<pb::PushToGroupResponse, Error> {
         let c = content!(r);
         let mut v = Violations::new();
-        v.id("group_id", &r.group_id);
-        c.check(&mut v, &self.limits);
-        v.check()?;
+        let group = v.parse::<GroupId>("group_id", &r.group_id);
+        let key = c.check(&mut v, &self.limits);
+        let group = v.check_with(group)?;
         let keys = self.store.keys();
-        let target = [(keys.group_history(&r.group_id), keys.channel_group(&r.group_id))];
+        let target = [(keys.group_history(&group), keys.channel_group(&group))];
         let max_len = self.store.retention.history_max_len;
-        let message_id = self.push(caller, &c, &target, max_len, Audience::Group, &r.group_id).await?;
+        let message_id = self.push((caller, key.as_ref()), &c, &target, max_len, Audience::Group, &group).await?;
         Ok(pb::PushToGroupResponse { message_id })
     }
 
     /// Appends to the targets' histories and publishes, once per idempotency key when
     /// the push has one; returns the id of the push that counts.
+    /// `idempotency`: the caller's API key name ('' without authentication) and the
+    /// push's key, if any.
     async fn push(
         &self,
-        caller: &str,
+        idempotency: (&str, Option<&IdemKey>),
         c: &Content<'_>,
         targets: &[(String, String)],
         max_len: usize,
@@ -174,8 +181,10 @@ impl Pusher {
         group_id: &str,
     ) -> Result<String, Error> {
         let message = c.encode(audience, group_id);
-        let key =
-            (!c.idempotency_key.is_empty()).then_some((caller, c.idempotency_key, self.limits.idempotency_window));
+        let (caller, key) = idempotency;
+        // API key names are ids (checked when the keys are configured).
+        let caller = IdemKey::parse(caller).ok();
+        let key = key.map(|k| (caller.as_ref(), k, self.limits.idempotency_window));
         self.store.push(targets, max_len, &message, key).await
     }
 }

@@ -1,5 +1,5 @@
 //! Delivery receipts: whether a message reached each user's devices.
-use push_common::{Error, validate::Violations};
+use push_common::{Error, ids::UserId, validate::Violations};
 use push_proto::push::v1::{self as pb, DeliveryState};
 
 use crate::{
@@ -27,16 +27,17 @@ impl Receipts {
         if id.is_none() {
             v.add("message_id", "must be a message id as returned by a push (\"<ms>-<seq>\")");
         }
-        v.ids("user_ids", &r.user_ids, self.limits.max_users_per_call);
+        let users = v.parse_all::<UserId>("user_ids", &r.user_ids, self.limits.max_users_per_call);
         let source = history::parse_source(&mut v, ("audience", r.audience), ("group_id", &r.group_id));
         v.check()?;
         let (Some(id), Some(source)) = (id, source) else { unreachable!("checked above") };
         let keys = self.store.keys();
-        let streams: Vec<String> = match source {
-            Source::Inbox => r.user_ids.iter().map(|u| keys.inbox(u)).collect(),
-            _ => vec![source.keys(keys, "").0],
+        let streams: Vec<String> = match &source {
+            Source::Inbox => users.iter().map(|u| keys.inbox(u)).collect(),
+            Source::All => vec![keys.all_history()],
+            Source::Group(g) => vec![keys.group_history(g)],
         };
-        let receipts = self.store.receipts(&streams, id, &r.user_ids).await?;
+        let receipts = self.store.receipts(&streams, id, &users).await?;
         let suffix = source.ack_field("");
         let deliveries = r
             .user_ids

@@ -1,4 +1,5 @@
 //! `push.v1.PushGateway`: the one public contract, composed from the internal services.
+use push_common::ids::{DeviceId, Id, UserId};
 use push_proto::{
     presence::v1::presence_client::PresenceClient,
     profile::v1::profile_client::ProfileClient,
@@ -116,10 +117,13 @@ impl PushGateway for Gateway {
     /// replica: otherwise a stream would keep receiving and its next renewal would bring
     /// the session back.
     async fn logout(&self, req: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
-        let (user, device) = (req.get_ref().user_id.clone(), req.get_ref().session_id.clone());
+        let (user, device) = (UserId::parse(&req.get_ref().user_id), DeviceId::parse(&req.get_ref().session_id));
         let mut c = self.presence.clone();
         let done = forward(req, |r| async move { c.logout(r).await }).await?;
-        self.streams.disconnect(&user, &device).await?;
+        // presence-svc refused invalid ids, so both parse when the logout was done.
+        if let (Ok(user), Ok(device)) = (user, device) {
+            self.streams.disconnect(&user, &device).await?;
+        }
         Ok(done)
     }
 

@@ -10,7 +10,11 @@ use std::{collections::HashMap, time::Duration};
 
 use prost::bytes::Bytes;
 use push_common::redis::Pool;
-use push_common::{Error, keys::Keys};
+use push_common::{
+    Error,
+    ids::{DeviceId, GroupId, Id, IdemKey, UserId},
+    keys::Keys,
+};
 use redis::{Script, Value};
 
 use crate::history::{self, Pos, StreamId};
@@ -129,7 +133,7 @@ impl Store {
         targets: &[(String, String)],
         max_len: usize,
         message: &[u8],
-        idempotency: Option<(&str, &str, Duration)>,
+        idempotency: Option<(Option<&IdemKey>, &IdemKey, Duration)>,
     ) -> Result<String, Error> {
         let r = &self.retention;
         let mut inv = self.push.prepare_invoke();
@@ -193,13 +197,18 @@ impl Store {
     /// Moves `device`'s acknowledged positions forward. A group the user is not in is
     /// refused (the whole call, naming the position's index in `positions`).
     #[tracing::instrument(skip(self, positions), err)]
-    pub async fn ack(&self, user: &str, device: &str, positions: &[(history::Source, Pos)]) -> Result<(), Error> {
+    pub async fn ack(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        positions: &[(history::Source, Pos)],
+    ) -> Result<(), Error> {
         let mut inv = self.ack.key(self.keys.acks(user));
         inv.key(self.keys.user_groups(user)).key(self.keys.ack_devices(user));
-        inv.arg(self.retention.meta_ttl.as_millis() as u64).arg(self.retention.max_ack_devices).arg(device);
+        inv.arg(self.retention.meta_ttl.as_millis() as u64).arg(self.retention.max_ack_devices).arg(device.as_str());
         for (source, p) in positions {
             let group = match source {
-                history::Source::Group(g) => g,
+                history::Source::Group(g) => g.as_str(),
                 _ => "",
             };
             inv.arg(source.ack_field(device)).arg(p.epoch.to_string()).arg(p.id.to_string()).arg(group);
@@ -216,16 +225,16 @@ impl Store {
     /// A device's acknowledged positions in the histories its user reads (its own
     /// fields only: never the whole acks hash).
     #[tracing::instrument(skip(self), err)]
-    pub async fn acked(&self, user: &str, device: &str) -> Result<Vec<(history::Source, Pos)>, Error> {
+    pub async fn acked(&self, user: &UserId, device: &DeviceId) -> Result<Vec<(history::Source, Pos)>, Error> {
         let mut inv = self.acked.key(self.keys.acks(user));
-        inv.key(self.keys.user_groups(user)).arg(device);
+        inv.key(self.keys.user_groups(user)).arg(device.as_str());
         let mut c = self.pool.get();
         let pairs: Vec<(String, String)> = inv.invoke_async(&mut c).await?;
         Ok(pairs
             .iter()
             .filter_map(|(f, v)| {
                 let (d, source) = history::Source::of_ack_field(f)?;
-                (d == device).then_some((source, history::parse_position(v)?))
+                (device.as_str() == d).then_some((source, history::parse_position(v)?))
             })
             .collect())
     }
@@ -233,7 +242,7 @@ impl Store {
     /// For a receipt: whether `id` is in each stream, each stream's epoch, and each
     /// user's acks. `streams` holds one stream per user, or one for all of them.
     #[tracing::instrument(skip_all, fields(users = users.len()), err)]
-    pub async fn receipts(&self, streams: &[String], id: StreamId, users: &[String]) -> Result<Receipts, Error> {
+    pub async fn receipts(&self, streams: &[String], id: StreamId, users: &[UserId]) -> Result<Receipts, Error> {
         let mut pipe = redis::pipe();
         let id = id.to_string();
         for s in streams {
@@ -259,8 +268,8 @@ impl Store {
     fn membership<'s>(
         &self,
         script: &'s Script,
-        group: &str,
-        users: &[String],
+        group: &GroupId,
+        users: &[UserId],
         max: usize,
     ) -> redis::ScriptInvocation<'s> {
         let history = self.keys.group_history(group);
@@ -270,15 +279,15 @@ impl Store {
             inv.key(self.keys.user_groups(u)).key(self.keys.acks(u)).key(self.keys.ack_devices(u));
             inv.key(self.keys.left_groups(u));
         }
-        inv.arg(group).arg(max).arg(self.retention.meta_ttl.as_millis() as u64);
+        inv.arg(group.as_str()).arg(max).arg(self.retention.meta_ttl.as_millis() as u64);
         for u in users {
-            inv.arg(u);
+            inv.arg(u.as_str());
         }
         inv
     }
 
     #[tracing::instrument(skip(self, users), fields(users = users.len()), err)]
-    pub async fn join(&self, group: &str, users: &[String], max_groups: usize) -> Result<Joined, Error> {
+    pub async fn join(&self, group: &GroupId, users: &[UserId], max_groups: usize) -> Result<Joined, Error> {
         let inv = self.membership(&self.join, group, users, max_groups);
         let mut c = self.pool.get();
         let reply: Vec<i64> = inv.invoke_async(&mut c).await?;
@@ -292,7 +301,7 @@ impl Store {
     /// Removes `users` from `group`; each keeps where the group stood when they left
     /// (at most `max_groups` such records per user).
     #[tracing::instrument(skip(self, users), fields(users = users.len()), err)]
-    pub async fn leave(&self, group: &str, users: &[String], max_groups: usize) -> Result<i64, Error> {
+    pub async fn leave(&self, group: &GroupId, users: &[UserId], max_groups: usize) -> Result<i64, Error> {
         let inv = self.membership(&self.leave, group, users, max_groups);
         let mut c = self.pool.get();
         Ok(inv.invoke_async(&mut c).await?)
@@ -300,7 +309,7 @@ impl Store {
 
     /// A page of members after `after` (exclusive; empty to start), in id order.
     #[tracing::instrument(skip(self), err)]
-    pub async fn members(&self, group: &str, after: &str, count: usize) -> Result<Vec<String>, Error> {
+    pub async fn members(&self, group: &GroupId, after: &str, count: usize) -> Result<Vec<String>, Error> {
         let start = if after.is_empty() { "-".to_owned() } else { format!("({after}") };
         let mut c = self.pool.get();
         Ok(redis::cmd("ZRANGE")
@@ -317,7 +326,7 @@ impl Store {
 
     /// The user's groups, sorted.
     #[tracing::instrument(skip(self), err)]
-    pub async fn user_groups(&self, user: &str) -> Result<Vec<String>, Error> {
+    pub async fn user_groups(&self, user: &UserId) -> Result<Vec<String>, Error> {
         let mut c = self.pool.get();
         let mut groups: Vec<String> = redis::cmd("HKEYS").arg(self.keys.user_groups(user)).query_async(&mut c).await?;
         groups.sort();
@@ -326,7 +335,7 @@ impl Store {
 
     /// Each user's groups, sorted, in one round trip.
     #[tracing::instrument(skip_all, fields(users = users.len()), err)]
-    pub async fn users_groups(&self, users: &[&str]) -> Result<Vec<Vec<String>>, Error> {
+    pub async fn users_groups(&self, users: &[&UserId]) -> Result<Vec<Vec<GroupId>>, Error> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
@@ -335,28 +344,41 @@ impl Store {
             pipe.cmd("HKEYS").arg(self.keys.user_groups(u));
         }
         let mut c = self.pool.get();
-        let mut all: Vec<Vec<String>> = pipe.query_async(&mut c).await?;
-        all.iter_mut().for_each(|g| g.sort());
-        Ok(all)
+        let all: Vec<Vec<String>> = pipe.query_async(&mut c).await?;
+        Ok(all.into_iter().map(|groups| parse_groups(groups.iter().map(String::as_str))).collect())
     }
 
     /// Where each of `groups`' history stood when `user` left it (None: not recorded).
     #[tracing::instrument(skip(self), err)]
-    pub async fn left_at(&self, user: &str, groups: &[&str]) -> Result<Vec<Option<Pos>>, Error> {
+    pub async fn left_at(&self, user: &UserId, groups: &[&GroupId]) -> Result<Vec<Option<Pos>>, Error> {
         let mut c = self.pool.get();
-        let at: Vec<Option<String>> =
-            redis::cmd("HMGET").arg(self.keys.left_groups(user)).arg(groups).query_async(&mut c).await?;
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.keys.left_groups(user));
+        for g in groups {
+            cmd.arg(g.as_str());
+        }
+        let at: Vec<Option<String>> = cmd.query_async(&mut c).await?;
         Ok(at.iter().map(|a| a.as_deref().and_then(history::parse_position)).collect())
     }
 
     /// The user's groups with where each group's history stood when the user joined.
     #[tracing::instrument(skip(self), err)]
-    pub async fn user_groups_since(&self, user: &str) -> Result<HashMap<String, Option<Pos>>, Error> {
+    pub async fn user_groups_since(&self, user: &UserId) -> Result<HashMap<GroupId, Option<Pos>>, Error> {
         let mut c = self.pool.get();
         let all: HashMap<String, String> =
             redis::cmd("HGETALL").arg(self.keys.user_groups(user)).query_async(&mut c).await?;
-        Ok(all.into_iter().map(|(g, at)| (g, history::parse_position(&at))).collect())
+        let parsed =
+            all.into_iter().filter_map(|(g, at)| Some((GroupId::parse(&g).ok()?, history::parse_position(&at))));
+        Ok(parsed.collect())
     }
+}
+
+/// Group ids read back from Redis, sorted (they were validated when written; one that is
+/// not an id any more is skipped rather than allowed to form a key).
+fn parse_groups<'a>(groups: impl Iterator<Item = &'a str>) -> Vec<GroupId> {
+    let mut out: Vec<GroupId> = groups.filter_map(|g| GroupId::parse(g).ok()).collect();
+    out.sort();
+    out
 }
 
 fn parse_page(reply: Vec<Value>) -> Result<Page, Error> {

@@ -85,7 +85,9 @@ fn drain(stream: &Stream, out: &mut Vec<StreamId>) {
 proptest! {
     #[test]
     fn each_message_reaches_a_stream_once_and_in_order(ops in proptest::collection::vec(op(), 0..200)) {
-        let s = Stream::new(Limits { messages: 100_000, bytes: 1 << 30 }, "u", "d", 0, 1);
+        use push_common::ids::{DeviceId, Id, UserId};
+        let (user, device) = (UserId::parse("u").unwrap(), DeviceId::parse("d").unwrap());
+        let s = Stream::new(Limits { messages: 100_000, bytes: 1 << 30 }, user, device, 0, 1);
         let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
         s.queue.establish(&Source::All, Pos { epoch: 1, id: StreamId::default() }, pb::Continuity::FromNow);
         let mut pauses = Vec::new();

@@ -15,6 +15,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use super::{Pause, Shared, Stream, groups, replay};
 use crate::history::{Pos, Source};
+use push_common::ids::UserId;
 
 /// How long the audit waits before it takes a stream that looks behind for one that
 /// missed messages (rather than one whose messages are still on their way).
@@ -57,7 +58,7 @@ async fn behind<'a>(shared: &Shared, streams: &[&'a Arc<Stream>]) -> Vec<(&'a Ar
         // A group position the stream is not attached to is one it only finishes (see
         // `groups::departed`): it must not be caught up past the leave.
         let followed = |source: &Source| match source {
-            Source::Group(g) => groups.iter().any(|m| **m == **g),
+            Source::Group(g) => groups.contains(g),
             _ => true,
         };
         for (source, pos) in s.queue.positions().into_iter().filter(|(src, _)| followed(src)) {
@@ -89,7 +90,7 @@ async fn behind<'a>(shared: &Shared, streams: &[&'a Arc<Stream>]) -> Vec<(&'a Ar
 
 /// Reconciles the streams whose groups are not their user's groups in Redis.
 async fn check_groups(shared: &Arc<Shared>, streams: &[&Arc<Stream>]) {
-    let mut users: Vec<&str> = streams.iter().map(|s| &*s.user).collect();
+    let mut users: Vec<&UserId> = streams.iter().map(|s| &s.user).collect();
     users.sort_unstable();
     users.dedup();
     let groups = match shared.store.users_groups(&users).await {
@@ -100,7 +101,7 @@ async fn check_groups(shared: &Arc<Shared>, streams: &[&Arc<Stream>]) {
         }
     };
     for s in streams {
-        let Ok(i) = users.binary_search(&&*s.user) else { continue };
+        let Ok(i) = users.binary_search(&&s.user) else { continue };
         if s.groups() != groups[i] {
             tracing::info!(user = &*s.user, "a stream missed a membership change; reconciling");
             groups::schedule(shared, s);

@@ -11,6 +11,7 @@ use tonic::Status;
 
 use super::{Pause, Shared, Stream, open::Plan, replay};
 use crate::history::{Pos, Source, Start};
+use push_common::ids::GroupId;
 
 /// Makes `s`'s group channels match its user's groups in Redis. Runs only while `s` is
 /// `scheduled`, so never twice at once for one stream; loops while changes arrive.
@@ -28,7 +29,7 @@ pub(super) async fn reconcile(shared: &Arc<Shared>, s: &Arc<Stream>, plan: &Plan
 /// a task) and detaches it from those the user left.
 async fn apply(shared: &Arc<Shared>, s: &Arc<Stream>, plan: &Plan) -> Result<(), Error> {
     let since = shared.store.user_groups_since(&s.user).await?;
-    let mut now: Vec<String> = since.keys().cloned().collect();
+    let mut now: Vec<GroupId> = since.keys().cloned().collect();
     now.sort();
     let (joined, left) = s.swap_groups(now);
     shared.hub.detach(s, &shared.group_channels(&left));
@@ -51,7 +52,7 @@ async fn apply(shared: &Arc<Shared>, s: &Arc<Stream>, plan: &Plan) -> Result<(),
     }
     let mut replays = Vec::new();
     for g in joined {
-        let source = Source::Group(g.as_str().into());
+        let source = Source::Group(g.clone());
         let start = plan.start_group(&source, since.get(&g).copied().flatten());
         match replay::establish(shared, s, &source, start).await {
             Ok(Some(from)) => replays.push((source, from)),
@@ -76,15 +77,15 @@ async fn apply(shared: &Arc<Shared>, s: &Arc<Stream>, plan: &Plan) -> Result<(),
 /// arrives, and the audit does not follow them.
 pub(super) async fn departed(shared: &Arc<Shared>, s: &Arc<Stream>, plan: &Plan) -> Result<(), Error> {
     let current = s.groups();
-    let gone: Vec<(&str, Pos)> = plan.group_cursors().filter(|(g, _)| !current.iter().any(|c| c == g)).collect();
+    let gone: Vec<(&GroupId, Pos)> = plan.group_cursors().filter(|(g, _)| !current.contains(g)).collect();
     if gone.is_empty() {
         return Ok(());
     }
-    let names: Vec<&str> = gone.iter().map(|(g, _)| *g).collect();
+    let names: Vec<&GroupId> = gone.iter().map(|(g, _)| *g).collect();
     let left = shared.store.left_at(&s.user, &names).await?;
     let mut owed = Vec::new();
     for ((g, cursor), at) in gone.into_iter().zip(left) {
-        let source = Source::Group(g.into());
+        let source = Source::Group(g.clone());
         match at {
             Some(at) if at.epoch == cursor.epoch && at.id > cursor.id => owed.push((source, cursor, at)),
             at => s.queue.left(&source, at.unwrap_or(cursor)),
@@ -107,7 +108,7 @@ pub(super) async fn departed(shared: &Arc<Shared>, s: &Arc<Stream>, plan: &Plan)
             }
             // Unless the user joined it again meanwhile (it is followed live then).
             if let Source::Group(g) = &source
-                && !s.groups().iter().any(|c| **c == **g)
+                && !s.groups().contains(g)
             {
                 s.queue.left(&source, at);
             }

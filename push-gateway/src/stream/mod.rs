@@ -41,6 +41,7 @@ use tonic::Status;
 
 use crate::{downstream::Internal, history::Source, store::Store};
 use hub::Hub;
+use push_common::ids::{DeviceId, GroupId, UserId};
 
 /// Streams caught up at once by the hub's reconnect, the audit and lost messages.
 const CATCH_UP_CONCURRENCY: usize = 64;
@@ -105,8 +106,8 @@ pub struct Shared {
 #[derive(Default)]
 struct Live {
     streams: HashMap<u64, Arc<Stream>>,
-    devices: HashMap<(Box<str>, Box<str>), Vec<u64>>,
-    users: HashMap<Box<str>, usize>,
+    devices: HashMap<(UserId, DeviceId), Vec<u64>>,
+    users: HashMap<UserId, usize>,
 }
 
 impl Live {
@@ -136,8 +137,8 @@ impl Live {
     }
 
     /// The newest open stream of (user, device).
-    fn newest(&self, user: &str, device: &str) -> Option<Arc<Stream>> {
-        let serials = self.devices.get(&(user.into(), device.into()))?;
+    fn newest(&self, user: &UserId, device: &DeviceId) -> Option<Arc<Stream>> {
+        let serials = self.devices.get(&(user.clone(), device.clone()))?;
         serials.iter().max().and_then(|n| self.streams.get(n)).cloned()
     }
 }
@@ -211,7 +212,7 @@ impl Shared {
         vec![keys.channel_all(), keys.channel_user(&s.user)]
     }
 
-    fn group_channels<'a>(&self, groups: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    fn group_channels<'a>(&self, groups: impl IntoIterator<Item = &'a GroupId>) -> Vec<String> {
         groups.into_iter().map(|g| self.store.keys().channel_group(g)).collect()
     }
 

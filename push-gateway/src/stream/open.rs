@@ -7,7 +7,10 @@
 //! only then are its positions read and its groups attached. A membership change
 //! committed in between is announced on the already subscribed user channel, so none
 //! is lost. Live messages wait (a [`Pause`]) until the replays are done.
-use push_common::validate::Violations;
+use push_common::{
+    ids::{DeviceId, GroupId, UserId},
+    validate::Violations,
+};
 use push_proto::push::v1::{AckRequest, SubscribeRequest};
 use tonic::{Request, Status};
 
@@ -25,11 +28,10 @@ pub fn device_identity<T>(
     user_id: &str,
     device_id: &str,
     v: &mut Violations,
-) -> Result<(String, String), Status> {
+) -> Result<Option<(UserId, DeviceId)>, Status> {
     let user = device_user(req.extensions().get::<push_common::auth::Identity>(), user_id)?;
-    v.id("user_id", &user);
-    v.id("device_id", device_id);
-    Ok((user, device_id.to_owned()))
+    let user = v.parse::<UserId>("user_id", &user);
+    Ok(user.zip(v.parse::<DeviceId>("device_id", device_id)))
 }
 
 /// Most cursors in one request: the inbox, the broadcast history and every group.
@@ -58,9 +60,9 @@ impl Plan {
     }
 
     /// The given positions in groups.
-    pub(super) fn group_cursors(&self) -> impl Iterator<Item = (&str, Pos)> {
+    pub(super) fn group_cursors(&self) -> impl Iterator<Item = (&GroupId, Pos)> {
         self.given.iter().filter_map(|(s, p)| match s {
-            Source::Group(g) => Some((&**g, *p)),
+            Source::Group(g) => Some((g, *p)),
             _ => None,
         })
     }
@@ -79,9 +81,9 @@ impl Streams {
         let shared = &self.shared;
         let mut v = Violations::new();
         let r = req.get_ref();
-        let (user, device) = device_identity(&req, &r.user_id, &r.device_id, &mut v)?;
+        let identity = device_identity(&req, &r.user_id, &r.device_id, &mut v)?;
         let cursors = history::parse_cursors(&mut v, "cursors", &r.cursors, max_cursors(shared.settings.max_groups));
-        v.check()?;
+        let (user, device) = v.check_with(identity)?;
         let mut given = shared.store.acked(&user, &device).await?;
         given.retain(|(s, _)| !cursors.iter().any(|(c, _)| c == s));
         given.extend(cursors);
@@ -91,7 +93,7 @@ impl Streams {
             _ => 0,
         };
         let serial = shared.serials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let stream = Stream::new(shared.settings.limits, &user, &device, until, serial);
+        let stream = Stream::new(shared.settings.limits, user, device, until, serial);
         // Live messages wait until the broadcast history and the inbox are replayed.
         let pause = Pause::new(&stream, &shared.events);
         shared.register(&stream)?;
@@ -116,7 +118,7 @@ impl Streams {
 
     /// Ends the streams of `device` of `user` on every replica (after a Logout): a
     /// DISCONNECT on the user's channel.
-    pub async fn disconnect(&self, user: &str, device: &str) -> Result<(), push_common::Error> {
+    pub async fn disconnect(&self, user: &UserId, device: &DeviceId) -> Result<(), push_common::Error> {
         let channel = [self.shared.store.keys().channel_user(user)];
         let payload = prost::bytes::Bytes::from(crate::envelope::disconnect(device));
         self.shared.store.publish(&channel, &payload).await
@@ -127,12 +129,12 @@ impl Streams {
         let shared = &self.shared;
         let mut v = Violations::new();
         let r = req.get_ref();
-        let (user, device) = device_identity(&req, &r.user_id, &r.device_id, &mut v)?;
+        let identity = device_identity(&req, &r.user_id, &r.device_id, &mut v)?;
         let cursors = history::parse_cursors(&mut v, "cursors", &r.cursors, max_cursors(shared.settings.max_groups));
         if r.cursors.is_empty() {
             v.add("cursors", "must hold at least one cursor");
         }
-        v.check()?;
+        let (user, device) = v.check_with(identity)?;
         Ok(shared.store.ack(&user, &device, &cursors).await?)
     }
 }

@@ -12,6 +12,7 @@ use super::{
     queue::{Limits, Queue},
 };
 use crate::history::Source;
+use push_common::ids::{DeviceId, GroupId, UserId};
 
 /// One device stream. Shared by the hub (which pushes), the response stream (which
 /// drains) and the maintenance task (which renews, reconciles groups and cleans up).
@@ -20,8 +21,8 @@ use crate::history::Source;
 /// and never across an `.await`.
 #[derive(Debug)]
 pub struct Stream {
-    pub user: Box<str>,
-    pub device: Box<str>,
+    pub user: UserId,
+    pub device: DeviceId,
     /// When the device's credential runs out (seconds since the Unix epoch; 0: never):
     /// the stream is ended then, and the device reconnects with a fresh token.
     pub until: u64,
@@ -30,7 +31,7 @@ pub struct Stream {
     pub serial: u64,
     pub queue: Queue,
     /// The groups whose channels this stream is attached to, sorted.
-    groups: Mutex<Vec<String>>,
+    groups: Mutex<Vec<GroupId>>,
     /// `dirty`: the user's groups changed since the stream last read them; `scheduled`:
     /// a reconciliation is queued or running. Together they make changes coalesce
     /// without ever being lost or reconciled twice at once (see `groups::reconcile`).
@@ -41,10 +42,10 @@ pub struct Stream {
 }
 
 impl Stream {
-    pub fn new(limits: Limits, user: &str, device: &str, until: u64, serial: u64) -> Arc<Self> {
+    pub fn new(limits: Limits, user: UserId, device: DeviceId, until: u64, serial: u64) -> Arc<Self> {
         Arc::new(Self {
-            user: user.into(),
-            device: device.into(),
+            user,
+            device,
             until,
             serial,
             queue: Queue::new(limits),
@@ -71,12 +72,12 @@ impl Stream {
     }
 
     /// The groups the stream is attached to.
-    pub fn groups(&self) -> Vec<String> {
+    pub fn groups(&self) -> Vec<GroupId> {
         self.groups.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Sets the groups to `now` (sorted); returns those joined and those left.
-    pub(super) fn swap_groups(&self, now: Vec<String>) -> (Vec<String>, Vec<String>) {
+    pub(super) fn swap_groups(&self, now: Vec<GroupId>) -> (Vec<GroupId>, Vec<GroupId>) {
         let mut cur = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         let joined = now.iter().filter(|g| !cur.contains(g)).cloned().collect();
         let left = cur.iter().filter(|g| !now.contains(g)).cloned().collect();
@@ -85,7 +86,7 @@ impl Stream {
     }
 
     /// Forgets groups whose attach failed, so the next reconciliation sees them as new.
-    pub(super) fn drop_groups(&self, groups: &[String]) {
+    pub(super) fn drop_groups(&self, groups: &[GroupId]) {
         self.groups.lock().unwrap_or_else(|e| e.into_inner()).retain(|g| !groups.contains(g));
     }
 
@@ -157,7 +158,9 @@ mod tests {
     use super::*;
 
     fn stream() -> Arc<Stream> {
-        Stream::new(Limits { messages: 10, bytes: 1 << 10 }, "u", "d", 0, 1)
+        use push_common::ids::Id;
+        let (u, d) = (UserId::parse("u").unwrap(), DeviceId::parse("d").unwrap());
+        Stream::new(Limits { messages: 10, bytes: 1 << 10 }, u, d, 0, 1)
     }
 
     #[test]

@@ -184,7 +184,7 @@ pub(super) fn dispatch(state: &HubState, channel: &str, payload: &[u8], probe: &
     if let Envelope::Probe(n) = envelope {
         return probe.answered(n);
     }
-    let Some(source) = state.keys.parse_channel(channel).map(Source::of_channel) else {
+    let Some(source) = state.keys.parse_channel(channel).and_then(Source::of_channel) else {
         tracing::warn!(channel, "ignoring a payload on a channel of no history");
         return;
     };

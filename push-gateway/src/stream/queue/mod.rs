@@ -34,6 +34,7 @@ use push_proto::{
 use tonic::Status;
 
 use crate::history::{Pos, Source, StreamId};
+use push_common::ids::GroupId;
 
 /// Most messages in one stream item.
 const BATCH_MESSAGES: usize = 64;
@@ -107,7 +108,7 @@ enum Order {
 struct Positions {
     all: Option<Pos>,
     inbox: Option<Pos>,
-    groups: Vec<(Box<str>, Pos)>,
+    groups: Vec<(GroupId, Pos)>,
 }
 
 impl Positions {
@@ -280,8 +281,8 @@ impl Queue {
     }
 
     /// Stops following groups' histories (the user left them).
-    pub fn forget(&self, groups: &[String]) {
-        self.state().positions.groups.retain(|(g, _)| !groups.iter().any(|l| **l == **g));
+    pub fn forget(&self, groups: &[GroupId]) {
+        self.state().positions.groups.retain(|(g, _)| !groups.contains(g));
     }
 
     /// The stream's position in `source`, if it follows it.

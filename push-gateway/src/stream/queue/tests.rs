@@ -2,6 +2,11 @@
 use std::task::Waker;
 
 use super::*;
+use push_common::ids::Id;
+
+fn group(g: &str) -> GroupId {
+    GroupId::parse(g).unwrap()
+}
 
 fn poll(q: &Queue) -> Poll<Option<Result<SubscribeResponse, Status>>> {
     q.poll_batch(&mut Context::from_waker(Waker::noop()))
@@ -53,7 +58,7 @@ fn replay_then_live_without_gap_or_duplicate() {
     let got: Vec<u8> = items(&q).iter().map(|b| b[0]).collect();
     assert_eq!(got, vec![1, 2, 3, 4, 5, 6]);
     // A history the stream does not follow delivers nothing.
-    q.push(&Source::Group("g".into()), None, id(9), Bytes::from_static(b"x"));
+    q.push(&Source::Group(group("g")), None, id(9), Bytes::from_static(b"x"));
     assert!(items(&q).is_empty());
 }
 
@@ -88,7 +93,7 @@ fn a_live_message_after_a_lost_one_waits_for_the_replay() {
 #[test]
 fn a_release_that_finds_a_hole_keeps_holding_that_history() {
     let q = queue(100, 1 << 20);
-    let g = Source::Group("g".into());
+    let g = Source::Group(group("g"));
     q.establish(&g, Pos { epoch: 1, id: id(0) }, Continuity::FromNow);
     items(&q);
     q.pause();
@@ -110,9 +115,9 @@ fn a_release_that_finds_a_hole_keeps_holding_that_history() {
 #[test]
 fn a_replay_never_brings_back_a_group_that_was_left() {
     let q = queue(100, 1 << 20);
-    let g = Source::Group("g".into());
+    let g = Source::Group(group("g"));
     q.establish(&g, Pos { epoch: 1, id: id(0) }, Continuity::Resumed);
-    q.forget(&["g".to_string()]);
+    q.forget(&[group("g")]);
     assert!(!q.reposition(&g, Pos { epoch: 2, id: id(5) }, Continuity::Gap));
     q.replayed(&g, id(6), bytes(6));
     assert_eq!(q.position(&g), None);
@@ -150,7 +155,7 @@ fn a_state_never_follows_a_message_in_one_item() {
 #[test]
 fn positions_are_reported_and_forgotten() {
     let q = queue(100, 1 << 20);
-    let g = Source::Group("g".into());
+    let g = Source::Group(group("g"));
     q.establish(&g, Pos { epoch: 7, id: id(3) }, Continuity::FromNow);
     let states = items(&q);
     assert_eq!(states.len(), 1, "a HistoryState entry");
@@ -158,7 +163,7 @@ fn positions_are_reported_and_forgotten() {
     q.epoch_changed(&g, 8);
     assert_eq!(items(&q).len(), 1, "the new epoch is announced");
     assert!(q.positions().contains(&(g.clone(), Pos { epoch: 8, id: id(3) })));
-    q.forget(&["g".to_string()]);
+    q.forget(&[group("g")]);
     assert_eq!(q.positions(), vec![(Source::All, Pos { epoch: 1, id: StreamId::default() })]);
 }
 
