@@ -79,6 +79,13 @@ pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::
 /// `health_interval`), reflection v1 + v1alpha, a tracing span per RPC, and whatever
 /// `add` mounts. When `shutdown` completes, health turns NOT_SERVING (so load balancers
 /// stop sending), the listener closes, and in-flight calls get `shutdown_grace` to finish.
+/// Binds `addr` to serve on; a failure names the server and the flag (`who`, e.g.
+/// "presence-svc (--listen / PRESENCE_LISTEN)") and the address, where a busy port alone
+/// says only "Address already in use".
+pub async fn listen(addr: std::net::SocketAddr, who: &str) -> Result<tokio::net::TcpListener, crate::BoxError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("{who} cannot listen on {addr}: {e}").into())
+}
+
 pub async fn run<P, F>(
     name: &'static str,
     listener: tokio::net::TcpListener,

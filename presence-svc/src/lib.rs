@@ -24,12 +24,9 @@ pub use config::Config;
 /// The name health reports under (besides "").
 pub const SERVICE_NAME: &str = "presence.v1.Presence";
 
-/// Binds `addr` to serve on; a failure names the service and the address (a busy port
-/// alone says only "Address already in use").
+/// Binds `addr` to serve on (a failure names the service, its flag and the address).
 pub async fn listen(addr: std::net::SocketAddr) -> Result<TcpListener, BoxError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("presence-svc cannot listen on {addr} (--listen / PRESENCE_LISTEN): {e}").into())
+    server::listen(addr, "presence-svc (--listen / PRESENCE_LISTEN)").await
 }
 
 /// Serves presence on `listener` until `shutdown` completes, then reports NOT_SERVING,

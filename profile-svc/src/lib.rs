@@ -21,12 +21,9 @@ pub use config::Config;
 /// The name health reports under (besides "").
 pub const SERVICE_NAME: &str = "profile.v1.Profile";
 
-/// Binds `addr` to serve on; a failure names the service and the address (a busy port
-/// alone says only "Address already in use").
+/// Binds `addr` to serve on (a failure names the service, its flag and the address).
 pub async fn listen(addr: std::net::SocketAddr) -> Result<TcpListener, BoxError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("profile-svc cannot listen on {addr} (--listen / PROFILE_LISTEN): {e}").into())
+    server::listen(addr, "profile-svc (--listen / PROFILE_LISTEN)").await
 }
 
 /// Serves profiles on `listener` until `shutdown` completes, then reports NOT_SERVING,

@@ -49,9 +49,7 @@ pub fn run(config: Config) -> Result<(), BoxError> {
         runtime.worker_threads(config.worker_threads);
     }
     runtime.enable_all().build()?.block_on(async {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| format!("push-gateway cannot listen on {} (--listen / GATEWAY_LISTEN): {e}", config.listen))?;
+        let listener = server::listen(config.listen, "push-gateway (--listen / GATEWAY_LISTEN)").await?;
         serve(listener, config, push_common::shutdown::signal()).await
     })
 }

@@ -18,30 +18,19 @@ const MAX_BATCH: usize = 4096;
 
 /// The task and what it keeps across connections.
 pub(super) struct Task {
-    state: Arc<HubState>,
-    client: redis::Client,
-    pool: Pool,
-    config: HubConfig,
-    probe_channel: String,
-    cmds: mpsc::UnboundedReceiver<Cmd>,
+    pub(super) state: Arc<HubState>,
+    pub(super) client: redis::Client,
+    pub(super) pool: Pool,
+    pub(super) config: HubConfig,
+    pub(super) probe_channel: String,
+    pub(super) cmds: mpsc::UnboundedReceiver<Cmd>,
     /// Barriers a failed connection did not reach: acknowledged once the next one has
     /// re-subscribed the registry (their channels included), so a stream opening during
     /// a reconnect waits instead of failing.
-    waiting: Vec<oneshot::Sender<()>>,
+    pub(super) waiting: Vec<oneshot::Sender<()>>,
 }
 
 impl Task {
-    pub(super) fn new(
-        state: Arc<HubState>,
-        client: redis::Client,
-        pool: Pool,
-        config: HubConfig,
-        probe_channel: String,
-        cmds: mpsc::UnboundedReceiver<Cmd>,
-    ) -> Task {
-        Task { state, client, pool, config, probe_channel, cmds, waiting: Vec::new() }
-    }
-
     /// Keeps a connection up until every `Hub` handle is gone.
     pub(super) async fn run(mut self) {
         let mut backoff = Duration::from_millis(50);

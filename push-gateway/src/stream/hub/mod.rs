@@ -100,7 +100,8 @@ impl Hub {
         });
         // The replica's own channel: replicas never hear each other's probes.
         let probe_channel = keys.channel_probe(replica);
-        let task = connection::Task::new(state.clone(), client, pool, config, probe_channel, rx);
+        let (cmds, waiting) = (rx, Vec::new());
+        let task = connection::Task { state: state.clone(), client, pool, config, probe_channel, cmds, waiting };
         (Hub { state }, tokio::spawn(task.run()))
     }
 
