@@ -9,13 +9,13 @@ use push_proto::{
     },
     push::v1 as pb,
 };
-use push_tests::{App, Device, presence};
+use push_tests::{
+    App, Device, GatewayClient as Client, eventually,
+    fixtures::{assert_invalid, presence_of, ttl},
+    services,
+};
 use tokio::sync::mpsc;
 use tonic::Code;
-
-use crate::helpers::{assert_invalid, ttl};
-
-type Client = pb::push_gateway_client::PushGatewayClient<tonic::transport::Channel>;
 
 /// Follows WatchPresence from `cursor` in the background.
 async fn watch(c: &mut Client, cursor: &str) -> Result<mpsc::UnboundedReceiver<PresenceEvent>, tonic::Status> {
@@ -67,7 +67,7 @@ fn ev(user: &str, kind: Kind, reason: Reason, session: &str) -> (String, Kind, R
 
 #[tokio::test]
 async fn each_transition_is_recorded_once() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.gateway_client().await;
     let mut rx = watch(&mut c, "").await.unwrap();
 
@@ -79,15 +79,10 @@ async fn each_transition_is_recorded_once() {
     let bob = Device::connect(app.gateway.addr, "bob", "tablet").await.unwrap();
     drop(bob);
     // The stream's logout is asynchronous; wait for bob to be offline.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = c.get_presence(pb::GetPresenceRequest { user_ids: vec!["bob".into()] }).await.unwrap();
-        if !r.into_inner().presences[0].online {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "bob stayed online");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(10), "bob offline once his stream closed", async || {
+        !presence_of(&c, "bob").await.online
+    })
+    .await;
 
     let got = until_sentinel(&mut c, &mut rx, "zz-end").await;
     assert_eq!(
@@ -104,8 +99,8 @@ async fn each_transition_is_recorded_once() {
 #[tokio::test]
 async fn expiry_is_recorded_exactly_once_with_two_replicas_sweeping() {
     let flags = ["--min-ttl", "50ms", "--sweep-interval", "20ms"];
-    let app = App::start(&flags).await;
-    let _second_sweeper = presence(&app.redis.url(), &flags).await;
+    let app = App::builder().presence(&flags).start().await;
+    let _second_sweeper = services::presence(&app.redis.url(), &flags).await;
     let mut c = app.gateway_client().await;
     let mut rx = watch(&mut c, "").await.unwrap();
 
@@ -132,7 +127,7 @@ async fn expiry_is_recorded_exactly_once_with_two_replicas_sweeping() {
 #[tokio::test]
 async fn a_lease_that_ran_out_unswept_is_recorded_before_the_next_login() {
     // No sweeps during the test: the next login must record the expiry itself, in order.
-    let app = App::start(&["--min-ttl", "50ms", "--sweep-interval", "1h"]).await;
+    let app = App::builder().presence(&["--min-ttl", "50ms", "--sweep-interval", "1h"]).start().await;
     let mut c = app.gateway_client().await;
     let mut rx = watch(&mut c, "").await.unwrap();
     let short = pb::LoginRequest { user_id: "ann".into(), session_id: "d".into(), ttl: ttl(100), ..Default::default() };
@@ -154,7 +149,7 @@ async fn a_lease_that_ran_out_unswept_is_recorded_before_the_next_login() {
 
 #[tokio::test]
 async fn watching_resumes_after_a_cursor() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.gateway_client().await;
     let mut all = watch(&mut c, "").await.unwrap();
     for u in ["a", "b", "c"] {
@@ -177,7 +172,7 @@ async fn watching_resumes_after_a_cursor() {
 
 #[tokio::test]
 async fn a_cursor_older_than_the_retained_events_is_refused() {
-    let app = App::start(&["--events-max-len", "10"]).await;
+    let app = App::builder().presence(&["--events-max-len", "10"]).start().await;
     let mut c = app.gateway_client().await;
     let mut rx = watch(&mut c, "0").await.unwrap();
     c.login(login("first", "d")).await.unwrap();
@@ -197,7 +192,7 @@ async fn a_cursor_older_than_the_retained_events_is_refused() {
 
 #[tokio::test]
 async fn a_malformed_cursor_is_invalid() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.gateway_client().await;
     for cursor in ["abc", "1-x", "-", "1-2-3", "{}"] {
         assert_invalid(&watch(&mut c, cursor).await.unwrap_err(), "cursor");

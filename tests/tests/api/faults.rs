@@ -3,39 +3,28 @@
 use std::time::Duration;
 
 use push_proto::push::v1::{self as pb, Audience, Continuity};
-use push_tests::{App, Device, Proxy, eventually, wait_health};
+use push_tests::{
+    App, Device, GatewayClient as Client, Proxy, eventually,
+    fixtures::{assert_invalid, join, leave, online_count, presence_of, sessions_of, to_all, to_group, to_users},
+    wait_health,
+};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::helpers::{Client, assert_invalid, join, to_all, to_group, to_users};
-
 const GATEWAY: &str = "push.v1.PushGateway";
-
-async fn presence(c: &mut Client, user: &str) -> push_proto::presence::v1::UserPresence {
-    let r = c.get_presence(pb::GetPresenceRequest { user_ids: vec![user.into()] }).await.unwrap();
-    r.into_inner().presences.remove(0)
-}
-
-async fn online_users(c: &mut Client) -> i64 {
-    c.count_online_users(pb::CountOnlineUsersRequest {}).await.unwrap().into_inner().online_users
-}
 
 async fn user_groups(c: &mut Client, user: &str) -> Vec<String> {
     let req = pb::ListUserGroupsRequest { user_id: user.into() };
     c.list_user_groups(req).await.unwrap().into_inner().group_ids
 }
 
-fn topics(d: &Device) -> Vec<String> {
-    d.received().into_iter().map(|r| r.3).collect()
-}
-
 /// Defect 1: a join and a leave announced while the replica's Pub/Sub connection is
 /// down reach the open streams once it is back.
 #[tokio::test]
 async fn membership_changes_made_while_the_hub_is_down_reach_open_streams() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let proxy = Proxy::start(&app.redis).await;
-    let gw = app.replica_via(&proxy.url(), &[]).await;
+    let gw = app.replica(&[]).via(&proxy.url()).await;
     let mut c = app.gateway_client().await;
     join(&mut c, "g", &["ann"]).await;
     let mut ann = Device::connect(gw.addr, "ann", "phone").await.unwrap();
@@ -44,8 +33,7 @@ async fn membership_changes_made_while_the_hub_is_down_reach_open_streams() {
     bob.wait_states(2).await;
 
     proxy.swallow_pubsub(true);
-    let leave = pb::LeaveGroupRequest { group_id: "g".into(), user_ids: vec!["ann".into()] };
-    c.leave_group(leave).await.unwrap();
+    leave(&mut c, "g", &["ann"]).await;
     join(&mut c, "g", &["bob"]).await;
     wait_health(gw.addr, GATEWAY, ServingStatus::NotServing).await;
     proxy.swallow_pubsub(false);
@@ -61,14 +49,14 @@ async fn membership_changes_made_while_the_hub_is_down_reach_open_streams() {
     got.sort();
     assert_eq!(got, ["group", "marker"], "bob joined while the hub was down");
     assert_eq!(ann.next().await.topic, "marker");
-    assert!(!topics(&ann).contains(&"group".to_string()), "ann left while the hub was down: {:?}", topics(&ann));
+    assert!(!ann.topics().contains(&"group".to_string()), "ann left while the hub was down: {:?}", ann.topics());
 }
 
 /// Defect 4: streams per (user, device) and per user are capped; a new stream of a
 /// device replaces its oldest one, which ends with a status that says so.
 #[tokio::test]
 async fn streams_per_device_and_per_user_are_capped() {
-    let app = App::start_with(&[], &["--max-streams-per-device", "2", "--max-streams-per-user", "3"]).await;
+    let app = App::builder().gateway(&["--max-streams-per-device", "2", "--max-streams-per-user", "3"]).start().await;
     let addr = app.gateway.addr;
     let mut first = Device::connect(addr, "ann", "phone").await.unwrap();
     let second = Device::connect(addr, "ann", "phone").await.unwrap();
@@ -92,7 +80,7 @@ async fn streams_per_device_and_per_user_are_capped() {
 /// takes; it is refused whole, before anything is written.
 #[tokio::test]
 async fn a_push_too_large_for_pubsub_is_refused_whole() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.gateway_client().await;
     let users: Vec<String> = (0..1000).map(|i| format!("u{i}")).collect();
     let big = pb::PushToUsersRequest {
@@ -114,8 +102,8 @@ async fn a_push_too_large_for_pubsub_is_refused_whole() {
 /// one takes its presence session over: the device never flaps offline.
 #[tokio::test]
 async fn the_surviving_stream_of_a_device_keeps_it_online() {
-    let app = App::start_with(&["--min-ttl", "100ms"], &["--stream-lease", "600ms"]).await;
-    let mut c = app.gateway_client().await;
+    let app = App::builder().presence(&["--min-ttl", "100ms"]).gateway(&["--stream-lease", "600ms"]).start().await;
+    let c = app.gateway_client().await;
     let old = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
     old.wait_states(2).await;
     let new = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
@@ -123,12 +111,11 @@ async fn the_surviving_stream_of_a_device_keeps_it_online() {
     drop(new);
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(presence(&mut c, "ann").await.online, "the device flapped offline while a stream was open");
+        assert!(presence_of(&c, "ann").await.online, "the device flapped offline while a stream was open");
     }
     drop(old);
-    eventually(Duration::from_secs(5), "ann offline once her last stream closed", || {
-        let mut c = c.clone();
-        async move { !presence(&mut c, "ann").await.online }
+    eventually(Duration::from_secs(5), "ann offline once her last stream closed", async || {
+        !presence_of(&c, "ann").await.online
     })
     .await;
 }
@@ -137,10 +124,10 @@ async fn the_surviving_stream_of_a_device_keeps_it_online() {
 /// one (it does not follow what the stream delivered last) and replayed before it.
 #[tokio::test]
 async fn a_later_live_message_does_not_hide_a_lost_one() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let proxy = Proxy::start(&app.redis).await;
     // Neither the probe nor the audit (every third of the 60 s lease) runs in the test.
-    let gw = app.replica_via(&proxy.url(), &["--hub-probe-interval", "60s"]).await;
+    let gw = app.replica(&["--hub-probe-interval", "60s"]).via(&proxy.url()).await;
     let mut c = app.gateway_client().await;
     let mut d = Device::connect(gw.addr, "ann", "phone").await.unwrap();
     d.wait_states(2).await;
@@ -161,7 +148,7 @@ async fn a_later_live_message_does_not_hide_a_lost_one() {
 /// never the dead epoch's that remained in the stream.
 #[tokio::test]
 async fn a_dead_epoch_is_not_replayed_after_a_gap() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.gateway_client().await;
     let mut d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
     d.wait_states(2).await;
@@ -180,20 +167,20 @@ async fn a_dead_epoch_is_not_replayed_after_a_gap() {
     let _: i64 = redis::cmd("DEL").arg(&metas[0]).query(&mut r).unwrap();
     c.push_to_users(to_users(&["ann"], "new")).await.unwrap();
 
-    let mut d = Device::resume(app.gateway.addr, "ann", "phone", cursors).await.unwrap();
+    let mut d = Device::options().cursors(cursors).connect(app.gateway.addr, "ann", "phone").await.unwrap();
     assert_eq!(d.next().await.topic, "new", "only the new epoch's entries follow the gap");
     let inbox = d.states().into_iter().rfind(|s| s.cursor.as_ref().unwrap().audience == Audience::User as i32);
     assert_eq!(inbox.unwrap().continuity, Continuity::Gap as i32);
     c.push_to_users(to_users(&["ann"], "live")).await.unwrap();
     assert_eq!(d.next().await.topic, "live");
-    assert_eq!(topics(&d), ["new", "live"]);
+    assert_eq!(d.topics(), ["new", "live"]);
 }
 
 /// Defect 14: a backlog larger than the stream's queue is replayed in pages that fit,
 /// not cut off at once.
 #[tokio::test]
 async fn a_backlog_larger_than_the_queue_is_caught_up() {
-    let app = App::start_with(&[], &["--stream-queue-messages", "64", "--inbox-max-len", "1000"]).await;
+    let app = App::builder().gateway(&["--stream-queue-messages", "64", "--inbox-max-len", "1000"]).start().await;
     let mut c = app.gateway_client().await;
     let d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
     d.wait_states(2).await;
@@ -202,7 +189,7 @@ async fn a_backlog_larger_than_the_queue_is_caught_up() {
     for k in 0..300 {
         c.push_to_users(to_users(&["ann"], &format!("m{k}"))).await.unwrap();
     }
-    let mut d = Device::resume(app.gateway.addr, "ann", "phone", cursors).await.unwrap();
+    let mut d = Device::options().cursors(cursors).connect(app.gateway.addr, "ann", "phone").await.unwrap();
     for k in 0..300 {
         assert_eq!(d.next().await.topic, format!("m{k}"));
     }
@@ -211,8 +198,8 @@ async fn a_backlog_larger_than_the_queue_is_caught_up() {
 /// Defect 15: a Subscribe cancelled at any moment of its opening leaves no session.
 #[tokio::test]
 async fn a_cancelled_subscribe_leaves_no_ghost_session() {
-    let app = App::start(&[]).await;
-    let mut c = app.gateway_client().await;
+    let app = App::start().await;
+    let c = app.gateway_client().await;
     let _keeper = Device::connect(app.gateway.addr, "keeper", "phone").await.unwrap();
     let channel = push_tests::channel(app.gateway.addr).await;
     for i in 0..30u64 {
@@ -220,19 +207,19 @@ async fn a_cancelled_subscribe_leaves_no_ghost_session() {
         let req = pb::SubscribeRequest { user_id: format!("ghost-{i}"), device_id: "d".into(), cursors: vec![] };
         let _ = tokio::time::timeout(Duration::from_micros(300 + 250 * i), g.subscribe(req)).await;
     }
-    eventually(Duration::from_secs(5), "only the keeper is online", || {
-        let mut c = c.clone();
-        async move { online_users(&mut c).await == 1 }
+    eventually(Duration::from_secs(5), "only the keeper is online", async || {
+        let n = online_count(&c).await;
+        (n == 1, n)
     })
     .await;
-    assert!(presence(&mut c, "keeper").await.online);
+    assert!(presence_of(&c, "keeper").await.online);
 }
 
 /// Defect 16: a backend's Logout of a streaming device ends its streams with a status
 /// that says why, and the session stays ended.
 #[tokio::test]
 async fn logout_ends_the_devices_streams() {
-    let app = App::start_with(&["--min-ttl", "100ms"], &["--stream-lease", "600ms"]).await;
+    let app = App::builder().presence(&["--min-ttl", "100ms"]).gateway(&["--stream-lease", "600ms"]).start().await;
     let other = app.replica(&["--stream-lease", "600ms"]).await;
     let mut c = app.gateway_client().await;
     let mut phone = Device::connect(other.addr, "ann", "phone").await.unwrap();
@@ -246,16 +233,14 @@ async fn logout_ends_the_devices_streams() {
     assert!(ended.message().contains("logged out"), "{ended:?}");
     // Renewal rounds pass (every 200 ms): the phone stays out, the tablet stays in.
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let p = presence(&mut c, "ann").await;
-    let sessions: Vec<String> = p.sessions.into_iter().map(|s| s.session_id).collect();
-    assert_eq!(sessions, ["tablet"]);
+    assert_eq!(sessions_of(&c, "ann").await, ["tablet"]);
 }
 
 /// Defect 17: a Redis that does not answer is UNAVAILABLE (retry elsewhere), not
 /// DEADLINE_EXCEEDED; a request over the size limit is RESOURCE_EXHAUSTED.
 #[tokio::test]
 async fn codes_tell_clients_what_to_do() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.gateway_client().await;
     c.push_to_all(to_all("fine")).await.unwrap();
     app.redis.freeze();
@@ -290,7 +275,7 @@ fn ack_fields(app: &App) -> Vec<String> {
 /// the user reads.
 #[tokio::test]
 async fn acks_are_bounded_to_what_the_user_can_read() {
-    let app = App::start_with(&[], &["--max-ack-devices-per-user", "2"]).await;
+    let app = App::builder().gateway(&["--max-ack-devices-per-user", "2"]).start().await;
     let mut c = app.gateway_client().await;
     join(&mut c, "team", &["ann"]).await;
     let before = app.redis.keys();
@@ -309,8 +294,7 @@ async fn acks_are_bounded_to_what_the_user_can_read() {
     assert!(fields.iter().all(|f| !f.starts_with("tablet|")), "{fields:?}");
     assert!(fields.contains(&"laptop|a".to_string()) && fields.contains(&"phone|g:team".to_string()), "{fields:?}");
     // Leaving a group drops its positions.
-    let leave = pb::LeaveGroupRequest { group_id: "team".into(), user_ids: vec!["ann".into()] };
-    c.leave_group(leave).await.unwrap();
+    leave(&mut c, "team", &["ann"]).await;
     let fields = ack_fields(&app);
     assert!(fields.iter().all(|f| !f.ends_with("|g:team")), "{fields:?}");
     assert!(fields.contains(&"phone|a".to_string()), "{fields:?}");
@@ -320,7 +304,7 @@ async fn acks_are_bounded_to_what_the_user_can_read() {
 /// if they left before their device came back; the device is then told it left.
 #[tokio::test]
 async fn a_group_message_pushed_while_a_member_reaches_it_after_it_left() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.gateway_client().await;
     join(&mut c, "team", &["ann"]).await;
     let mut d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
@@ -331,11 +315,10 @@ async fn a_group_message_pushed_while_a_member_reaches_it_after_it_left() {
     drop(d);
 
     c.push_to_group(to_group("team", "while-member")).await.unwrap();
-    let leave = pb::LeaveGroupRequest { group_id: "team".into(), user_ids: vec!["ann".into()] };
-    c.leave_group(leave).await.unwrap();
+    leave(&mut c, "team", &["ann"]).await;
     c.push_to_group(to_group("team", "after-leave")).await.unwrap();
 
-    let mut d = Device::resume(app.gateway.addr, "ann", "phone", cursors).await.unwrap();
+    let mut d = Device::options().cursors(cursors).connect(app.gateway.addr, "ann", "phone").await.unwrap();
     assert_eq!(d.next().await.topic, "while-member");
     let left = |d: &Device| {
         d.states().iter().any(|s| {
@@ -343,12 +326,8 @@ async fn a_group_message_pushed_while_a_member_reaches_it_after_it_left() {
             c.group_id == "team" && s.continuity == Continuity::Left as i32
         })
     };
-    eventually(Duration::from_secs(5), "the device is told its user left the group", || {
-        let done = left(&d);
-        async move { done }
-    })
-    .await;
+    eventually(Duration::from_secs(5), "the device is told its user left the group", async || left(&d)).await;
     c.push_to_users(to_users(&["ann"], "marker")).await.unwrap();
     assert_eq!(d.next().await.topic, "marker");
-    assert_eq!(topics(&d), ["while-member", "marker"]);
+    assert_eq!(d.topics(), ["while-member", "marker"]);
 }

@@ -1,28 +1,19 @@
 //! The public contract: the gateway composing presence and profile.
 use std::time::Duration;
 
-use push_proto::{presence::v1::UserPresence, profile::v1::UserProfile, push::v1 as pb};
-use push_tests::{App, gateway, wait_health};
+use push_proto::{profile::v1::UserProfile, push::v1 as pb};
+use push_tests::{
+    App,
+    fixtures::{assert_invalid, online_count, presence_of, ttl},
+    gateway_client, services, wait_health,
+};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-
-use crate::helpers::{assert_invalid, ttl};
-
-type Client = pb::push_gateway_client::PushGatewayClient<tonic::transport::Channel>;
-
-async fn presence_of(c: &mut Client, user: &str) -> UserPresence {
-    let r = c.get_presence(pb::GetPresenceRequest { user_ids: vec![user.into()] }).await.unwrap();
-    r.into_inner().presences.remove(0)
-}
-
-async fn online_count(c: &mut Client) -> i64 {
-    c.count_online_users(pb::CountOnlineUsersRequest {}).await.unwrap().into_inner().online_users
-}
 
 /// The scenario of the foundation issue, through the gateway only.
 #[tokio::test]
 async fn two_devices_one_logs_out_the_other_goes_silent() {
-    let app = App::start(&["--min-ttl", "50ms"]).await;
+    let app = App::builder().presence(&["--min-ttl", "50ms"]).start().await;
     let mut c = app.gateway_client().await;
 
     let login = |session: &str, ms| pb::LoginRequest {
@@ -33,22 +24,22 @@ async fn two_devices_one_logs_out_the_other_goes_silent() {
     };
     assert!(c.login(login("phone", 60_000)).await.unwrap().into_inner().user_came_online);
     c.login(login("laptop", 400)).await.unwrap();
-    let p = presence_of(&mut c, "ann").await;
+    let p = presence_of(&c, "ann").await;
     assert!(p.online);
     assert_eq!(p.sessions.len(), 2);
 
     c.logout(pb::LogoutRequest { user_id: "ann".into(), session_id: "phone".into(), ..Default::default() })
         .await
         .unwrap();
-    assert!(presence_of(&mut c, "ann").await.online, "still online on the laptop");
-    assert_eq!(online_count(&mut c).await, 1);
+    assert!(presence_of(&c, "ann").await.online, "still online on the laptop");
+    assert_eq!(online_count(&c).await, 1);
     let list = c.list_online_users(pb::ListOnlineUsersRequest::default()).await.unwrap().into_inner();
     assert_eq!(list.user_ids, ["ann"]);
     assert!(list.next_page_token.is_empty());
 
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(!presence_of(&mut c, "ann").await.online, "offline after the laptop's TTL");
-    assert_eq!(online_count(&mut c).await, 0);
+    assert!(!presence_of(&c, "ann").await.online, "offline after the laptop's TTL");
+    assert_eq!(online_count(&c).await, 0);
     let hb =
         pb::HeartbeatRequest { user_id: "ann".into(), session_id: "laptop".into(), ttl: None, ..Default::default() };
     assert_eq!(c.heartbeat(hb).await.unwrap_err().code(), Code::NotFound);
@@ -56,7 +47,7 @@ async fn two_devices_one_logs_out_the_other_goes_silent() {
 
 #[tokio::test]
 async fn profiles_round_trip_and_conflict_through_the_gateway() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.gateway_client().await;
     let p = UserProfile { user_id: "bo".into(), display_name: "Bo".into(), ..Default::default() };
     let v1 = c.put_profile(pb::PutProfileRequest { profile: Some(p.clone()) }).await.unwrap();
@@ -84,7 +75,7 @@ async fn profiles_round_trip_and_conflict_through_the_gateway() {
 
 #[tokio::test]
 async fn error_details_pass_through_unchanged() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.gateway_client().await;
     let bad = pb::LoginRequest { user_id: "a b".into(), session_id: "".into(), ttl: None, ..Default::default() };
     let err = c.login(bad).await.unwrap_err();
@@ -94,10 +85,10 @@ async fn error_details_pass_through_unchanged() {
 
 #[tokio::test]
 async fn a_down_internal_service_is_unavailable_and_the_other_still_works() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let App { redis, presence, profile, gateway: gw } = app;
     let gw_addr = gw.addr;
-    let mut c = push_tests::App::gateway_client_at(gw_addr).await;
+    let mut c = gateway_client(gw_addr).await;
     presence.shutdown().await;
 
     let login = pb::LoginRequest { user_id: "u".into(), session_id: "d".into(), ttl: None, ..Default::default() };
@@ -107,7 +98,7 @@ async fn a_down_internal_service_is_unavailable_and_the_other_still_works() {
     wait_health(gw_addr, "push.v1.PushGateway", ServingStatus::NotServing).await;
 
     // A gateway started before its dependencies comes up NOT_SERVING and recovers on its own.
-    let late = gateway(&redis.url(), "http://127.0.0.1:9", &profile.url(), &[]).await;
+    let late = services::gateway(&redis.url(), "http://127.0.0.1:9", &profile.url(), &[]).await;
     wait_health(late.addr, "", ServingStatus::NotServing).await;
     drop((redis, profile, gw));
 }

@@ -1,13 +1,13 @@
 //! Health follows Redis and the internal services; reflection lists every service.
 use push_proto::push::v1 as pb;
-use push_tests::{App, channel, wait_health};
+use push_tests::{App, channel, health, wait_health};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus::{NotServing, Serving};
 
 #[tokio::test]
 async fn health_turns_not_serving_while_redis_is_down_and_back_after() {
-    let mut app = App::start(&[]).await;
+    let mut app = App::start().await;
     let mut c = app.gateway_client().await;
     let servers = [
         (app.presence.addr, "presence.v1.Presence"),
@@ -42,7 +42,7 @@ async fn health_turns_not_serving_while_redis_is_down_and_back_after() {
 #[tokio::test]
 async fn reflection_lists_the_services_on_every_server() {
     use tonic_reflection::pb::{v1, v1alpha};
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     for (addr, name) in [
         (app.gateway.addr, "push.v1.PushGateway"),
         (app.presence.addr, "presence.v1.Presence"),
@@ -84,7 +84,7 @@ async fn reflection_lists_the_services_on_every_server() {
 #[tokio::test]
 async fn reflection_can_be_turned_off() {
     use tonic_reflection::pb::v1;
-    let app = App::start_with(&[], &["--no-reflection"]).await;
+    let app = App::builder().gateway(&["--no-reflection"]).start().await;
     let mut c = v1::server_reflection_client::ServerReflectionClient::new(channel(app.gateway.addr).await);
     let req = v1::ServerReflectionRequest {
         host: String::new(),
@@ -93,5 +93,5 @@ async fn reflection_can_be_turned_off() {
     let err = c.server_reflection_info(tokio_stream::iter([req])).await.unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
     // Health stays on.
-    assert_eq!(push_tests::health(app.gateway.addr, "").await, Some(Serving));
+    assert_eq!(health(app.gateway.addr, "").await, Some(Serving));
 }

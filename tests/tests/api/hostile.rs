@@ -12,7 +12,7 @@ use prost::{
     bytes::{Buf, BufMut, Bytes},
 };
 use prost_types::{DescriptorProto, FileDescriptorSet, field_descriptor_proto::Type};
-use push_tests::{channel, health};
+use push_tests::{SendBearer, channel, health, secure_app};
 use tonic::{
     Code, Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
@@ -178,7 +178,7 @@ fn message<'a>(fds: &'a FileDescriptorSet, full: &str) -> Option<&'a DescriptorP
 async fn send(ch: &tonic::transport::Channel, path: &str, streaming: bool, body: Vec<u8>) -> Status {
     let mut g = tonic::client::Grpc::new(ch.clone());
     g.ready().await.unwrap();
-    let mut admin = push_tests::SendBearer::new(Some("k-admin")).unwrap();
+    let mut admin = SendBearer::new(Some("k-admin")).unwrap();
     let req = admin.call(tonic::Request::new(())).unwrap().map(|()| Bytes::from(body));
     let path = http::uri::PathAndQuery::from_str(path).unwrap();
     let result = if streaming {
@@ -191,7 +191,7 @@ async fn send(ch: &tonic::transport::Channel, path: &str, streaming: bool, body:
 
 #[tokio::test]
 async fn hostile_requests_to_every_rpc_get_a_deliberate_status_and_write_nothing() {
-    let (app, _secrets) = crate::security::secure_app(&["--api-key-rate", "0"]).await;
+    let (app, _creds) = secure_app(&["--api-key-rate", "0"]).await;
     let ch = channel(app.gateway.addr).await;
 
     let fds = FileDescriptorSet::decode(push_proto::FILE_DESCRIPTOR_SET).unwrap();

@@ -6,13 +6,14 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use push_proto::push::v1::{self as pb, Audience, Continuity, DeliveryState};
-use push_tests::{App, Device, GatewayProcess, RedisServer, channel};
-
-use crate::helpers::{Client, assert_invalid, join, to_all, to_group, to_users};
+use push_tests::{
+    App, Device, GatewayClient as Client, GatewayProcess, Received, RedisServer, channel, eventually,
+    fixtures::{assert_invalid, join, to_all, to_group, to_users},
+};
 
 const USER: i32 = Audience::User as i32;
 const ALL: i32 = Audience::All as i32;
@@ -25,7 +26,7 @@ fn continuity(d: &Device) -> HashMap<i32, Continuity> {
 
 /// Received (audience, message id) pairs: asserts there is no duplicate.
 #[track_caller]
-fn unique_ids(received: &[(i32, String, String, String)]) -> HashSet<(i32, String)> {
+fn unique_ids(received: &[Received]) -> HashSet<(i32, String)> {
     let mut seen = HashSet::new();
     for (audience, _, id, topic) in received {
         assert!(seen.insert((*audience, id.clone())), "{topic} ({id}) was delivered twice");
@@ -44,7 +45,7 @@ async fn push_some(c: &mut Client, k: usize, topic: &str) -> (i32, String) {
 
 #[tokio::test]
 async fn a_resumed_device_gets_exactly_what_it_missed_in_order_then_live() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.gateway_client().await;
     join(&mut c, "team", &["ann"]).await;
     let d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
@@ -65,7 +66,7 @@ async fn a_resumed_device_gets_exactly_what_it_missed_in_order_then_live() {
     }
     c.push_to_users(to_users(&["bob"], "not-yours")).await.unwrap();
 
-    let mut d = Device::resume(app.gateway.addr, "ann", "phone", cursors).await.unwrap();
+    let mut d = Device::options().cursors(cursors).connect(app.gateway.addr, "ann", "phone").await.unwrap();
     let mut got = Vec::new();
     for _ in 0..30 {
         let m = d.next().await;
@@ -89,7 +90,7 @@ async fn a_resumed_device_gets_exactly_what_it_missed_in_order_then_live() {
 
 #[tokio::test]
 async fn a_cursor_beyond_the_retention_gets_an_explicit_gap() {
-    let app = App::start_with(&[], &["--inbox-max-len", "10"]).await;
+    let app = App::builder().gateway(&["--inbox-max-len", "10"]).start().await;
     let mut c = app.gateway_client().await;
     let mut d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
     d.wait_states(2).await;
@@ -103,17 +104,16 @@ async fn a_cursor_beyond_the_retention_gets_an_explicit_gap() {
     for k in 0..250 {
         ids.push(push_some(&mut c, 0, &format!("m{k}")).await.1);
     }
-    let d = Device::resume(app.gateway.addr, "ann", "phone", cursors.clone()).await.unwrap();
+    let d = Device::options().cursors(cursors.clone()).connect(app.gateway.addr, "ann", "phone").await.unwrap();
     d.wait_states(2).await;
     let states = continuity(&d);
     assert_eq!(states[&USER], Continuity::Gap, "the inbox lost messages after the cursor");
     assert_eq!(states[&ALL], Continuity::Resumed, "the broadcast history did not");
     // What is retained follows the gap: a suffix of what was pushed, newest last.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.received().last().map(|r| &r.2) != ids.last() {
-        assert!(Instant::now() < deadline, "the retained messages did not all arrive");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(10), "the retained messages all arrive", async || {
+        d.received().last().map(|r| &r.2) == ids.last()
+    })
+    .await;
     let got: Vec<String> = d.received().into_iter().map(|r| r.2).collect();
     assert!(got.len() >= 10 && got.len() < 250, "{} retained", got.len());
     assert_eq!(got, ids[ids.len() - got.len()..]);
@@ -122,14 +122,14 @@ async fn a_cursor_beyond_the_retention_gets_an_explicit_gap() {
     // and everything retained is replayed.
     let mut stale = cursors.clone();
     stale.iter_mut().filter(|c| c.audience == USER).for_each(|c| c.epoch = "1".into());
-    let d = Device::resume(app.gateway.addr, "ann", "tablet", stale).await.unwrap();
+    let d = Device::options().cursors(stale).connect(app.gateway.addr, "ann", "tablet").await.unwrap();
     d.wait_states(2).await;
     assert_eq!(continuity(&d)[&USER], Continuity::Gap);
 }
 
 #[tokio::test]
 async fn an_expired_inbox_is_a_gap_only_if_something_was_missed() {
-    let app = App::start_with(&[], &["--history-max-age", "300ms"]).await;
+    let app = App::builder().gateway(&["--history-max-age", "300ms"]).start().await;
     let mut c = app.gateway_client().await;
     let mut d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
     d.wait_states(2).await;
@@ -147,11 +147,11 @@ async fn an_expired_inbox_is_a_gap_only_if_something_was_missed() {
     tokio::time::sleep(Duration::from_millis(600)).await; // the inbox stream expired
 
     // The phone missed "b", which expired: a gap, with nothing to replay.
-    let d = Device::resume(app.gateway.addr, "ann", "phone", behind).await.unwrap();
+    let d = Device::options().cursors(behind).connect(app.gateway.addr, "ann", "phone").await.unwrap();
     d.wait_states(2).await;
     assert_eq!(continuity(&d)[&USER], Continuity::Gap);
     // The laptop saw everything: it resumes, though the stream itself is gone.
-    let mut l = Device::resume(app.gateway.addr, "ann", "laptop", laptop).await.unwrap();
+    let mut l = Device::options().cursors(laptop).connect(app.gateway.addr, "ann", "laptop").await.unwrap();
     l.wait_states(2).await;
     assert_eq!(continuity(&l)[&USER], Continuity::Resumed);
     push_some(&mut c, 0, "c").await;
@@ -161,7 +161,7 @@ async fn an_expired_inbox_is_a_gap_only_if_something_was_missed() {
 
 #[tokio::test]
 async fn acks_move_the_position_and_answer_delivery_status() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.gateway_client().await;
     join(&mut c, "team", &["ann", "bob"]).await;
     let mut d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
@@ -217,7 +217,7 @@ async fn acks_move_the_position_and_answer_delivery_status() {
 
 #[tokio::test]
 async fn bad_cursors_and_receipt_requests_are_refused_and_write_nothing() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.gateway_client().await;
     let keys = app.redis.keys();
     let cursor = |audience: Audience, group: &str, epoch: &str, id: &str| pb::Cursor {
@@ -263,7 +263,8 @@ async fn open_devices(addr: std::net::SocketAddr, cursors: Vec<Vec<pb::Cursor>>)
     let mut opening = tokio::task::JoinSet::new();
     for (u, cursors) in cursors.into_iter().enumerate() {
         let conn = conns[u % conns.len()].clone();
-        opening.spawn(async move { (u, Device::resume_on(conn, &format!("u{u}"), "d", cursors).await.unwrap()) });
+        let device = Device::options().cursors(cursors);
+        opening.spawn(async move { (u, device.connect(conn, &format!("u{u}"), "d").await.unwrap()) });
     }
     let mut devices: Vec<(usize, Device)> = opening.join_all().await;
     devices.sort_by_key(|(u, _)| *u);
@@ -313,7 +314,7 @@ async fn assert_exactly_once(
     sent: &[(String, Option<Vec<usize>>)],
     users: usize,
     exact: bool,
-    received: impl Fn(usize) -> Vec<(i32, String, String, String)>,
+    received: impl Fn(usize) -> Vec<Received>,
 ) {
     let mut want: Vec<HashSet<(i32, String)>> = vec![HashSet::new(); users];
     for (id, to) in sent {
@@ -326,28 +327,30 @@ async fn assert_exactly_once(
             }),
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for (u, want) in want.iter().enumerate() {
-        loop {
+    // Users already complete are not checked again.
+    let mut u = 0;
+    eventually(Duration::from_secs(60), "every device has every message pushed to it", async || {
+        while u < users {
             let got = unique_ids(&received(u));
-            let missing = want.difference(&got).count();
-            if missing == 0 {
-                if exact {
-                    assert_eq!(&got, want, "u{u} received a message that was not pushed to it");
-                }
-                break;
+            let missing = want[u].difference(&got).count();
+            if missing > 0 {
+                return (false, format!("u{u} is missing {missing} of {} messages", want[u].len()));
             }
-            assert!(Instant::now() < deadline, "u{u} is missing {missing} of {} messages", want.len());
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            if exact {
+                assert_eq!(got, want[u], "u{u} received a message that was not pushed to it");
+            }
+            u += 1;
         }
-    }
+        (true, String::new())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_of_a_killed_replica_resume_on_another_and_get_everything_once() {
     const USERS: usize = 1000;
     let flags = ["--inbox-max-len", "100000"];
-    let app = App::start_with(&[], &flags).await;
+    let app = App::builder().gateway(&flags).start().await;
     let mut a = GatewayProcess::start(env!("CARGO_BIN_EXE_gateway-process"), &app, &flags).await;
     let first = open_devices(a.addr, vec![Vec::new(); USERS]).await;
 
@@ -355,11 +358,10 @@ async fn devices_of_a_killed_replica_resume_on_another_and_get_everything_once()
     let pushing = pusher(app.gateway_client().await, USERS, stop.clone());
     tokio::time::sleep(Duration::from_millis(700)).await;
     a.kill(); // kill -9, mid-push
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !first.iter().all(Device::ended) {
-        assert!(Instant::now() < deadline, "streams of the killed replica did not end");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(20), "the streams of the killed replica end", async || {
+        first.iter().all(Device::ended)
+    })
+    .await;
     let second = open_devices(app.gateway.addr, first.iter().map(Device::cursors).collect()).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     stop.store(true, Ordering::Relaxed);
@@ -372,7 +374,7 @@ async fn devices_of_a_killed_replica_resume_on_another_and_get_everything_once()
 async fn pushes_acknowledged_before_a_redis_crash_are_delivered_after_it() {
     const USERS: usize = 20;
     let redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
-    let mut app = App::start_on(redis, &[], &[]).await;
+    let mut app = App::builder().redis(redis).start().await;
     let devices = open_devices(app.gateway.addr, vec![Vec::new(); USERS]).await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -388,7 +390,9 @@ async fn pushes_acknowledged_before_a_redis_crash_are_delivered_after_it() {
     let mut resumed: Vec<Option<Device>> = Vec::new();
     for (u, d) in devices.iter().enumerate() {
         resumed.push(match d.ended() {
-            true => Some(Device::resume(app.gateway.addr, &format!("u{u}"), "d", d.cursors()).await.unwrap()),
+            true => Some(
+                Device::options().cursors(d.cursors()).connect(app.gateway.addr, &format!("u{u}"), "d").await.unwrap(),
+            ),
             false => None,
         });
     }
@@ -402,7 +406,7 @@ async fn pushes_acknowledged_before_a_redis_crash_are_delivered_after_it() {
 
 #[tokio::test]
 async fn a_group_reaches_a_member_from_the_moment_it_joined() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.gateway_client().await;
     let mut d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
     d.wait_states(2).await;
@@ -428,7 +432,7 @@ async fn a_group_reaches_a_member_from_the_moment_it_joined() {
     for topic in ["c1", "c2"] {
         c.push_to_group(to_group("club", topic)).await.unwrap();
     }
-    let mut d = Device::resume(app.gateway.addr, "ann", "phone", cursors).await.unwrap();
+    let mut d = Device::options().cursors(cursors).connect(app.gateway.addr, "ann", "phone").await.unwrap();
     assert_eq!(d.next().await.topic, "c1");
     assert_eq!(d.next().await.topic, "c2");
     d.wait_states(2 + 6).await;

@@ -3,7 +3,6 @@ mod events;
 mod faults;
 mod gateway;
 mod health;
-mod helpers;
 mod hostile;
 mod inbox;
 mod presence;

@@ -2,10 +2,8 @@
 use std::{collections::HashSet, time::Duration};
 
 use push_proto::presence::v1 as pb;
-use push_tests::App;
+use push_tests::{App, eventually, fixtures::ttl};
 use tonic::Code;
-
-use crate::helpers::ttl;
 
 const SHORT: &[&str] = &["--min-ttl", "50ms", "--sweep-interval", "100ms"];
 
@@ -27,7 +25,7 @@ async fn count(c: &mut pb::presence_client::PresenceClient<tonic::transport::Cha
 
 #[tokio::test]
 async fn a_lease_expires_unless_renewed() {
-    let app = App::start(SHORT).await;
+    let app = App::builder().presence(SHORT).start().await;
     let mut c = app.presence_client().await;
 
     let r = c.login(login("ann", "phone", 400)).await.unwrap().into_inner();
@@ -63,16 +61,16 @@ async fn a_lease_expires_unless_renewed() {
     assert_eq!(c.heartbeat(hb).await.unwrap_err().code(), Code::NotFound);
 
     // The sweeper removes the expired user from the index; the sessions key expired itself.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while app.redis.keys().iter().any(|k| k.contains(":online:") || k.contains(":presence:{")) {
-        assert!(std::time::Instant::now() < deadline, "left behind: {:?}", app.redis.keys());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(5), "nothing of ann's presence left behind", async || {
+        let keys = app.redis.keys();
+        (!keys.iter().any(|k| k.contains(":online:") || k.contains(":presence:{")), keys)
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_user_is_online_while_any_device_is() {
-    let app = App::start(SHORT).await;
+    let app = App::builder().presence(SHORT).start().await;
     let mut c = app.presence_client().await;
 
     assert!(c.login(login("bob", "phone", 60_000)).await.unwrap().into_inner().user_came_online);
@@ -112,7 +110,7 @@ async fn a_user_is_online_while_any_device_is() {
 
 #[tokio::test]
 async fn logout_of_the_last_device_takes_the_user_offline_at_once() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.presence_client().await;
     c.login(login("cy", "d1", 60_000)).await.unwrap();
     let out = c
@@ -128,7 +126,7 @@ async fn logout_of_the_last_device_takes_the_user_offline_at_once() {
 
 #[tokio::test]
 async fn session_limit_per_user() {
-    let app = App::start(&["--max-sessions-per-user", "2"]).await;
+    let app = App::builder().presence(&["--max-sessions-per-user", "2"]).start().await;
     let mut c = app.presence_client().await;
     c.login(login("dee", "a", 60_000)).await.unwrap();
     c.login(login("dee", "b", 60_000)).await.unwrap();
@@ -141,7 +139,7 @@ async fn session_limit_per_user() {
 
 #[tokio::test]
 async fn paging_returns_every_online_user_exactly_once() {
-    let app = App::start(&["--online-buckets", "8"]).await;
+    let app = App::builder().presence(&["--online-buckets", "8"]).start().await;
     let mut c = app.presence_client().await;
     const N: usize = 3000;
     let mut tasks = tokio::task::JoinSet::new();
@@ -185,7 +183,7 @@ async fn paging_returns_every_online_user_exactly_once() {
 
 #[tokio::test]
 async fn paging_skips_users_who_went_offline() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.presence_client().await;
     for i in 0..10 {
         c.login(login(&format!("u{i}"), "d", 60_000)).await.unwrap();
@@ -204,7 +202,7 @@ async fn paging_skips_users_who_went_offline() {
 
 #[tokio::test]
 async fn get_presence_answers_in_request_order() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.presence_client().await;
     c.login(login("on", "d", 60_000)).await.unwrap();
     let req = pb::GetPresenceRequest { user_ids: vec!["never".into(), "on".into(), "never".into()] };
@@ -216,7 +214,7 @@ async fn get_presence_answers_in_request_order() {
 
 #[tokio::test]
 async fn a_session_taken_over_by_another_owner_ignores_the_old_one() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.presence_client().await;
     let with_owner = |owner: &str| pb::LoginRequest { owner: owner.into(), ..login("ann", "phone", 60_000) };
     c.login(with_owner("stream-1")).await.unwrap();
@@ -246,7 +244,7 @@ async fn a_page_of_the_largest_page_size_allowed_works() {
     // 100,000 is the most --max-page-size takes; one bucket holds every user, so one
     // page step scans them all (more than Lua's unpack takes at once, ~8,000).
     const N: usize = 100_000;
-    let app = App::start(&["--online-buckets", "1", "--max-page-size", "100000"]).await;
+    let app = App::builder().presence(&["--online-buckets", "1", "--max-page-size", "100000"]).start().await;
     let mut c = app.presence_client().await;
     c.login(login("user-000000", "d", 3_600_000)).await.unwrap();
     // The others are written straight into the index as a login would (N logins take

@@ -1,9 +1,7 @@
 //! Profiles through profile-svc's own contract.
 use push_proto::profile::v1::{self as pb, profile_client::ProfileClient};
-use push_tests::App;
+use push_tests::{App, fixtures::assert_invalid};
 use tonic::{Code, transport::Channel};
-
-use crate::helpers::assert_invalid;
 
 fn ann() -> pb::UserProfile {
     pb::UserProfile {
@@ -33,7 +31,7 @@ fn update(p: pb::UserProfile, paths: &[&str]) -> pb::UpdateProfileRequest {
 
 #[tokio::test]
 async fn put_and_get_round_trip() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.profile_client().await;
     let stored = put(&mut c, ann()).await;
     assert_eq!(stored.version, 1);
@@ -56,7 +54,7 @@ async fn put_and_get_round_trip() {
 
 #[tokio::test]
 async fn partial_update_changes_only_the_masked_fields() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.profile_client().await;
     put(&mut c, ann()).await;
 
@@ -100,7 +98,7 @@ async fn partial_update_changes_only_the_masked_fields() {
 
 #[tokio::test]
 async fn a_stale_version_is_aborted_and_changes_nothing() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.profile_client().await;
     let v1 = put(&mut c, ann()).await;
 
@@ -124,7 +122,7 @@ async fn a_stale_version_is_aborted_and_changes_nothing() {
 
 #[tokio::test]
 async fn batch_get_and_delete() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.profile_client().await;
     for u in ["a", "b", "c"] {
         put(&mut c, pb::UserProfile { user_id: u.into(), display_name: u.to_uppercase(), ..Default::default() }).await;
@@ -143,7 +141,7 @@ async fn batch_get_and_delete() {
 
 #[tokio::test]
 async fn the_attribute_limit_holds_across_updates() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.profile_client().await;
     // The default limit is 64 attributes.
     let attrs = (0..64).map(|i| (format!("k{i}"), "v".to_string())).collect();
@@ -164,7 +162,7 @@ async fn the_attribute_limit_holds_across_updates() {
 
 #[tokio::test]
 async fn a_mask_repeating_one_path_thousands_of_times_is_one_consistent_change() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.profile_client().await;
     let before = put(&mut c, ann()).await;
 
@@ -194,7 +192,7 @@ async fn a_mask_repeating_one_path_thousands_of_times_is_one_consistent_change()
 
 #[tokio::test]
 async fn a_mask_with_more_paths_than_a_profile_can_hold_is_refused() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.profile_client().await;
     let before = put(&mut c, ann()).await;
     // The default limit is 64 attributes: a mask may name at most 5 + 2 × 64 paths.
@@ -212,7 +210,7 @@ async fn a_mask_with_more_paths_than_a_profile_can_hold_is_refused() {
 async fn large_profiles_are_written_whole_or_not_at_all() {
     // More attributes than Lua's unpack takes at once (~8,000 values).
     let flags = ["--max-attributes", "5000"];
-    let app = push_tests::App::start_full(push_tests::RedisServer::start(), &[], &flags, &[]).await;
+    let app = App::builder().profile(&flags).start().await;
     let mut c = app.profile_client().await;
     let before = put(&mut c, ann()).await;
     let attrs: std::collections::HashMap<String, String> =

@@ -3,16 +3,13 @@
 use std::time::Duration;
 
 use push_proto::push::v1::{self as pb, Audience};
-use push_tests::{App, Device, channel, wait_health};
+use push_tests::{
+    App, Device, GatewayClient as Client, Proxy, eventually,
+    fixtures::{assert_invalid, join, leave, presence_of, sessions_of, subscribed, to_all, to_group, to_users},
+    gateway_client, wait_health,
+};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-
-use crate::helpers::{Client, assert_invalid, join, to_all, to_group, to_users};
-
-async fn leave(c: &mut Client, group: &str, users: &[&str]) -> i32 {
-    let req = pb::LeaveGroupRequest { group_id: group.into(), user_ids: users.iter().map(|u| u.to_string()).collect() };
-    c.leave_group(req).await.unwrap().into_inner().removed
-}
 
 /// Pushes a sentinel to all and returns, per device, the topics it received before it.
 /// Since one replica's deliveries keep the publish order of one Redis connection, a
@@ -36,7 +33,7 @@ async fn topics_until_sentinel(c: &mut Client, devices: &mut [&mut Device], sent
 
 #[tokio::test]
 async fn each_target_reaches_exactly_the_intended_streams() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.gateway_client().await;
     join(&mut c, "team", &["ann", "bob"]).await;
 
@@ -83,23 +80,23 @@ async fn each_target_reaches_exactly_the_intended_streams() {
 
 #[tokio::test]
 async fn join_and_leave_take_effect_on_open_streams() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.gateway_client().await;
     let mut cy = Device::connect(app.gateway.addr, "cy", "phone").await.unwrap();
 
     c.push_to_group(to_group("g", "before-join")).await.unwrap();
     assert_eq!(join(&mut c, "g", &["cy"]).await, 1);
     assert_eq!(join(&mut c, "g", &["cy"]).await, 0, "joining twice is a no-op");
-    // The membership change reaches the stream asynchronously; poll until a group push lands.
-    let mut n = 0;
-    let first = loop {
+    // The membership change reaches the stream asynchronously; push until a group push lands.
+    let (mut n, mut first) = (0, None);
+    eventually(Duration::from_secs(10), "the join reaches the open stream", async || {
         n += 1;
         c.push_to_group(to_group("g", &format!("probe-{n}"))).await.unwrap();
-        match tokio::time::timeout(Duration::from_millis(200), cy.next()).await {
-            Ok(m) => break m,
-            Err(_) => assert!(n < 50, "the join never reached the open stream"),
-        }
-    };
+        first = cy.next_within(Duration::from_millis(200)).await;
+        first.is_some()
+    })
+    .await;
+    let first = first.unwrap();
     assert!(first.topic.starts_with("probe-"), "{first:?}");
     assert_eq!(first.group_id, "g");
     assert_eq!(first.audience, Audience::Group as i32);
@@ -116,9 +113,9 @@ async fn join_and_leave_take_effect_on_open_streams() {
 
 #[tokio::test]
 async fn a_device_on_one_replica_receives_what_another_replica_pushed() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let b = app.replica(&[]).await;
-    let mut via_b = Client::new(channel(b.addr).await);
+    let mut via_b = gateway_client(b.addr).await;
     join(&mut via_b, "g", &["ann"]).await;
     let mut on_a = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
     let mut also_b = Device::connect(b.addr, "ann", "tablet").await.unwrap();
@@ -132,27 +129,23 @@ async fn a_device_on_one_replica_receives_what_another_replica_pushed() {
 
     // And a join made through replica B reaches a stream held by replica A.
     join(&mut via_b, "late", &["ann"]).await;
-    let mut n = 0;
-    loop {
-        n += 1;
+    eventually(Duration::from_secs(10), "the join made on B reaches A's stream", async || {
         via_b.push_to_group(to_group("late", "late")).await.unwrap();
-        if tokio::time::timeout(Duration::from_millis(200), on_a.next()).await.is_ok() {
-            break;
-        }
-        assert!(n < 50, "the join made on B never reached A's stream");
-    }
+        on_a.next_within(Duration::from_millis(200)).await.is_some()
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_slow_consumer_is_cut_off_and_a_fast_one_keeps_everything() {
     // A small queue so the slow reader overflows quickly; payloads large enough that the
     // transport's own buffers fill up first.
-    let app = App::start_with(&[], &["--stream-queue-messages", "16"]).await;
+    let app = App::builder().gateway(&["--stream-queue-messages", "16"]).start().await;
     let mut c = app.gateway_client().await;
     let mut fast = Device::connect(app.gateway.addr, "fast", "d").await.unwrap();
 
     // The slow device opens its stream and never reads it.
-    let mut slow_client = Client::new(channel(app.gateway.addr).await);
+    let mut slow_client = gateway_client(app.gateway.addr).await;
     let req = pb::SubscribeRequest { user_id: "slow".into(), device_id: "d".into(), cursors: vec![] };
     let mut slow = slow_client.subscribe(req).await.unwrap().into_inner();
 
@@ -189,7 +182,7 @@ async fn a_slow_consumer_is_cut_off_and_a_fast_one_keeps_everything() {
 
 #[tokio::test]
 async fn open_streams_receive_again_after_redis_restarts() {
-    let mut app = App::start(&[]).await;
+    let mut app = App::start().await;
     let mut c = app.gateway_client().await;
     join(&mut c, "g", &["ann"]).await;
     let mut d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
@@ -205,19 +198,14 @@ async fn open_streams_receive_again_after_redis_restarts() {
     // The backend joins ann again; the group then reaches the same open stream, live or
     // replayed from the join.
     wait_health(app.gateway.addr, "push.v1.PushGateway", ServingStatus::Serving).await;
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        assert!(tries < 100, "pushes never reached the open stream again");
+    eventually(Duration::from_secs(30), "pushes reach the open stream again", async || {
         if c.push_to_all(to_all("after")).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
+            return false;
         }
-        if let Ok(m) = tokio::time::timeout(Duration::from_millis(300), d.next()).await {
-            assert_eq!(m.topic, "after");
-            break;
-        }
-    }
+        let m = d.next_within(Duration::from_millis(300)).await;
+        m.map(|m| assert_eq!(m.topic, "after")).is_some()
+    })
+    .await;
     join(&mut c, "g", &["ann"]).await;
     c.push_to_users(to_users(&["ann"], "user-after")).await.unwrap();
     c.push_to_group(to_group("g", "group-after")).await.unwrap();
@@ -236,30 +224,22 @@ async fn open_streams_receive_again_after_redis_restarts() {
 
 #[tokio::test]
 async fn an_open_stream_is_a_presence_session() {
-    let app = App::start(&[]).await;
-    let mut c = app.gateway_client().await;
-    let online = |c: &mut Client| {
-        let mut c = c.clone();
-        async move {
-            let r = c.get_presence(pb::GetPresenceRequest { user_ids: vec!["ann".into()] }).await.unwrap();
-            let p = r.into_inner().presences.remove(0);
-            (p.online, p.sessions.into_iter().map(|s| s.session_id).collect::<Vec<_>>())
-        }
-    };
-    assert!(!online(&mut c).await.0);
+    let app = App::start().await;
+    let c = app.gateway_client().await;
+    assert!(!presence_of(&c, "ann").await.online);
     let d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
-    assert_eq!(online(&mut c).await, (true, vec!["phone".to_string()]));
+    assert!(presence_of(&c, "ann").await.online);
+    assert_eq!(sessions_of(&c, "ann").await, ["phone"]);
     drop(d);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while online(&mut c).await.0 {
-        assert!(std::time::Instant::now() < deadline, "still online after the stream closed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(10), "ann offline once her stream closed", async || {
+        !presence_of(&c, "ann").await.online
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn shutdown_ends_streams_with_unavailable() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let App { redis, presence, profile, gateway } = app;
     let mut d = Device::connect(gateway.addr, "ann", "phone").await.unwrap();
     gateway.shutdown().await;
@@ -270,7 +250,7 @@ async fn shutdown_ends_streams_with_unavailable() {
 
 #[tokio::test]
 async fn groups_are_listed_and_paged() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.gateway_client().await;
     let users: Vec<String> = (0..250).map(|i| format!("u{i:03}")).collect();
     let req = pb::JoinGroupRequest { group_id: "big".into(), user_ids: users.clone() };
@@ -301,7 +281,7 @@ async fn groups_are_listed_and_paged() {
 
 #[tokio::test]
 async fn the_groups_per_user_limit_refuses_the_whole_join() {
-    let app = App::start_with(&[], &["--max-groups-per-user", "2"]).await;
+    let app = App::builder().gateway(&["--max-groups-per-user", "2"]).start().await;
     let mut c = app.gateway_client().await;
     join(&mut c, "g1", &["ann"]).await;
     join(&mut c, "g2", &["ann"]).await;
@@ -314,7 +294,7 @@ async fn the_groups_per_user_limit_refuses_the_whole_join() {
 
 #[tokio::test]
 async fn bad_pushes_are_refused_and_publish_nothing() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.gateway_client().await;
     let mut watcher = Device::connect(app.gateway.addr, "watcher", "d").await.unwrap();
     let keys_before = app.redis.keys();
@@ -357,7 +337,7 @@ async fn bad_pushes_are_refused_and_publish_nothing() {
     let req = pb::ListUserGroupsRequest { user_id: "".into() };
     assert_invalid(&c.list_user_groups(req).await.unwrap_err(), "user_id");
 
-    let mut sub = Client::new(channel(app.gateway.addr).await);
+    let mut sub = gateway_client(app.gateway.addr).await;
     for (user, device, field) in [("", "d", "user_id"), ("u", "a b", "device_id"), ("{u}", "d", "user_id")] {
         let req = pb::SubscribeRequest { user_id: user.into(), device_id: device.into(), cursors: vec![] };
         assert_invalid(&sub.subscribe(req).await.unwrap_err(), field);
@@ -372,13 +352,12 @@ async fn bad_pushes_are_refused_and_publish_nothing() {
 #[tokio::test]
 async fn an_open_stream_keeps_its_presence_alive_by_renewing_it() {
     // A lease much shorter than the stream's life: only renewals keep the user online.
-    let app = App::start_with(&["--min-ttl", "100ms"], &["--stream-lease", "600ms"]).await;
-    let mut c = app.gateway_client().await;
+    let app = App::builder().presence(&["--min-ttl", "100ms"]).gateway(&["--stream-lease", "600ms"]).start().await;
+    let c = app.gateway_client().await;
     let d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let r = c.get_presence(pb::GetPresenceRequest { user_ids: vec!["ann".into()] }).await.unwrap();
-        assert!(r.into_inner().presences[0].online, "the stream's lease lapsed while it was open");
+        assert!(presence_of(&c, "ann").await.online, "the stream's lease lapsed while it was open");
     }
     drop(d);
 }
@@ -388,9 +367,9 @@ async fn an_open_stream_keeps_its_presence_alive_by_renewing_it() {
 /// reconnects, and the same open stream receives again.
 #[tokio::test]
 async fn a_silent_subscription_is_detected_and_replaced() {
-    let app = App::start(&[]).await;
-    let proxy = push_tests::Proxy::start(&app.redis).await;
-    let gw = app.replica_via(&proxy.url(), &[]).await;
+    let app = App::start().await;
+    let proxy = Proxy::start(&app.redis).await;
+    let gw = app.replica(&[]).via(&proxy.url()).await;
     let mut c = app.gateway_client().await;
     let mut d = Device::connect(gw.addr, "ann", "phone").await.unwrap();
     c.push_to_all(to_all("before")).await.unwrap();
@@ -401,21 +380,17 @@ async fn a_silent_subscription_is_detected_and_replaced() {
     proxy.swallow_pubsub(false);
     wait_health(gw.addr, "push.v1.PushGateway", ServingStatus::Serving).await;
 
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        assert!(tries < 100, "the open stream never received again");
+    eventually(Duration::from_secs(30), "the open stream receives again", async || {
         c.push_to_all(to_all("after")).await.unwrap();
-        if let Ok(m) = tokio::time::timeout(Duration::from_millis(300), d.next()).await {
-            assert_eq!(m.topic, "after");
-            break;
-        }
-    }
+        let m = d.next_within(Duration::from_millis(300)).await;
+        m.map(|m| assert_eq!(m.topic, "after")).is_some()
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_retried_push_with_the_same_key_is_delivered_once() {
-    let app = App::start_with(&[], &["--idempotency-window", "1s"]).await;
+    let app = App::builder().gateway(&["--idempotency-window", "1s"]).start().await;
     let mut c = app.gateway_client().await;
     let mut d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
 
@@ -456,50 +431,28 @@ async fn a_retried_push_with_the_same_key_is_delivered_once() {
 
 #[tokio::test]
 async fn the_session_limit_also_bounds_streams_per_user() {
-    let app = App::start(&["--max-sessions-per-user", "1"]).await;
-    let _first = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
+    let app = App::builder().presence(&["--max-sessions-per-user", "1"]).start().await;
+    let first = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
     let err = Device::connect(app.gateway.addr, "ann", "laptop").await.expect_err("a second device is refused");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     // The same device reconnecting renews its session rather than adding one.
     let again = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
     // When the old stream is finally noticed gone, the device's newer stream keeps the
     // session: the user stays online.
-    drop(_first);
+    drop(first);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut c = app.gateway_client().await;
-    let r = c.get_presence(pb::GetPresenceRequest { user_ids: vec!["ann".into()] }).await.unwrap();
-    assert!(r.into_inner().presences[0].online, "the old stream's close logged the reconnected device out");
+    let c = app.gateway_client().await;
+    assert!(presence_of(&c, "ann").await.online, "the old stream's close logged the reconnected device out");
     drop(again);
-}
-
-/// The push channels Redis has subscribers for (probe channels aside).
-fn subscribed(redis: &push_tests::RedisServer) -> Vec<String> {
-    let mut r = redis.client().get_connection().unwrap();
-    let mut chs: Vec<String> = redis::cmd("PUBSUB").arg("CHANNELS").arg("push:ch:*").query(&mut r).unwrap();
-    chs.retain(|c| !c.contains(":probe:"));
-    chs.sort();
-    chs
-}
-
-async fn wait_subscribed(redis: &push_tests::RedisServer, want: &[&str]) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = subscribed(redis);
-        if got == want {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "subscribed {got:?}, wanted {want:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The hub holds a channel exactly while some local stream needs it, as Redis sees it.
 #[tokio::test]
 async fn channels_are_subscribed_while_needed_and_released_after_the_last_stream() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.gateway_client().await;
     join(&mut c, "g", &["ann"]).await;
-    wait_subscribed(&app.redis, &[]).await;
+    assert_eq!(subscribed(&app.redis), Vec::<String>::new());
     let phone = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
     let laptop = Device::connect(app.gateway.addr, "ann", "laptop").await.unwrap();
     let all = ["push:ch:all", "push:ch:{g:g}", "push:ch:{u:ann}"];
@@ -508,12 +461,16 @@ async fn channels_are_subscribed_while_needed_and_released_after_the_last_stream
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(subscribed(&app.redis), all, "the laptop still needs every channel");
     drop(laptop);
-    wait_subscribed(&app.redis, &[]).await;
+    eventually(Duration::from_secs(10), "every channel released after the last stream", async || {
+        let channels = subscribed(&app.redis);
+        (channels.is_empty(), channels)
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_page_larger_than_the_configured_maximum_is_coerced_to_it() {
-    let app = App::start_with(&[], &["--max-page-size", "2"]).await;
+    let app = App::builder().gateway(&["--max-page-size", "2"]).start().await;
     let mut c = app.gateway_client().await;
     join(&mut c, "g", &["a", "b", "c"]).await;
     let req = pb::ListGroupMembersRequest { group_id: "g".into(), page_size: 100, page_token: String::new() };
@@ -524,16 +481,15 @@ async fn a_page_larger_than_the_configured_maximum_is_coerced_to_it() {
 
 #[tokio::test]
 async fn a_device_that_moved_to_another_replica_keeps_its_session_when_the_old_stream_closes() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let b = app.replica(&[]).await;
-    let mut c = app.gateway_client().await;
+    let c = app.gateway_client().await;
     let old = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
     let new = Device::connect(b.addr, "ann", "phone").await.unwrap();
     new.wait_states(2).await;
     drop(old); // replica A notices and logs its stream's session out: as the old owner
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let req = pb::GetPresenceRequest { user_ids: vec!["ann".into()] };
-    let p = c.get_presence(req).await.unwrap().into_inner().presences.remove(0);
+    let p = presence_of(&c, "ann").await;
     assert!(p.online, "the new stream's session was ended by the old stream's logout");
     assert_eq!(p.sessions.len(), 1);
     drop(new);
@@ -541,11 +497,11 @@ async fn a_device_that_moved_to_another_replica_keeps_its_session_when_the_old_s
 
 #[tokio::test]
 async fn a_stream_catches_up_on_messages_whose_live_notification_was_lost() {
-    let app = App::start(&["--min-ttl", "100ms"]).await;
-    let proxy = push_tests::Proxy::start(&app.redis).await;
+    let app = App::builder().presence(&["--min-ttl", "100ms"]).start().await;
+    let proxy = Proxy::start(&app.redis).await;
     // A probe too slow to notice within the test: only the audit can find the loss.
     let flags = ["--hub-probe-interval", "60s", "--stream-lease", "600ms"];
-    let gw = app.replica_via(&proxy.url(), &flags).await;
+    let gw = app.replica(&flags).via(&proxy.url()).await;
     let mut c = app.gateway_client().await;
     let mut d = Device::connect(gw.addr, "ann", "phone").await.unwrap();
     d.wait_states(2).await;

@@ -1,13 +1,8 @@
 //! Redis over TLS: `rediss://` with the test CA, for every service and the hub.
-use std::path::PathBuf;
-
-use push_tests::{App, Device, RedisServer};
-
-use crate::helpers::to_users;
-
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name).display().to_string()
-}
+use push_tests::{
+    App, Device, RedisServer,
+    fixtures::{fixture, presence_of, to_users},
+};
 
 #[tokio::test]
 async fn every_service_reaches_a_tls_only_redis() {
@@ -27,12 +22,11 @@ async fn every_service_reaches_a_tls_only_redis() {
     ]);
     redis.serve_at(&format!("rediss://localhost:{port}"));
     let tls = ["--redis-tls-ca-file", ca.as_str()];
-    let app = App::start_full(redis, &tls, &tls, &tls).await;
+    let app = App::builder().redis(redis).presence(&tls).profile(&tls).gateway(&tls).start().await;
     let mut c = app.gateway_client().await;
     let mut d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
     d.wait_states(2).await;
     c.push_to_users(to_users(&["ann"], "over-tls")).await.unwrap();
     assert_eq!(d.next().await.topic, "over-tls");
-    let p = c.get_presence(push_proto::push::v1::GetPresenceRequest { user_ids: vec!["ann".into()] }).await.unwrap();
-    assert!(p.into_inner().presences[0].online);
+    assert!(presence_of(&c, "ann").await.online);
 }

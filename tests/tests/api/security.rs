@@ -1,93 +1,19 @@
 //! Security: API keys with scopes on every RPC, device tokens (HS256, RS256, ES256,
 //! rotation, expiry, audience, issuer), the internal token, and the per-key rate limit.
-use std::{path::PathBuf, str::FromStr, time::Duration};
+use std::{str::FromStr, time::Duration};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use prost::Message;
 use push_proto::push::v1 as pb;
-use push_tests::{App, Device, RedisServer, SendBearer, channel, health, wait_health};
+use push_tests::{
+    App, Device, RedisServer, SendBearer, authorized, authorized_on, channel,
+    credentials::{Credentials, HS_SECRET, HS_SECRET_2, INTERNAL_TOKEN},
+    eventually,
+    fixtures::{fixture, to_users},
+    health, health_on, secure_app, services, tls_channel, wait_health,
+};
 use tonic::{Code, codegen::http, service::Interceptor, transport::Channel};
 use tonic_health::pb::health_check_response::ServingStatus;
-
-use crate::helpers::to_users;
-
-const HS_SECRET: &str = "an-hmac-secret-of-at-least-32-bytes!!";
-const HS_SECRET_2: &str = "the-next-hmac-secret-for-rotation-0001";
-const INTERNAL: &str = "internal-token-for-the-tests-0123";
-
-fn hex(d: [u8; 32]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
-}
-
-/// A directory with the secrets the services read, and the flags that use them.
-pub(crate) struct Secrets {
-    _dir: PathBuf,
-    internal: String,
-    gateway: Vec<String>,
-}
-
-fn secrets(extra: &[&str]) -> Secrets {
-    let dir = std::env::temp_dir().join(format!("push-sec-{}-{}", std::process::id(), rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let write = |name: &str, text: &str| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.to_string_lossy().into_owned()
-    };
-    let internal = write("internal", INTERNAL);
-    let hs1 = write("hs1", HS_SECRET);
-    let hs2 = write("hs2", HS_SECRET_2);
-    let key = |name: &str, secret: &str, scopes: &str| {
-        format!("{name}:{}:{scopes}", hex(push_common::auth::digest(secret.as_bytes())))
-    };
-    let mut gateway = vec![
-        "--internal-token-file".to_string(),
-        internal.clone(),
-        "--api-key".into(),
-        key("pusher", "k-publish", "publish"),
-        "--api-key".into(),
-        key("watcher", "k-presence", "presence"),
-        "--api-key".into(),
-        key("profiler", "k-profile", "profile"),
-        "--api-key".into(),
-        key("grouper", "k-groups", "groups"),
-        "--api-key".into(),
-        key("ops", "k-admin", "admin"),
-        "--jwt-key".into(),
-        format!("hs1:HS256:{hs1}"),
-        "--jwt-key".into(),
-        format!("hs2:HS256:{hs2}"),
-        "--jwt-key".into(),
-        format!("rs1:RS256:{}", fixture("rsa-test.pub").display()),
-        "--jwt-key".into(),
-        format!("es1:ES256:{}", fixture("ec-test.pub").display()),
-        "--jwt-audience".into(),
-        "push".into(),
-        "--jwt-issuer".into(),
-        "auth.example".into(),
-    ];
-    gateway.extend(extra.iter().map(|s| s.to_string()));
-    Secrets { _dir: dir, internal, gateway }
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-}
-
-/// A system with every credential configured (API keys `k-publish`, `k-presence`,
-/// `k-profile`, `k-groups`, `k-admin`; device keys hs1, hs2, rs1, es1), plus `extra`
-/// gateway flags. Keep the `Secrets` alive as long as the system.
-pub(crate) async fn secure_app(extra: &[&str]) -> (App, Secrets) {
-    let s = secrets(extra);
-    let internal = ["--internal-token-file", s.internal.as_str()];
-    let gateway: Vec<&str> = s.gateway.iter().map(String::as_str).collect();
-    let app = App::start_full(RedisServer::start(), &internal, &internal, &gateway).await;
-    (app, s)
-}
 
 #[derive(serde::Serialize)]
 struct Claims<'a> {
@@ -158,7 +84,7 @@ fn key_for(method: &str) -> &'static str {
 
 #[tokio::test]
 async fn every_rpc_checks_credentials_and_scopes() {
-    let (app, _s) = secure_app(&["--api-key-rate", "0"]).await;
+    let (app, _creds) = secure_app(&["--api-key-rate", "0"]).await;
     let ch = channel(app.gateway.addr).await;
     let keys = app.redis.keys();
     let device = device_token("ann");
@@ -192,13 +118,13 @@ async fn every_rpc_checks_credentials_and_scopes() {
 }
 
 async fn subscribe(app: &App, bearer: &str, user: &str) -> Result<Device, tonic::Status> {
-    Device::resume_as(channel(app.gateway.addr).await, Some(bearer), user, "phone", Vec::new()).await
+    Device::options().bearer(bearer).connect(app.gateway.addr, user, "phone").await
 }
 
 #[tokio::test]
 async fn devices_receive_only_their_own_user_with_valid_tokens() {
-    let (app, _s) = secure_app(&[]).await;
-    let mut c = push_tests::authorized(app.gateway.addr, "k-publish").await;
+    let (app, _creds) = secure_app(&[]).await;
+    let mut c = authorized(app.gateway.addr, "k-publish").await;
     let ok = [
         token("hs1", Algorithm::HS256, "ann", now() + 600, "push", "auth.example"),
         token("hs2", Algorithm::HS256, "ann", now() + 600, "push", "auth.example"),
@@ -236,7 +162,7 @@ async fn devices_receive_only_their_own_user_with_valid_tokens() {
             message_id: "1-0".into(),
         }],
     };
-    let mut dc = push_tests::authorized(app.gateway.addr, t).await;
+    let mut dc = authorized(app.gateway.addr, t).await;
     assert_eq!(dc.ack(ack.clone()).await.unwrap_err().code(), Code::PermissionDenied);
     ack.user_id = "ann".into();
     dc.ack(ack).await.unwrap();
@@ -244,9 +170,9 @@ async fn devices_receive_only_their_own_user_with_valid_tokens() {
 
 #[tokio::test]
 async fn internal_services_accept_only_the_gateway() {
-    let (app, _s) = secure_app(&[]).await;
+    let (app, _creds) = secure_app(&[]).await;
     // Through the gateway, presence and profiles work (it sends the internal token).
-    let mut c = push_tests::authorized(app.gateway.addr, "k-presence").await;
+    let mut c = authorized(app.gateway.addr, "k-presence").await;
     let login = pb::LoginRequest { user_id: "ann".into(), session_id: "d".into(), ttl: None, ..Default::default() };
     c.login(login).await.unwrap();
     // Directly, nothing: no token, a wrong token, or a gateway API key.
@@ -278,8 +204,8 @@ async fn internal_services_accept_only_the_gateway() {
 
 #[tokio::test]
 async fn an_api_key_over_its_rate_gets_resource_exhausted() {
-    let (app, _s) = secure_app(&["--api-key-rate", "5"]).await;
-    let mut c = push_tests::authorized(app.gateway.addr, "k-presence").await;
+    let (app, _creds) = secure_app(&["--api-key-rate", "5"]).await;
+    let mut c = authorized(app.gateway.addr, "k-presence").await;
     let mut refused = 0;
     for _ in 0..30 {
         match c.count_online_users(pb::CountOnlineUsersRequest {}).await {
@@ -324,50 +250,44 @@ fn a_busy_port_names_the_gateway_and_the_address() {
 
 #[tokio::test]
 async fn every_hop_can_run_tls_with_mtls_to_the_internal_services() {
-    let s = secrets(&[]);
+    let creds = Credentials::new(&[]);
     let redis = RedisServer::start();
-    let path = |n: &str| fixture(n).to_string_lossy().into_owned();
-    let (ca, cert, key) = (path("ca-test.pem"), path("server-test.pem"), path("server-test.key"));
-    let (client_cert, client_key) = (path("client-test.pem"), path("client-test.key"));
-    let internal =
-        ["--internal-token-file", s.internal.as_str(), "--tls-cert", &cert, "--tls-key", &key, "--tls-client-ca", &ca];
-    let presence = push_tests::presence(&redis.url(), &internal).await;
-    let profile = push_tests::profile(&redis.url(), &internal).await;
-    let mut flags: Vec<&str> = s.gateway.iter().map(String::as_str).collect();
+    let (ca, cert, key) = (fixture("ca-test.pem"), fixture("server-test.pem"), fixture("server-test.key"));
+    let (client_cert, client_key) = (fixture("client-test.pem"), fixture("client-test.key"));
+    let mut internal = creds.internal_flags().to_vec();
+    internal.extend(["--tls-cert", &cert, "--tls-key", &key, "--tls-client-ca", &ca]);
+    let presence = services::presence(&redis.url(), &internal).await;
+    let profile = services::profile(&redis.url(), &internal).await;
+    let mut flags = creds.gateway_flags();
     flags.extend(["--tls-cert", &cert, "--tls-key", &key, "--internal-tls-ca", &ca]);
     flags.extend(["--internal-tls-cert", &client_cert, "--internal-tls-key", &client_key]);
     let presence_url = format!("https://localhost:{}", presence.addr.port());
     let profile_url = format!("https://localhost:{}", profile.addr.port());
-    let gateway = push_tests::gateway(&redis.url(), &presence_url, &profile_url, &flags).await;
+    let gateway = services::gateway(&redis.url(), &presence_url, &profile_url, &flags).await;
 
     let ca_pem = std::fs::read(&ca).unwrap();
-    let ch = push_tests::tls_channel(gateway.addr, &ca_pem, None).await.unwrap();
+    let ch = tls_channel(gateway.addr, &ca_pem, None).await.unwrap();
     // SERVING over TLS means the gateway reached both internal services over mTLS.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let mut h = tonic_health::pb::health_client::HealthClient::new(ch.clone());
-        let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
-        if h.check(req).await.is_ok_and(|r| r.get_ref().status == ServingStatus::Serving as i32) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the TLS gateway never became SERVING");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(15), "the TLS gateway is SERVING", async || {
+        let got = health_on(ch.clone(), "").await;
+        (got == Some(ServingStatus::Serving), got)
+    })
+    .await;
     // A device over TLS receives a push made over TLS; presence goes through mTLS.
-    let mut d = Device::resume_as(ch.clone(), Some(&device_token("ann")), "ann", "phone", vec![]).await.unwrap();
+    let mut d = Device::options().bearer(&device_token("ann")).connect(ch.clone(), "ann", "phone").await.unwrap();
     d.wait_states(2).await;
-    let mut c = push_tests::authorized_on(ch.clone(), "k-admin");
+    let mut c = authorized_on(ch.clone(), "k-admin");
     c.push_to_users(to_users(&["ann"], "over-tls")).await.unwrap();
     assert_eq!(d.next().await.topic, "over-tls");
-    let presence_req = pb::GetPresenceRequest { user_ids: vec!["ann".into()] };
-    let online = c.get_presence(presence_req).await.unwrap().into_inner();
+    let req = pb::GetPresenceRequest { user_ids: vec!["ann".into()] };
+    let online = c.get_presence(req).await.unwrap().into_inner();
     assert!(online.presences[0].online, "the stream's session went through mTLS to presence-svc");
 
     // Plaintext gets nowhere on a TLS port.
     assert_eq!(health(gateway.addr, "").await, None);
     // An internal service refuses a TLS client without a client certificate, and
     // accepts one with it (and the internal token).
-    let no_cert = match push_tests::tls_channel(presence.addr, &ca_pem, None).await {
+    let no_cert = match tls_channel(presence.addr, &ca_pem, None).await {
         Err(_) => true,
         Ok(ch) => {
             let mut p = push_proto::presence::v1::presence_client::PresenceClient::new(ch);
@@ -377,10 +297,10 @@ async fn every_hop_can_run_tls_with_mtls_to_the_internal_services() {
     };
     assert!(no_cert, "mTLS let a client without a certificate in");
     let identity = (std::fs::read(&client_cert).unwrap(), std::fs::read(&client_key).unwrap());
-    let ch = push_tests::tls_channel(presence.addr, &ca_pem, Some((&identity.0, &identity.1))).await.unwrap();
+    let ch = tls_channel(presence.addr, &ca_pem, Some((&identity.0, &identity.1))).await.unwrap();
     let mut p = push_proto::presence::v1::presence_client::PresenceClient::with_interceptor(
         ch,
-        SendBearer::new(Some(INTERNAL)).unwrap(),
+        SendBearer::new(Some(INTERNAL_TOKEN)).unwrap(),
     );
     let req = push_proto::presence::v1::GetPresenceRequest { user_ids: vec!["ann".into()] };
     assert!(p.get_presence(req).await.unwrap().into_inner().presences[0].online);
@@ -388,11 +308,8 @@ async fn every_hop_can_run_tls_with_mtls_to_the_internal_services() {
 
 #[tokio::test]
 async fn a_stream_ends_when_its_device_token_expires() {
-    let s = secrets(&["--jwt-leeway", "0s", "--stream-lease", "900ms"]);
-    let internal = ["--internal-token-file", s.internal.as_str()];
-    let presence = ["--internal-token-file", s.internal.as_str(), "--min-ttl", "100ms"];
-    let gateway: Vec<&str> = s.gateway.iter().map(String::as_str).collect();
-    let app = App::start_full(RedisServer::start(), &presence, &internal, &gateway).await;
+    let creds = Credentials::new(&["--jwt-leeway", "0s", "--stream-lease", "900ms"]);
+    let app = App::builder().credentials(&creds).presence(&["--min-ttl", "100ms"]).start().await;
     let short = token("hs1", Algorithm::HS256, "ann", now() + 2, "push", "auth.example");
     let mut d = subscribe(&app, &short, "ann").await.unwrap();
     let started = std::time::Instant::now();
@@ -407,12 +324,12 @@ async fn a_stream_ends_when_its_device_token_expires() {
 
 #[tokio::test]
 async fn idempotency_keys_belong_to_their_api_key() {
-    let (app, _s) = secure_app(&[]).await;
+    let (app, _creds) = secure_app(&[]).await;
     let mut d = subscribe(&app, &device_token("ann"), "ann").await.unwrap();
     d.wait_states(2).await;
     let req = |topic: &str| pb::PushToUsersRequest { idempotency_key: "order-1".into(), ..to_users(&["ann"], topic) };
-    let mut billing = push_tests::authorized(app.gateway.addr, "k-publish").await;
-    let mut ops = push_tests::authorized(app.gateway.addr, "k-admin").await;
+    let mut billing = authorized(app.gateway.addr, "k-publish").await;
+    let mut ops = authorized(app.gateway.addr, "k-admin").await;
     let first = billing.push_to_users(req("billing")).await.unwrap().into_inner().message_id;
     let other = ops.push_to_users(req("ops")).await.unwrap().into_inner().message_id;
     assert_ne!(first, other, "another key's identical idempotency key is another push");

@@ -3,9 +3,10 @@
 use std::collections::HashMap;
 
 use push_proto::{profile::v1::UserProfile, push::v1 as pb};
-use push_tests::App;
-
-use crate::helpers::{assert_invalid, ttl};
+use push_tests::{
+    App,
+    fixtures::{assert_invalid, ttl},
+};
 
 /// Ids that must never reach a key.
 fn bad_ids() -> Vec<String> {
@@ -34,7 +35,7 @@ fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
 
 #[tokio::test]
 async fn presence_requests_are_validated() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let c = app.gateway_client().await;
     let mut c = c;
 
@@ -79,7 +80,7 @@ async fn presence_requests_are_validated() {
 /// by the transport before any handler runs.
 #[tokio::test]
 async fn oversized_requests_are_refused_before_any_work() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.gateway_client().await;
     let huge = "y".repeat(10 * 1024 * 1024);
     let req = pb::LoginRequest { user_id: huge.clone(), session_id: "d".into(), ttl: None, ..Default::default() };
@@ -93,7 +94,7 @@ async fn oversized_requests_are_refused_before_any_work() {
 
 #[tokio::test]
 async fn profile_requests_are_validated() {
-    let app = App::start(&[]).await;
+    let app = App::start().await;
     let mut c = app.gateway_client().await;
 
     for id in bad_ids() {

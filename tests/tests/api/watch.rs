@@ -13,13 +13,15 @@ fn connected_clients(app: &App) -> i64 {
     line.split(':').nth(1).unwrap().trim().parse().unwrap()
 }
 
-async fn watch(c: &mut crate::helpers::Client) -> Result<tonic::Streaming<pb::WatchPresenceResponse>, tonic::Status> {
+async fn watch(
+    c: &mut push_tests::GatewayClient,
+) -> Result<tonic::Streaming<pb::WatchPresenceResponse>, tonic::Status> {
     c.watch_presence(pb::WatchPresenceRequest { cursor: String::new() }).await.map(|r| r.into_inner())
 }
 
 #[tokio::test]
 async fn many_watchers_share_one_redis_reader_and_all_get_every_event() {
-    let app = App::start_with(&[], &["--max-watchers-per-key", "100"]).await;
+    let app = App::builder().gateway(&["--max-watchers-per-key", "100"]).start().await;
     let mut c = app.gateway_client().await;
     let mut first = watch(&mut c).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -41,7 +43,7 @@ async fn many_watchers_share_one_redis_reader_and_all_get_every_event() {
 
 #[tokio::test]
 async fn watchers_are_capped_per_replica_and_per_key() {
-    let app = App::start_with(&["--max-watchers", "3"], &["--max-watchers-per-key", "2"]).await;
+    let app = App::builder().presence(&["--max-watchers", "3"]).gateway(&["--max-watchers-per-key", "2"]).start().await;
     let mut c = app.gateway_client().await;
     let _a = watch(&mut c).await.unwrap();
     let b = watch(&mut c).await.unwrap();

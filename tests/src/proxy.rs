@@ -1,0 +1,83 @@
+//! A proxy in front of Redis that can make Pub/Sub connections look alive and deliver
+//! nothing, as after a failover or behind a misbehaving load balancer.
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    task::JoinHandle,
+};
+
+use crate::RedisServer;
+
+/// A TCP proxy on 127.0.0.1 in front of a Redis unix socket. While `swallow` is set,
+/// what Redis sends on a connection that has sent SUBSCRIBE is dropped (the connection
+/// stays open).
+pub struct Proxy {
+    pub addr: SocketAddr,
+    swallow: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(redis: &RedisServer) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().unwrap();
+        let socket = redis.socket();
+        let swallow = Arc::new(AtomicBool::new(false));
+        let flag = swallow.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::UnixStream::connect(&socket).await else { continue };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let subscriber = Arc::new(AtomicBool::new(false));
+                let (sub, flag) = (subscriber.clone(), flag.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                        if buf[..n].windows(9).any(|w| w.eq_ignore_ascii_case(b"subscribe")) {
+                            sub.store(true, Ordering::Relaxed);
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                        if subscriber.load(Ordering::Relaxed) && flag.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Proxy { addr, swallow, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Starts or stops dropping what Redis sends to subscribers.
+    pub fn swallow_pubsub(&self, on: bool) {
+        self.swallow.store(on, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
