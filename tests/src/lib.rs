@@ -15,7 +15,8 @@
 //!   bearer; a shared or TLS channel goes where the address would.
 //! - `proxy`: [`Proxy`], a TCP proxy in front of Redis that can silence Pub/Sub.
 //! - `client`: channels (plain and TLS) and gateway clients, with or without a bearer.
-//! - `wait`: [`eventually`] (the suites' one deadline loop), health and [`wait_health`].
+//! - `wait`: [`eventually`] (the suites' one deadline loop), [`always`] (a "still true"
+//!   check, to be followed by a positive control), health and [`wait_health`].
 //! - [`credentials`]: API keys, device-token keys and the internal token, and
 //!   [`secure_app`], a system that authenticates.
 //! - [`fixtures`]: what several suites share: requests, status assertions, lookups,
@@ -39,4 +40,4 @@ pub use device::{Device, DeviceOptions, Received, Target};
 pub use proxy::Proxy;
 pub use redis::RedisServer;
 pub use services::{GatewayProcess, Running};
-pub use wait::{Outcome, eventually, health, health_on, wait_health};
+pub use wait::{Outcome, always, eventually, health, health_on, wait_health};

@@ -141,6 +141,14 @@ impl RedisServer {
         chs.sort();
         chs
     }
+
+    /// How many connections are subscribed to `channel` (one per gateway replica that
+    /// holds it: each replica has one Pub/Sub connection).
+    pub fn subscribers(&self, channel: &str) -> i64 {
+        let mut c = self.client().get_connection().expect("redis connection");
+        let (_, n): (String, i64) = redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query(&mut c).expect("PUBSUB");
+        n
+    }
 }
 
 impl Drop for RedisServer {

@@ -1,4 +1,5 @@
-//! Waiting on observations instead of sleeping: [`eventually`], and health.
+//! Waiting on observations instead of sleeping: [`eventually`] for what must come true,
+//! [`always`] for what must stay true, and health.
 use std::{
     fmt::Debug,
     net::SocketAddr,
@@ -46,6 +47,23 @@ pub async fn eventually<O: Outcome>(within: Duration, what: &str, mut check: imp
         let Err(seen) = check().await.holds() else { return };
         if Instant::now() >= deadline {
             panic!("{}", failure("not within", within, what, &seen));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Polls `check` for the whole of `window`; panics with `what` the first time it does
+/// not hold. A "still true" check passes whether or not anything happened, so follow it
+/// with a positive control: an [`eventually`] on the same observation after a change
+/// that must move it, which shows the observation reacts.
+pub async fn always<O: Outcome>(window: Duration, what: &str, mut check: impl AsyncFnMut() -> O) {
+    let end = Instant::now() + window;
+    loop {
+        if let Err(seen) = check().await.holds() {
+            panic!("{}", failure("broken within", window, what, &seen));
+        }
+        if Instant::now() >= end {
+            return;
         }
         tokio::time::sleep(POLL).await;
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use push_proto::push::v1::{self as pb, Audience, Continuity};
 use push_tests::{
-    App, Device, GatewayClient as Client, Proxy, eventually,
+    App, Device, GatewayClient as Client, Proxy, always, eventually,
     fixtures::{assert_invalid, join, leave, online_count, presence_of, sessions_of, to_all, to_group, to_users},
     wait_health,
 };
@@ -109,10 +109,12 @@ async fn the_surviving_stream_of_a_device_keeps_it_online() {
     let new = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
     new.wait_states(2).await;
     drop(new);
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(presence_of(&c, "ann").await.online, "the device flapped offline while a stream was open");
-    }
+    // Longer than three leases: only the old stream's renewals keep the device online.
+    always(Duration::from_secs(2), "the device does not flap offline while a stream is open", async || {
+        presence_of(&c, "ann").await.online
+    })
+    .await;
+    // Control: the same observation reacts to the last stream's close.
     drop(old);
     eventually(Duration::from_secs(5), "ann offline once her last stream closed", async || {
         !presence_of(&c, "ann").await.online
@@ -136,7 +138,8 @@ async fn a_later_live_message_does_not_hide_a_lost_one() {
 
     proxy.swallow_pubsub(true);
     c.push_to_users(to_users(&["ann"], "lost")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Really lost, not just late: else it would arrive live and prove nothing.
+    eventually(Duration::from_secs(5), "the live notification swallowed", async || proxy.swallowed() >= 1).await;
     proxy.swallow_pubsub(false);
     c.push_to_users(to_users(&["ann"], "next")).await.unwrap();
     assert_eq!(d.next().await.topic, "lost");
@@ -224,16 +227,24 @@ async fn logout_ends_the_devices_streams() {
     let mut c = app.gateway_client().await;
     let mut phone = Device::connect(other.addr, "ann", "phone").await.unwrap();
     let tablet = Device::connect(app.gateway.addr, "ann", "tablet").await.unwrap();
-    phone.wait_states(2).await;
-    tablet.wait_states(2).await;
+    // Bob's stream shares the phone's replica: the control that its renewals run.
+    let bob = Device::connect(other.addr, "bob", "phone").await.unwrap();
+    for d in [&phone, &tablet, &bob] {
+        d.wait_states(2).await;
+    }
     let req = pb::LogoutRequest { user_id: "ann".into(), session_id: "phone".into(), owner: String::new() };
     c.logout(req).await.unwrap();
     let ended = phone.end().await.expect("the logged-out device's stream ends with a status");
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
     assert!(ended.message().contains("logged out"), "{ended:?}");
-    // Renewal rounds pass (every 200 ms): the phone stays out, the tablet stays in.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(sessions_of(&c, "ann").await, ["tablet"]);
+    // Renewal rounds pass (every 200 ms): the phone stays out, the tablet stays in. Bob
+    // stays in only if the phone's replica renews (his 600 ms lease is shorter than the
+    // window), so a renewal that would bring the phone back had its chance.
+    always(Duration::from_secs(1), "the phone stays out while renewals go on", async || {
+        let (ann, bob) = (sessions_of(&c, "ann").await, presence_of(&c, "bob").await.online);
+        (ann == ["tablet"] && bob, (ann, bob))
+    })
+    .await;
 }
 
 /// Defect 17: a Redis that does not answer is UNAVAILABLE (retry elsewhere), not

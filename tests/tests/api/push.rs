@@ -1,15 +1,20 @@
 //! Live push: Subscribe streams, the three targets, groups, replicas, slow consumers,
 //! Redis restarts, and bad input.
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use push_proto::push::v1::{self as pb, Audience};
 use push_tests::{
-    App, Device, GatewayClient as Client, Proxy, eventually,
+    App, Device, GatewayClient as Client, Proxy, always, eventually,
     fixtures::{assert_invalid, join, leave, presence_of, sessions_of, subscribed, to_all, to_group, to_users},
     gateway_client, wait_health,
 };
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
+
+/// How long a replica may take to act on a closed stream. The "still true" checks
+/// below watch this long after a close, and their positive controls must see a close
+/// acted on within it: so a wrongful reaction to the first close would have been seen.
+const CLOSE_NOTICED: Duration = Duration::from_secs(1);
 
 /// Pushes a sentinel to all and returns, per device, the topics it received before it.
 /// Since one replica's deliveries keep the publish order of one Redis connection, a
@@ -102,9 +107,14 @@ async fn join_and_leave_take_effect_on_open_streams() {
     assert_eq!(first.audience, Audience::Group as i32);
 
     assert_eq!(leave(&mut c, "g", &["cy"]).await, 1);
-    // After the leave is applied, group pushes stop; wait until the stream has applied it
-    // (the hub unsubscribes), then check that a later group push does not arrive.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // After the leave is applied, group pushes stop. The stream has applied it once its
+    // replica releases the group's channel (cy was the group's only stream there); then
+    // a later group push must not arrive.
+    eventually(Duration::from_secs(10), "the stream applies the leave", async || {
+        let channels = subscribed(&app.redis);
+        (!channels.iter().any(|c| c == "push:ch:{g:g}"), channels)
+    })
+    .await;
     cy.drain();
     c.push_to_group(to_group("g", "after-leave")).await.unwrap();
     let got = topics_until_sentinel(&mut c, &mut [&mut cy], "end").await;
@@ -355,11 +365,19 @@ async fn an_open_stream_keeps_its_presence_alive_by_renewing_it() {
     let app = App::builder().presence(&["--min-ttl", "100ms"]).gateway(&["--stream-lease", "600ms"]).start().await;
     let c = app.gateway_client().await;
     let d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(presence_of(&c, "ann").await.online, "the stream's lease lapsed while it was open");
-    }
+    always(Duration::from_secs(2), "the stream's lease does not lapse while it is open", async || {
+        presence_of(&c, "ann").await.online
+    })
+    .await;
+    // Controls: the lease is short, so only renewals can have kept ann online for three
+    // of them; and the observation reacts when the stream closes.
+    let expires = presence_of(&c, "ann").await.sessions[0].expire_time.expect("an expiry");
+    let expires = SystemTime::try_from(expires).unwrap();
+    let ahead = expires.duration_since(SystemTime::now()).unwrap_or_default();
+    assert!(ahead <= Duration::from_millis(800), "the lease reaches {ahead:?} ahead, not 600 ms");
     drop(d);
+    eventually(CLOSE_NOTICED, "ann offline once her stream closed", async || !presence_of(&c, "ann").await.online)
+        .await;
 }
 
 /// A Pub/Sub connection that stays open but delivers nothing (as after a failover or
@@ -439,11 +457,16 @@ async fn the_session_limit_also_bounds_streams_per_user() {
     let again = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
     // When the old stream is finally noticed gone, the device's newer stream keeps the
     // session: the user stays online.
-    drop(first);
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let c = app.gateway_client().await;
-    assert!(presence_of(&c, "ann").await.online, "the old stream's close logged the reconnected device out");
+    drop(first);
+    always(CLOSE_NOTICED, "the old stream's close does not log the reconnected device out", async || {
+        presence_of(&c, "ann").await.online
+    })
+    .await;
+    // Control: closing the device's last stream is noticed, and logs it out, in time.
     drop(again);
+    eventually(CLOSE_NOTICED, "ann offline once her last stream closed", async || !presence_of(&c, "ann").await.online)
+        .await;
 }
 
 /// The hub holds a channel exactly while some local stream needs it, as Redis sees it.
@@ -458,10 +481,17 @@ async fn channels_are_subscribed_while_needed_and_released_after_the_last_stream
     let all = ["push:ch:all", "push:ch:{g:g}", "push:ch:{u:ann}"];
     assert_eq!(subscribed(&app.redis), all, "subscribed before Subscribe answers");
     drop(phone);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(subscribed(&app.redis), all, "the laptop still needs every channel");
+    // The replica has acted on the phone's close once its session ends (the stream
+    // leaves the hub first); the channels stay.
+    eventually(CLOSE_NOTICED, "the phone's session ends", async || sessions_of(&c, "ann").await == ["laptop"]).await;
+    always(CLOSE_NOTICED, "the laptop still needs every channel", async || {
+        let channels = subscribed(&app.redis);
+        (channels == all, channels)
+    })
+    .await;
+    // Control: the same observation reacts to the last stream's close.
     drop(laptop);
-    eventually(Duration::from_secs(10), "every channel released after the last stream", async || {
+    eventually(CLOSE_NOTICED, "every channel released after the last stream", async || {
         let channels = subscribed(&app.redis);
         (channels.is_empty(), channels)
     })
@@ -487,12 +517,22 @@ async fn a_device_that_moved_to_another_replica_keeps_its_session_when_the_old_s
     let old = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
     let new = Device::connect(b.addr, "ann", "phone").await.unwrap();
     new.wait_states(2).await;
+    assert_eq!(app.redis.subscribers("push:ch:{u:ann}"), 2, "each replica holds ann's channel");
     drop(old); // replica A notices and logs its stream's session out: as the old owner
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let p = presence_of(&c, "ann").await;
-    assert!(p.online, "the new stream's session was ended by the old stream's logout");
-    assert_eq!(p.sessions.len(), 1);
+    // A has acted on the close once it releases ann's channel (its logout is under way).
+    eventually(CLOSE_NOTICED, "replica A releases ann's channel", async || {
+        app.redis.subscribers("push:ch:{u:ann}") == 1
+    })
+    .await;
+    always(CLOSE_NOTICED, "the old stream's logout leaves the new stream's session", async || {
+        let p = presence_of(&c, "ann").await;
+        (p.online && p.sessions.len() == 1, p)
+    })
+    .await;
+    // Control: the new stream's own close does end the session, in time.
     drop(new);
+    eventually(CLOSE_NOTICED, "ann offline once her last stream closed", async || !presence_of(&c, "ann").await.online)
+        .await;
 }
 
 #[tokio::test]
@@ -509,6 +549,8 @@ async fn a_stream_catches_up_on_messages_whose_live_notification_was_lost() {
     proxy.swallow_pubsub(true); // stored in Redis, but the live notifications are lost
     c.push_to_users(to_users(&["ann"], "lost-1")).await.unwrap();
     c.push_to_all(to_all("lost-2")).await.unwrap();
+    // Both were really lost (else they would arrive live, and the audit go untested).
+    eventually(Duration::from_secs(5), "both live notifications swallowed", async || proxy.swallowed() >= 2).await;
     let mut got = [d.next().await.topic, d.next().await.topic];
     got.sort();
     assert_eq!(got, ["lost-1", "lost-2"]);
