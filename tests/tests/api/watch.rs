@@ -24,21 +24,27 @@ async fn many_watchers_share_one_redis_reader_and_all_get_every_event() {
     let app = App::builder().gateway(&["--max-watchers-per-key", "100"]).start().await;
     let mut c = app.gateway_client().await;
     let mut first = watch(&mut c).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Counted once the first watcher is seen to be served (its event arrived).
+    let _ann = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
+    assert_eq!(next_user(&mut first).await, "ann");
     let before = connected_clients(&app);
     let mut watchers = Vec::new();
     for _ in 0..50 {
         watchers.push(watch(&mut c).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every watcher, the first and the last, gets the next event: all are being served
+    // when Redis's clients are counted again.
+    let _bob = Device::connect(app.gateway.addr, "bob", "phone").await.unwrap();
+    for w in std::iter::once(&mut first).chain(watchers.iter_mut()) {
+        assert_eq!(next_user(w).await, "bob");
+    }
     let after = connected_clients(&app);
     assert!(after <= before + 1, "50 more watchers took Redis from {before} to {after} clients");
-    // Every watcher, the first and the last, gets the event.
-    let _d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
-    for w in std::iter::once(&mut first).chain(watchers.iter_mut()) {
-        let item = tokio::time::timeout(Duration::from_secs(10), w.message()).await.unwrap().unwrap().unwrap();
-        assert_eq!(item.events[0].user_id, "ann");
-    }
+}
+
+async fn next_user(w: &mut tonic::Streaming<pb::WatchPresenceResponse>) -> String {
+    let item = tokio::time::timeout(Duration::from_secs(10), w.message()).await.unwrap().unwrap().unwrap();
+    item.events[0].user_id.clone()
 }
 
 #[tokio::test]
