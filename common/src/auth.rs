@@ -57,14 +57,10 @@ pub fn digest(secret: &[u8]) -> [u8; 32] {
 
 /// Parses a 64-character hex SHA-256 digest.
 pub fn parse_digest(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 || !hex.is_ascii() {
+    if hex.len() != 64 {
         return None;
     }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    crate::token::hex_bytes(hex)?.try_into().ok()
 }
 
 /// Constant-time equality of two digests.

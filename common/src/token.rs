@@ -1,5 +1,6 @@
 //! Page tokens are opaque to clients: hex of a small text form. These helpers only do
-//! the encoding; each service decides what its token says and validates it.
+//! the encoding (and the one hex decoder of the workspace); each service decides what
+//! its token says and validates it.
 
 /// Hex-encodes `plain`.
 pub fn encode(plain: &str) -> String {
@@ -12,9 +13,15 @@ pub fn decode(token: &str, max_plain: usize) -> Option<String> {
     if token.len() > 2 * max_plain || !token.len().is_multiple_of(2) {
         return None;
     }
-    let bytes: Option<Vec<u8>> =
-        (0..token.len()).step_by(2).map(|i| token.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect();
-    String::from_utf8(bytes?).ok()
+    String::from_utf8(hex_bytes(token)?).ok()
+}
+
+/// The bytes of an even-length hex string; None when it is not one.
+pub fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len()).step_by(2).map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
 }
 
 #[cfg(test)]

@@ -26,15 +26,7 @@ impl PageToken {
             return Ok(Self::start());
         }
         let bad = || "is not a token returned by this service".to_string();
-        if !token.len().is_multiple_of(2) || token.len() > 512 {
-            return Err(bad());
-        }
-        let bytes = (0..token.len())
-            .step_by(2)
-            .map(|i| token.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-            .collect::<Option<Vec<u8>>>()
-            .ok_or_else(bad)?;
-        let plain = String::from_utf8(bytes).map_err(|_| bad())?;
+        let plain = token::decode(token, 256).ok_or_else(bad)?;
         let mut parts = plain.splitn(4, '|');
         let (Some("v1"), Some(b), Some(bucket), Some(after)) = (parts.next(), parts.next(), parts.next(), parts.next())
         else {
