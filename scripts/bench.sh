@@ -20,7 +20,7 @@ ONLY=${1:-all}
 
 . scripts/ensure-redis.sh
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo build --release --locked -p presence-svc -p profile-svc -p push-gateway -p push-loadgen --examples
+cargo build --release --locked -p presence-svc -p profile-svc -p push-gateway -p push-loadgen --bins --examples
 bin=target/release
 dir=$(mktemp -d)
 pids=()
