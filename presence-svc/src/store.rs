@@ -32,7 +32,10 @@ use redis::Script;
 /// Owners: a login records who holds the session (or clears it); a heartbeat or logout
 /// naming another owner changes nothing. So when a device's connection moves from one
 /// gateway replica to another, the old replica's late logout cannot end the session the
-/// new one holds.
+/// new one holds. A heartbeat refused that way records its owner as the session's
+/// standby (field `SESSION|standby` = `OWNER|lease expiry ms`; ids cannot contain `|`):
+/// when the holder logs out while the standby's lease runs, the standby takes the
+/// session over instead of the device going offline (see LOGOUT).
 ///
 /// Presence events are written exactly where the user enters or leaves the online index,
 /// in the same atomic step, so each transition is recorded once, whoever causes it.
@@ -48,7 +51,12 @@ if not exists then
 end
 if ARGV[6] == 'heartbeat' and ARGV[8] ~= '' then
   local holder = redis.call('HGET', KEYS[6], ARGV[2])
-  if holder and holder ~= ARGV[8] then return {-3} end
+  if holder and holder ~= ARGV[8] then
+    -- Another stream of the device holds the session: this one stands by (with its
+    -- own lease), so it takes the session over if the holder's stream ends first.
+    redis.call('HSET', KEYS[6], ARGV[2] .. '|standby', ARGV[8] .. '|' .. (now + tonumber(ARGV[3])))
+    return {-3}
+  end
 end
 local expiry = now + tonumber(ARGV[3])
 redis.call('ZADD', KEYS[1], expiry, ARGV[2])
@@ -61,6 +69,8 @@ if ARGV[6] == 'login' then
   else
     redis.call('HDEL', KEYS[6], ARGV[2])
   end
+  local standby = redis.call('HGET', KEYS[6], ARGV[2] .. '|standby')
+  if standby and string.match(standby, '^(.+)|') == ARGV[8] then redis.call('HDEL', KEYS[6], ARGV[2] .. '|standby') end
 end
 if redis.call('EXISTS', KEYS[6]) == 1 then redis.call('PEXPIREAT', KEYS[6], latest) end
 local indexed = redis.call('ZSCORE', KEYS[3], ARGV[1])
@@ -81,17 +91,41 @@ return {expiry, came_online, redis.call('ZCARD', KEYS[1])}
 ";
 
 /// Logout. KEYS as TOUCH; ARGV: user, session, last-seen ttl ms, events max length,
-/// owner ('' for any). Returns {removed (0|1), sessions left}.
+/// owner ('' for any). Returns {removed (0|1), sessions left}. A holder's logout hands
+/// the session to its live standby instead (removed 0); a logout without an owner (a
+/// backend's) always ends the session.
 const LOGOUT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if ARGV[5] ~= '' then
   local holder = redis.call('HGET', KEYS[6], ARGV[2])
-  if holder and holder ~= ARGV[5] then return {0, redis.call('ZCARD', KEYS[1])} end
+  local field = ARGV[2] .. '|standby'
+  local standby = redis.call('HGET', KEYS[6], field)
+  local by, standby_until
+  if standby then by, standby_until = string.match(standby, '^(.+)|(%d+)$') end
+  if holder and holder ~= ARGV[5] then
+    -- Not the holder: it stands by no more, and the session stays as it is.
+    if by == ARGV[5] then redis.call('HDEL', KEYS[6], field) end
+    return {0, redis.call('ZCARD', KEYS[1])}
+  end
+  if standby then
+    redis.call('HDEL', KEYS[6], field)
+    if by ~= ARGV[5] and tonumber(standby_until) > now and redis.call('ZSCORE', KEYS[1], ARGV[2]) then
+      -- The device's other stream takes the session over: the device never left.
+      redis.call('HSET', KEYS[6], ARGV[2], by)
+      redis.call('ZADD', KEYS[1], standby_until, ARGV[2])
+      local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+      local latest = tonumber(top[2])
+      redis.call('PEXPIREAT', KEYS[1], latest)
+      redis.call('PEXPIREAT', KEYS[6], latest)
+      redis.call('ZADD', KEYS[3], latest, ARGV[1])
+      return {0, redis.call('ZCARD', KEYS[1])}
+    end
+  end
 end
 local removed = redis.call('ZREM', KEYS[1], ARGV[2])
-redis.call('HDEL', KEYS[6], ARGV[2])
+redis.call('HDEL', KEYS[6], ARGV[2], ARGV[2] .. '|standby')
 local left = redis.call('ZCARD', KEYS[1])
 if left == 0 then
   redis.call('DEL', KEYS[1])
