@@ -98,6 +98,9 @@ pub struct Shared {
     /// Every open stream of this replica.
     live: Mutex<Live>,
     catch_ups: Arc<Semaphore>,
+    /// Bounded catch-ups running now, and the most that ever ran at once.
+    catch_ups_running: std::sync::atomic::AtomicUsize,
+    catch_ups_peak: std::sync::atomic::AtomicUsize,
 }
 
 /// Open streams by serial, per (user, device) and per user: a device that reconnects
@@ -164,6 +167,8 @@ impl Streams {
             events: events.0,
             live: Mutex::default(),
             catch_ups: Arc::new(Semaphore::new(CATCH_UP_CONCURRENCY)),
+            catch_ups_running: Default::default(),
+            catch_ups_peak: Default::default(),
         });
         let task = tokio::spawn(maintenance::run(shared.clone(), events.1));
         (Streams { shared }, task)
@@ -231,5 +236,108 @@ impl Shared {
         if registered {
             lease::handed_on(self, s, survivor);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use push_common::{
+        auth::SendBearer,
+        config::RedisArgs,
+        ids::{DeviceId, Id, UserId},
+        keys::Keys,
+    };
+    use push_proto::push::v1::Continuity;
+
+    use super::*;
+    use crate::{
+        history::Pos,
+        store::{Retention, Store},
+    };
+
+    /// The stream side with nothing reachable behind it: every Redis command fails.
+    fn offline(lease: Duration) -> (Arc<Shared>, mpsc::UnboundedReceiver<Event>) {
+        let redis = RedisArgs {
+            url: "redis://127.0.0.1:1".into(),
+            pool_size: 1,
+            timeout: Duration::from_millis(50),
+            key_prefix: "t".into(),
+            redis_tls_ca: None,
+            redis_tls_cert: None,
+            redis_tls_key: None,
+        };
+        let pool = push_common::redis::pool(&redis).unwrap();
+        let keys = Keys::new("t");
+        let day = Duration::from_secs(86_400);
+        let retention =
+            Retention { inbox_max_len: 10, history_max_len: 10, max_age: day, meta_ttl: day, max_ack_devices: 4 };
+        let (events, rx) = mpsc::unbounded_channel();
+        let config = hub::HubConfig {
+            client: push_common::redis::client(&redis).unwrap(),
+            connect_timeout: Duration::from_millis(50),
+            probe_interval: Duration::from_secs(60),
+            subscribe_timeout: Duration::from_millis(100),
+        };
+        let (hub, _task) = hub::Hub::start(config, pool.clone(), &keys, "test", events.clone());
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let presence = PresenceClient::new(Internal::new(channel, SendBearer::new(None).unwrap()));
+        let settings = Settings {
+            lease,
+            limits: Limits { messages: 100, bytes: 1 << 20 },
+            max_groups: 10,
+            max_per_device: 4,
+            max_per_user: 32,
+        };
+        let shared = Arc::new(Shared {
+            hub,
+            store: Store::new(pool, keys, retention),
+            presence,
+            settings,
+            replica: "test".into(),
+            serials: AtomicU64::new(1),
+            events,
+            live: Mutex::default(),
+            catch_ups: Arc::new(Semaphore::new(CATCH_UP_CONCURRENCY)),
+            catch_ups_running: Default::default(),
+            catch_ups_peak: Default::default(),
+        });
+        (shared, rx)
+    }
+
+    /// Issue 11, defect 10: catch-ups that concern many streams at once (the audit, the
+    /// hub's reconnect, lost messages) run at most CATCH_UP_CONCURRENCY at a time; the
+    /// others wait for a place. Here every replay fails (no Redis) until a third of the
+    /// lease has passed, and then ends its stream.
+    #[tokio::test]
+    async fn catch_ups_run_at_most_the_bound_at_once() {
+        let (shared, _rx) = offline(Duration::from_millis(300));
+        let pos = Pos { epoch: 1, id: Default::default() };
+        let mut streams = Vec::new();
+        for n in 0..(CATCH_UP_CONCURRENCY as u64 + 36) {
+            let user = UserId::parse(&format!("u{n}")).unwrap();
+            let s = Stream::new(shared.settings.limits, user, DeviceId::parse("d").unwrap(), 0, n);
+            s.queue.establish(&Source::All, pos, Continuity::FromNow);
+            replay::spawn(&shared, Pause::new(&s, &shared.events), vec![(Source::All, pos)], true);
+            streams.push(s);
+        }
+        // Every stream is caught up (here: given up on) in the end.
+        let ended = |s: &Arc<Stream>| {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            loop {
+                match s.queue.poll_batch(&mut cx) {
+                    std::task::Poll::Ready(Some(Ok(_))) => continue,
+                    std::task::Poll::Ready(Some(Err(_))) => return true,
+                    _ => return false,
+                }
+            }
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !streams.iter().all(ended) {
+            assert!(tokio::time::Instant::now() < deadline, "not every catch-up ran");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(shared.catch_ups_peak.load(Ordering::Relaxed), CATCH_UP_CONCURRENCY, "the bound, and no more");
     }
 }

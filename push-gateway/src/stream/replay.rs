@@ -53,7 +53,15 @@ pub(super) fn spawn(shared: &Arc<Shared>, pause: Pause, sources: Vec<(Source, Po
             true => shared.catch_ups.clone().acquire_owned().await.ok(),
             false => None,
         };
+        use std::sync::atomic::Ordering::Relaxed;
+        if bounded {
+            let running = shared.catch_ups_running.fetch_add(1, Relaxed) + 1;
+            shared.catch_ups_peak.fetch_max(running, Relaxed);
+        }
         catch_up(&shared, &pause, sources).await;
+        if bounded {
+            shared.catch_ups_running.fetch_sub(1, Relaxed);
+        }
     });
 }
 
