@@ -62,7 +62,10 @@ impl Task {
         let (mut sink, mut messages) = pubsub.split();
         self.resubscribe(&mut sink).await?;
         let mut probe = Probe::default();
-        let mut tick = tokio::time::interval(self.config.probe_interval);
+        // A probe goes out a quarter interval after the last came back and gets three
+        // quarters to return: a subscription that dies is caught within one interval.
+        let (every, grace) = (self.config.probe_interval / 4, self.config.probe_interval * 3 / 4);
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -83,8 +86,7 @@ impl Task {
                         carry_out(&mut sink, self.config.subscribe_timeout, batch, &mut self.waiting).await?;
                     }
                 },
-                // A probe gets one interval to come back, measured from when it was sent.
-                _ = tokio::time::sleep_until(probe.deadline(self.config.probe_interval)), if probe.is_outstanding() => {
+                _ = tokio::time::sleep_until(probe.deadline(grace)), if probe.is_outstanding() => {
                     return Err("a probe was not heard back: the subscription is dead".into());
                 }
                 _ = tick.tick() => probe.send(&self.pool, &self.probe_channel),

@@ -13,9 +13,11 @@
 //! - A message that does not follow what a stream has (one before it was lost) pauses
 //!   that stream and has the history replayed first ([`Event::Missed`]).
 //! - A connection can look alive and deliver nothing (after a failover, behind a
-//!   proxy). The hub publishes to its own probe channel every `probe_interval` and
-//!   reconnects when a probe does not come back in time. A healthy connection answers
-//!   every probe, so it is never restarted by one.
+//!   proxy). The hub publishes to its own probe channel (one probe at a time, a quarter
+//!   of `probe_interval` after the last came back) and reconnects, NOT_SERVING
+//!   meanwhile, when a probe is not back within three quarters of it: a dead
+//!   subscription is caught within one interval. A healthy connection answers every
+//!   probe, so it is never restarted by one.
 use std::{
     collections::HashMap,
     sync::{
@@ -228,8 +230,8 @@ pub(super) struct Probe {
 
 impl Probe {
     /// When the outstanding probe is overdue.
-    pub(super) fn deadline(&self, interval: Duration) -> tokio::time::Instant {
-        self.outstanding.map_or_else(tokio::time::Instant::now, |(_, sent)| sent + interval)
+    pub(super) fn deadline(&self, grace: Duration) -> tokio::time::Instant {
+        self.outstanding.map_or_else(tokio::time::Instant::now, |(_, sent)| sent + grace)
     }
 
     pub(super) fn is_outstanding(&self) -> bool {
