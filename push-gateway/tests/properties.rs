@@ -8,7 +8,7 @@ use prost::Message;
 use push_gateway::{
     envelope,
     history::{self, Pos, Source, StreamId},
-    stream::{Limits, Pause, Pushed, Stream},
+    stream::{Event, Limits, Pause, Stream},
 };
 use push_proto::{push::v1 as pb, wire::SubscribeResponse};
 
@@ -88,23 +88,23 @@ proptest! {
         use push_common::ids::{DeviceId, Id, UserId};
         let (user, device) = (UserId::parse("u").unwrap(), DeviceId::parse("d").unwrap());
         let s = Stream::new(Limits { messages: 100_000, bytes: 1 << 30 }, user, device, 0, 1);
-        let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
         s.queue.establish(&Source::All, Pos { epoch: 1, id: StreamId::default() }, pb::Continuity::FromNow);
         let mut pauses = Vec::new();
         let mut got = Vec::new();
         let id = |n: u64| StreamId { ms: n, seq: 0 };
         for op in ops {
             match op {
-                Op::Live(n) => { s.queue.push(&Source::All, None, id(n), entry(n)); }
-                Op::After(n) => {
-                    if s.queue.push(&Source::All, Some(id(n - 1)), id(n), entry(n)) == Pushed::Missing {
-                        pauses.push(Pause::adopt(s.clone(), events.clone()));
-                    }
-                }
+                Op::Live(n) => s.deliver(&Source::All, None, id(n), entry(n), &events),
+                Op::After(n) => s.deliver(&Source::All, Some(id(n - 1)), id(n), entry(n), &events),
                 Op::Replayed(n) => s.queue.replayed(&Source::All, id(n), entry(n)),
                 Op::Begin => pauses.push(Pause::new(&s, &events)),
                 Op::End => drop(pauses.pop()),
                 Op::Drain => drain(&s, &mut got),
+            }
+            // A pause the queue took for a lost message is ended like a replay's.
+            while let Ok(Event::Missed(pause, _)) = rx.try_recv() {
+                pauses.push(pause);
             }
         }
         drop(pauses);

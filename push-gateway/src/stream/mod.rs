@@ -34,7 +34,7 @@ use std::{
 
 pub use device::DeviceStream;
 use push_proto::presence::v1::presence_client::PresenceClient;
-pub use queue::{Limits, Pushed};
+pub use queue::Limits;
 pub use record::{Pause, Stream};
 use tokio::sync::{Semaphore, mpsc};
 use tonic::Status;

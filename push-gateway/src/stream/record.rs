@@ -7,11 +7,13 @@ use std::sync::{
 
 use tonic::Status;
 
+use prost::bytes::Bytes;
+
 use super::{
     Event, Events,
-    queue::{Limits, Queue},
+    queue::{Limits, Pushed, Queue},
 };
-use crate::history::Source;
+use crate::history::{Source, StreamId};
 use push_common::ids::{DeviceId, GroupId, UserId};
 
 /// One device stream. Shared by the hub (which pushes), the response stream (which
@@ -55,6 +57,24 @@ impl Stream {
             scheduled: AtomicBool::new(true),
             closed: AtomicBool::new(false),
         })
+    }
+
+    /// Delivers one live message of `source` that followed `prev` in its history. When
+    /// one before it was lost, the queue pauses itself and holds the message; the pause
+    /// travels to the maintenance task with the history to replay first
+    /// ([`Event::Missed`]), so no caller has to give it back by hand.
+    pub fn deliver(
+        self: &Arc<Self>,
+        source: &Source,
+        prev: Option<StreamId>,
+        id: StreamId,
+        entry: Bytes,
+        events: &Events,
+    ) {
+        if self.queue.push(source, prev, id, entry) == Pushed::Missing {
+            let pause = Pause::adopt(self.clone(), events.clone());
+            let _ = events.send(Event::Missed(pause, vec![source.clone()]));
+        }
     }
 
     /// Ends delivery with `status` once what is queued has been sent; the stream's
@@ -130,8 +150,8 @@ impl Pause {
         Pause::adopt(stream.clone(), events.clone())
     }
 
-    /// A guard for a pause the queue already took itself ([`super::Pushed::Missing`]).
-    pub fn adopt(stream: Arc<Stream>, events: Events) -> Pause {
+    /// A guard for a pause the queue already took itself ([`Pushed::Missing`]).
+    fn adopt(stream: Arc<Stream>, events: Events) -> Pause {
         Pause { stream, events }
     }
 

@@ -35,7 +35,7 @@ use tonic::Status;
 
 mod connection;
 
-use super::{Event, Events, Pause, Pushed, Stream};
+use super::{Event, Events, Stream};
 use crate::{
     envelope::{self, Envelope},
     history::Source,
@@ -198,10 +198,7 @@ pub(super) fn dispatch(state: &HubState, channel: &str, payload: &[u8], probe: &
             // One copy per message per replica; every receiver shares it.
             let entry = SubscribeResponse::message_entry(message);
             for s in list {
-                if s.queue.push(&source, prev, id, entry.clone()) == Pushed::Missing {
-                    let pause = Pause::adopt(s.clone(), state.events.clone());
-                    let _ = state.events.send(Event::Missed(pause, vec![source.clone()]));
-                }
+                s.deliver(&source, prev, id, entry.clone(), &state.events);
             }
         }
         Envelope::Membership => {

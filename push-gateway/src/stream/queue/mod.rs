@@ -57,8 +57,8 @@ pub enum Pushed {
     /// Queued, held for a replay in progress, or dropped as a duplicate.
     Taken,
     /// It does not follow what the stream has: one before it was lost. The queue paused
-    /// itself and holds the message; the caller adopts that pause
-    /// ([`super::Pause::adopt`]) and has the history replayed.
+    /// itself and holds the message; [`super::Stream::deliver`] hands that pause on so
+    /// the history is replayed.
     Missing,
 }
 
@@ -181,7 +181,13 @@ impl Queue {
     /// Queues one live message of `source` that followed `prev` in its history (unless
     /// it was queued already). A queue past its limits is emptied and its stream ends
     /// with RESOURCE_EXHAUSTED; the device resumes from its cursor by reconnecting.
-    pub fn push(&self, source: &Source, prev: Option<StreamId>, id: StreamId, entry: Bytes) -> Pushed {
+    pub(in crate::stream) fn push(
+        &self,
+        source: &Source,
+        prev: Option<StreamId>,
+        id: StreamId,
+        entry: Bytes,
+    ) -> Pushed {
         let mut pushed = Pushed::Taken;
         let waker = {
             let mut s = self.state();
