@@ -12,7 +12,8 @@
 //!
 //! In Redis Cluster the session scripts touch the user's slot and a bucket's slot;
 //! running them there needs the bucket chosen from the user's slot (noted in
-//! docs/ARCHITECTURE.md). Each bucket's two keys already share a slot.
+//! docs/ARCHITECTURE.md). Each bucket's two keys already share a slot. The scripts are
+//! files in `lua/`.
 use std::time::Duration;
 
 use push_common::redis::Pool;
@@ -23,182 +24,21 @@ use push_common::{
 };
 use redis::Script;
 
-/// Login or Heartbeat. KEYS: sessions, last seen, bucket by expiry, bucket by id, events,
-/// session owners. ARGV: user, session, ttl ms, last-seen ttl ms, max sessions,
-/// "login"|"heartbeat", events max length, owner ('' for none). Returns {expiry,
-/// came_online, session_count} or {-1} (no such session) or {-2, count} (session limit
-/// reached) or {-3} (a heartbeat by an owner that no longer holds the session).
-///
-/// Owners: a login records who holds the session (or clears it); a heartbeat or logout
-/// naming another owner changes nothing. So when a device's connection moves from one
-/// gateway replica to another, the old replica's late logout cannot end the session the
-/// new one holds. A heartbeat refused that way records its owner as the session's
-/// standby (field `SESSION|standby` = `OWNER|lease expiry ms`; ids cannot contain `|`):
-/// when the holder logs out while the standby's lease runs, the standby takes the
-/// session over instead of the device going offline (see LOGOUT).
-///
-/// Presence events are written exactly where the user enters or leaves the online index,
-/// in the same atomic step, so each transition is recorded once, whoever causes it.
-const TOUCH: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local before = redis.call('ZCARD', KEYS[1])
-local exists = redis.call('ZSCORE', KEYS[1], ARGV[2])
-if not exists then
-  if ARGV[6] == 'heartbeat' then return {-1} end
-  if before >= tonumber(ARGV[5]) then return {-2, before} end
-end
-if ARGV[6] == 'heartbeat' and ARGV[8] ~= '' then
-  local holder = redis.call('HGET', KEYS[6], ARGV[2])
-  if holder and holder ~= ARGV[8] then
-    -- Another stream of the device holds the session: this one stands by (with its
-    -- own lease), so it takes the session over if the holder's stream ends first.
-    redis.call('HSET', KEYS[6], ARGV[2] .. '|standby', ARGV[8] .. '|' .. (now + tonumber(ARGV[3])))
-    return {-3}
-  end
-end
-local expiry = now + tonumber(ARGV[3])
-redis.call('ZADD', KEYS[1], expiry, ARGV[2])
-local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-local latest = tonumber(top[2])
-redis.call('PEXPIREAT', KEYS[1], latest)
-if ARGV[6] == 'login' then
-  if ARGV[8] ~= '' then
-    redis.call('HSET', KEYS[6], ARGV[2], ARGV[8])
-  else
-    redis.call('HDEL', KEYS[6], ARGV[2])
-  end
-  local standby = redis.call('HGET', KEYS[6], ARGV[2] .. '|standby')
-  if standby and string.match(standby, '^(.+)|') == ARGV[8] then redis.call('HDEL', KEYS[6], ARGV[2] .. '|standby') end
-end
-if redis.call('EXISTS', KEYS[6]) == 1 then redis.call('PEXPIREAT', KEYS[6], latest) end
-local indexed = redis.call('ZSCORE', KEYS[3], ARGV[1])
-if indexed and tonumber(indexed) <= now then
-  -- The user's leases ran out before a sweep noticed: record that transition first.
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'u', ARGV[1], 'k', 'off', 'r', 'expired', 't', indexed)
-  indexed = false
-end
-redis.call('ZADD', KEYS[3], latest, ARGV[1])
-redis.call('ZADD', KEYS[4], 0, ARGV[1])
-redis.call('SET', KEYS[2], now, 'PX', ARGV[4])
-local came_online = 0
-if not indexed then
-  came_online = 1
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'u', ARGV[1], 'k', 'on', 's', ARGV[2], 't', now)
-end
-return {expiry, came_online, redis.call('ZCARD', KEYS[1])}
-";
+/// The Lua scripts (`lua/`), each with the shared helpers (`lua/lib.lua`) in front.
+mod scripts {
+    const LIB: &str = include_str!("lua/lib.lua");
 
-/// Logout. KEYS as TOUCH; ARGV: user, session, last-seen ttl ms, events max length,
-/// owner ('' for any). Returns {removed (0|1), sessions left}. A holder's logout hands
-/// the session to its live standby instead (removed 0); a logout without an owner (a
-/// backend's) always ends the session.
-const LOGOUT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if ARGV[5] ~= '' then
-  local holder = redis.call('HGET', KEYS[6], ARGV[2])
-  local field = ARGV[2] .. '|standby'
-  local standby = redis.call('HGET', KEYS[6], field)
-  local by, standby_until
-  if standby then by, standby_until = string.match(standby, '^(.+)|(%d+)$') end
-  if holder and holder ~= ARGV[5] then
-    -- Not the holder: it stands by no more, and the session stays as it is.
-    if by == ARGV[5] then redis.call('HDEL', KEYS[6], field) end
-    return {0, redis.call('ZCARD', KEYS[1])}
-  end
-  if standby then
-    redis.call('HDEL', KEYS[6], field)
-    if by ~= ARGV[5] and tonumber(standby_until) > now and redis.call('ZSCORE', KEYS[1], ARGV[2]) then
-      -- The device's other stream takes the session over: the device never left.
-      redis.call('HSET', KEYS[6], ARGV[2], by)
-      redis.call('ZADD', KEYS[1], standby_until, ARGV[2])
-      local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-      local latest = tonumber(top[2])
-      redis.call('PEXPIREAT', KEYS[1], latest)
-      redis.call('PEXPIREAT', KEYS[6], latest)
-      redis.call('ZADD', KEYS[3], latest, ARGV[1])
-      return {0, redis.call('ZCARD', KEYS[1])}
-    end
-  end
-end
-local removed = redis.call('ZREM', KEYS[1], ARGV[2])
-redis.call('HDEL', KEYS[6], ARGV[2], ARGV[2] .. '|standby')
-local left = redis.call('ZCARD', KEYS[1])
-if left == 0 then
-  redis.call('DEL', KEYS[1])
-  redis.call('DEL', KEYS[6])
-  local indexed = redis.call('ZSCORE', KEYS[3], ARGV[1])
-  if indexed then
-    redis.call('ZREM', KEYS[3], ARGV[1])
-    redis.call('ZREM', KEYS[4], ARGV[1])
-    if tonumber(indexed) <= now then
-      redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*', 'u', ARGV[1], 'k', 'off', 'r', 'expired', 't', indexed)
-    else
-      redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*', 'u', ARGV[1], 'k', 'off', 'r', 'logout', 's', ARGV[2], 't', now)
-    end
-  end
-else
-  local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-  local latest = tonumber(top[2])
-  redis.call('PEXPIREAT', KEYS[1], latest)
-  redis.call('ZADD', KEYS[3], latest, ARGV[1])
-end
-if removed == 1 then redis.call('SET', KEYS[2], now, 'PX', ARGV[3]) end
-return {removed, left}
-";
+    /// `body` as it runs: the helpers, then the script.
+    pub fn script(body: &str) -> redis::Script {
+        redis::Script::new(&format!("{LIB}\n{body}"))
+    }
 
-/// Removes up to ARGV[1] users whose latest lease has ended from one bucket, recording
-/// each one's offline event (timed at its lease's end). KEYS: bucket by expiry, bucket
-/// by id, events. ARGV: limit, events max length. Returns how many were removed. Any
-/// number of sweepers may run at once: a user is removed, and recorded, by one of them.
-const SWEEP: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
-for i = 1, #gone, 2 do
-  redis.call('ZREM', KEYS[1], gone[i])
-  redis.call('ZREM', KEYS[2], gone[i])
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'u', gone[i], 'k', 'off', 'r', 'expired', 't', gone[i + 1])
-end
-return #gone / 2
-";
-
-/// One step of a page walk through one bucket, in id order. KEYS: bucket by expiry,
-/// bucket by id. ARGV: the last id already returned ('' to start), how many to scan.
-/// Returns {last id scanned, number scanned, {online ids among them}}.
-///
-/// Scores are read 512 ids at a time: Lua's `unpack` fails past ~8,000 values, and a
-/// page may scan up to `--max-page-size` (100,000) ids.
-const PAGE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local start = '-'
-if ARGV[1] ~= '' then start = '(' .. ARGV[1] end
-local ids = redis.call('ZRANGEBYLEX', KEYS[2], start, '+', 'LIMIT', 0, tonumber(ARGV[2]))
-local online = {}
-if #ids == 0 then return {'', 0, online} end
-for first = 1, #ids, 512 do
-  local last = math.min(first + 511, #ids)
-  local scores = redis.call('ZMSCORE', KEYS[1], unpack(ids, first, last))
-  for i = first, last do
-    local score = scores[i - first + 1]
-    if score and tonumber(score) > now then online[#online + 1] = ids[i] end
-  end
-end
-return {ids[#ids], #ids, online}
-";
-
-/// Counts users whose latest lease is later than now over every bucket (KEYS).
-const COUNT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = 0
-for _, k in ipairs(KEYS) do n = n + redis.call('ZCOUNT', k, '(' .. now, '+inf') end
-return n
-";
+    pub const TOUCH: &str = include_str!("lua/touch.lua");
+    pub const LOGOUT: &str = include_str!("lua/logout.lua");
+    pub const SWEEP: &str = include_str!("lua/sweep.lua");
+    pub const PAGE: &str = include_str!("lua/page.lua");
+    pub const COUNT: &str = include_str!("lua/count.lua");
+}
 
 /// What a login or heartbeat asks for.
 #[derive(Debug, Clone, Copy)]
@@ -262,11 +102,11 @@ impl Store {
             keys,
             buckets: buckets.max(1),
             events_max_len,
-            touch: Script::new(TOUCH),
-            logout: Script::new(LOGOUT),
-            sweep: Script::new(SWEEP),
-            page: Script::new(PAGE),
-            count: Script::new(COUNT),
+            touch: scripts::script(scripts::TOUCH),
+            logout: scripts::script(scripts::LOGOUT),
+            sweep: scripts::script(scripts::SWEEP),
+            page: scripts::script(scripts::PAGE),
+            count: scripts::script(scripts::COUNT),
         }
     }
 
