@@ -155,3 +155,15 @@ where
         None => router.add_service(SizeLimitCode(service)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn a_busy_port_names_the_server_its_flag_and_the_address() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = super::listen(addr, "presence-svc (--listen / PRESENCE_LISTEN)").await.unwrap_err().to_string();
+        assert!(err.contains("presence-svc (--listen / PRESENCE_LISTEN)") && err.contains(&addr.to_string()), "{err}");
+        assert!(err.contains("Address already in use"), "{err}");
+    }
+}

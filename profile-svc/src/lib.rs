@@ -42,15 +42,3 @@ pub async fn serve(
     server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, |r| server::add_guarded(r, service, policy))
         .await
 }
-
-#[cfg(test)]
-mod tests {
-    #[tokio::test]
-    async fn a_busy_port_names_the_service_and_the_address() {
-        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = taken.local_addr().unwrap();
-        let err = super::listen(addr).await.unwrap_err().to_string();
-        assert!(err.contains("profile-svc") && err.contains(&addr.to_string()), "{err}");
-        assert!(err.contains("Address already in use"), "{err}");
-    }
-}
