@@ -15,6 +15,7 @@
 //! - [`stream`]: device streams: the hub, queues, opening, replays, groups, presence
 //!   leases, the audit and the maintenance task (see its layout).
 //! - [`service`]: the `PushGateway` implementation.
+//! - [`watch_caps`]: WatchPresence places per API key.
 //! - [`serve`]: runs the gRPC server.
 
 pub mod auth;
@@ -29,6 +30,7 @@ pub mod service;
 pub mod settings;
 pub mod store;
 pub mod stream;
+pub mod watch_caps;
 
 use std::future::Future;
 
@@ -103,10 +105,9 @@ pub async fn serve(
     let presence = PresenceClient::new(internal(&s.presence));
     let (streams, maintenance_task) =
         stream::Streams::start(hub.clone(), store, presence, s.streams, s.replica, (events_tx, events_rx));
-    let max_watches = config.max_watchers_per_key as usize;
-    let parts = service::Parts { pusher, membership, receipts, streams, max_watches };
+    let parts = service::Parts { pusher, membership, receipts, streams, max_watches: s.max_watches };
     let gateway = service::Gateway::new(internal(&s.presence), internal(&s.profile), parts);
-    let service = PushGatewayServer::new(gateway).max_decoding_message_size(config.max_payload_bytes + (1 << 20));
+    let service = PushGatewayServer::new(gateway).max_decoding_message_size(s.max_request_bytes);
     let policy = s.policy;
     let closing = hub.clone();
     let shutdown = async move {

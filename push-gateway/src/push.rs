@@ -182,8 +182,9 @@ impl Pusher {
     ) -> Result<String, Error> {
         let message = c.encode(audience, group_id);
         let (caller, key) = idempotency;
-        // API key names are ids (checked when the keys are configured).
-        let caller = IdemKey::parse(caller).ok();
+        // Only a push with a key needs its caller's name (an id, checked when the API keys
+        // are configured).
+        let caller = key.and(IdemKey::parse(caller).ok());
         let key = key.map(|k| (caller.as_ref(), k, self.limits.idempotency_window));
         self.store.push(targets, max_len, &message, key).await
     }

@@ -13,6 +13,7 @@ use crate::{
     push::Pusher,
     receipts::Receipts,
     stream::{DeviceStream, Streams},
+    watch_caps,
 };
 
 /// The gateway service: presence calls go to presence-svc, profile calls to profile-svc,
@@ -25,7 +26,7 @@ pub struct Gateway {
     membership: Membership,
     receipts: Receipts,
     streams: Streams,
-    watches: WatchCaps,
+    watches: watch_caps::WatchCaps,
 }
 
 /// What the gateway's own (not forwarded) methods run on.
@@ -42,51 +43,14 @@ impl Gateway {
     pub fn new(presence: Internal, profile: Internal, parts: Parts) -> Self {
         let (presence, profile) = (PresenceClient::new(presence), ProfileClient::new(profile));
         let Parts { pusher, membership, receipts, streams, max_watches } = parts;
-        Self { presence, profile, pusher, membership, receipts, streams, watches: WatchCaps::new(max_watches) }
-    }
-}
-
-/// Open WatchPresence streams per API key, capped: one key cannot take every watcher
-/// place of the presence replicas.
-#[derive(Clone)]
-struct WatchCaps {
-    open: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
-    max: usize,
-}
-
-/// Holds one watch place of a key until dropped (with its stream).
-struct WatchPlace {
-    caps: WatchCaps,
-    key: String,
-}
-
-impl WatchCaps {
-    fn new(max: usize) -> Self {
-        Self { open: Default::default(), max }
-    }
-
-    fn take(&self, key: String) -> Result<WatchPlace, Status> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(key.clone()).or_default();
-        if *n >= self.max {
-            let max = self.max;
-            return Err(Status::resource_exhausted(format!(
-                "this API key already has {max} open WatchPresence streams on this replica (--max-watchers-per-key)"
-            )));
-        }
-        *n += 1;
-        Ok(WatchPlace { caps: self.clone(), key })
-    }
-}
-
-impl Drop for WatchPlace {
-    fn drop(&mut self) {
-        let mut open = self.caps.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.key);
-            }
+        Self {
+            presence,
+            profile,
+            pusher,
+            membership,
+            receipts,
+            streams,
+            watches: watch_caps::WatchCaps::new(max_watches),
         }
     }
 }
@@ -199,13 +163,8 @@ impl PushGateway for Gateway {
     ) -> Result<Response<Self::WatchPresenceStream>, Status> {
         let place = self.watches.take(caller(&req))?;
         let mut c = self.presence.clone();
-        let events = forward_stream(req, |r| async move { c.watch_presence(r).await }).await?.into_inner();
-        // The place is held as long as the stream lives.
-        let events = tokio_stream::StreamExt::map(events, move |item| {
-            let _held = &place;
-            item
-        });
-        Ok(Response::new(Box::pin(events)))
+        let events = forward_stream(req, |r| async move { c.watch_presence(r).await }).await?;
+        Ok(Response::new(place.hold(events.into_inner())))
     }
 
     type SubscribeStream = DeviceStream;

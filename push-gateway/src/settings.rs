@@ -25,6 +25,10 @@ pub struct Settings {
     pub hub: stream::hub::HubConfig,
     /// This replica's id: its presence sessions' owners and its probe channel.
     pub replica: String,
+    /// Most open WatchPresence streams per API key.
+    pub max_watches: usize,
+    /// Largest request the server decodes: the largest payload and room for the rest.
+    pub max_request_bytes: usize,
 }
 
 impl Settings {
@@ -81,6 +85,8 @@ impl Settings {
                 subscribe_timeout: config.redis.timeout * 2,
             },
             replica: uuid::Uuid::now_v7().simple().to_string(),
+            max_watches: config.max_watchers_per_key as usize,
+            max_request_bytes: config.max_payload_bytes + (1 << 20),
         })
     }
 }
