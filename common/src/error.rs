@@ -13,6 +13,10 @@ pub enum Error {
     /// A precondition (version) no longer holds.
     #[error("aborted: {0}")]
     Aborted(String),
+    /// The request cannot be served in the state things are in; `subject` names what
+    /// (a `google.rpc.PreconditionFailure` violation of `kind`).
+    #[error("failed precondition: {subject}: {description}")]
+    FailedPrecondition { kind: &'static str, subject: String, description: String },
     /// A configured limit would be exceeded.
     #[error("resource exhausted: {0}")]
     ResourceExhausted(String),
@@ -49,6 +53,15 @@ impl From<Error> for Status {
                 Status::with_error_details(Code::InvalidArgument, summary, ErrorDetails::with_bad_request(violations))
             }
             Error::NotFound(m) => Status::not_found(m),
+            Error::FailedPrecondition { kind, subject, description } => {
+                let message = format!("{subject}: {description}");
+                let details = ErrorDetails::with_precondition_failure(vec![tonic_types::PreconditionViolation::new(
+                    kind,
+                    subject,
+                    description,
+                )]);
+                Status::with_error_details(Code::FailedPrecondition, message, details)
+            }
             Error::Aborted(m) => Status::aborted(m),
             Error::ResourceExhausted(m) => Status::resource_exhausted(m),
             Error::Unavailable(m) => Status::unavailable(m),

@@ -205,7 +205,7 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
             };
             let mut c = client(channel, &args.bearer);
             let (user_id, device_id) = (user(&args, i), format!("{}-d", args.prefix));
-            let req = pb::SubscribeRequest { user_id, device_id, cursors: vec![] };
+            let req = pb::SubscribeRequest { user_id, device_id, cursors: vec![], strict_resume: false };
             let stream = c.subscribe(req).await?.into_inner();
             drop(permit);
             shared.open_streams.fetch_add(1, Relaxed);

@@ -50,19 +50,23 @@ pub struct Config {
     #[command(flatten)]
     pub auth: AuthArgs,
 
-    /// A backend API key: `NAME:SHA256HEX:SCOPES`, the SHA-256 of the key (never the key
-    /// itself) and a comma-separated list of publish, presence, profile, groups, admin.
+    /// A backend API key: `NAME:SHA256HEX:SCOPES[:RATE[/BURST]]`, the SHA-256 of the key
+    /// (never the key itself), a comma-separated list of publish, presence, profile,
+    /// groups, admin, and optionally the key's own rate limit (as in --api-keys-file).
     /// Repeat the flag, or separate keys with `;` in the environment variable.
     #[arg(long = "api-key", env = "GATEWAY_API_KEYS", value_delimiter = ';', hide_env_values = true)]
     pub api_keys: Vec<String>,
 
-    /// A file of API keys, one `NAME:SHA256HEX:SCOPES` per line (`#` starts a comment).
+    /// A file of API keys, one `NAME:SHA256HEX:SCOPES[:RATE[/BURST]]` per line (`#` starts
+    /// a comment). RATE/BURST is the key's own limit (requests per second, and most at
+    /// once; 0 for none); without it the key gets --api-key-rate.
     #[arg(long, env = "GATEWAY_API_KEYS_FILE")]
     pub api_keys_file: Option<std::path::PathBuf>,
 
-    /// Requests per second each API key may make (a burst of one second's worth); 0 for
-    /// no limit.
-    #[arg(long, env = "GATEWAY_API_KEY_RATE", default_value_t = 1000.0)]
+    /// Requests per second each API key without a limit of its own may make (a burst of
+    /// one second's worth), per replica; 0 for no limit. Generous on purpose: it stops a
+    /// runaway backend, not a busy one (a batch push is one request).
+    #[arg(long, env = "GATEWAY_API_KEY_RATE", default_value_t = 20_000.0)]
     pub api_key_rate: f64,
 
     /// Device calls (Subscribe, Ack) per second per user with a device token (a burst of
@@ -128,6 +132,10 @@ pub struct Config {
     /// Largest payload of one pushed message.
     #[arg(long, env = "GATEWAY_MAX_PAYLOAD_BYTES", default_value_t = 64 << 10)]
     pub max_payload_bytes: usize,
+
+    /// Most pushes in one PushBatch.
+    #[arg(long, env = "GATEWAY_MAX_BATCH_PUSHES", default_value_t = 1000)]
+    pub max_batch_pushes: usize,
 
     /// Most user ids in one PushToUsers, JoinGroup or LeaveGroup.
     #[arg(long, env = "GATEWAY_MAX_USERS_PER_CALL", default_value_t = 1000)]

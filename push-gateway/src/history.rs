@@ -89,6 +89,15 @@ impl Source {
         })
     }
 
+    /// The history's name in errors: "inbox", "all" or "group:<id>".
+    pub fn name(&self) -> String {
+        match self {
+            Source::All => "all".into(),
+            Source::Inbox => "inbox".into(),
+            Source::Group(g) => format!("group:{g}"),
+        }
+    }
+
     /// The history's stream and meta keys, for `user`.
     pub fn keys(&self, keys: &Keys, user: &UserId) -> (String, String) {
         let stream = match self {

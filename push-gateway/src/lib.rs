@@ -6,9 +6,11 @@
 //! - [`downstream`]: channels to presence-svc and profile-svc, and call forwarding
 //!   that keeps their status codes and error details.
 //! - [`auth`]: the gateway's policy: API keys with scopes, device tokens (JWT).
-//! - [`push`]: push RPCs (validate, encode once, append + publish).
+//! - [`push`]: push RPCs (validate, encode once, append + publish), targeted pushes
+//!   (unions and exclusions) and batches.
 //! - [`membership`]: group RPCs (join, leave, members, a user's groups).
 //! - [`receipts`]: delivery receipts (GetDeliveryStatus).
+//! - [`reads`]: history reads (ListHistory) for backends and devices.
 //! - [`history`]: inboxes and histories: ids, epochs, cursors, sources.
 //! - [`envelope`]: what travels on the Pub/Sub channels, for both sides.
 //! - [`store`]: every Redis command of the gateway; its Lua scripts are in `lua/`.
@@ -25,6 +27,7 @@ pub mod envelope;
 pub mod history;
 pub mod membership;
 pub mod push;
+pub mod reads;
 pub mod receipts;
 pub mod service;
 pub mod settings;
@@ -102,10 +105,11 @@ pub async fn serve(
     let pusher = push::Pusher { store: store.clone(), limits: s.push };
     let membership = membership::Membership { store: store.clone(), limits: s.push };
     let receipts = receipts::Receipts { store: store.clone(), limits: s.push };
+    let reads = reads::Reads { store: store.clone(), limits: s.push };
     let presence = PresenceClient::new(internal(&s.presence));
     let (streams, maintenance_task) =
         stream::Streams::start(hub.clone(), store, presence, s.streams, s.replica, (events_tx, events_rx));
-    let parts = service::Parts { pusher, membership, receipts, streams, max_watches: s.max_watches };
+    let parts = service::Parts { pusher, membership, receipts, reads, streams, max_watches: s.max_watches };
     let gateway = service::Gateway::new(internal(&s.presence), internal(&s.profile), parts);
     let service = PushGatewayServer::new(gateway).max_decoding_message_size(s.max_request_bytes);
     let policy = s.policy;

@@ -1,6 +1,7 @@
 //! Push RPCs: validate, encode the message once, append it to its histories and
-//! publish it (one Lua step, see `lua/push.lua`). Groups are in [`crate::membership`],
-//! delivery receipts in [`crate::receipts`].
+//! publish it (one Lua step, see `lua/push.lua`); a batch runs many such steps in one
+//! pipelined round trip. Targeted pushes ([`target`]) resolve unions and exclusions
+//! first. Groups are in [`crate::membership`], delivery receipts in [`crate::receipts`].
 use std::time::SystemTime;
 
 use prost::{Message as _, bytes::Bytes};
@@ -11,7 +12,9 @@ use push_common::{
 };
 use push_proto::push::v1::{self as pb, Audience};
 
-use crate::store::Store;
+use crate::store::{Push, Store};
+
+mod target;
 
 const MAX_TOPIC: usize = 128;
 const MAX_CONTENT_TYPE: usize = 128;
@@ -30,6 +33,8 @@ pub struct PushLimits {
     /// subscriber whose output buffer passes `client-output-buffer-limit pubsub`, and
     /// with it every stream of a replica.
     pub max_publish_bytes: usize,
+    /// Most pushes in one PushBatch.
+    pub max_batch_pushes: usize,
 }
 
 /// What a published message costs beyond its topic, payload and the like (id, envelope,
@@ -52,7 +57,7 @@ struct Content<'a> {
     idempotency_key: &'a str,
 }
 
-/// The shared fields of any push request (they have the same names in all three).
+/// The shared fields of any push request (they have the same names in all four).
 macro_rules! content {
     ($r:expr) => {
         Content {
@@ -120,37 +125,19 @@ impl Pusher {
         let mut v = Violations::new();
         let key = c.check(&mut v, &self.limits);
         v.check()?;
-        let keys = self.store.keys();
-        let target = [(keys.all_history(), keys.channel_all())];
-        let max_len = self.store.retention.history_max_len;
-        let message_id = self.push((caller, key.as_ref()), &c, &target, max_len, Audience::All, "").await?;
+        let push = self.prepare(caller, &c, key, target::Route::All, "")?;
+        let message_id = self.store.push(&push).await?;
         Ok(pb::PushToAllResponse { message_id })
     }
 
     pub async fn to_users(&self, caller: &str, r: pb::PushToUsersRequest) -> Result<pb::PushToUsersResponse, Error> {
         let c = content!(r);
         let mut v = Violations::new();
-        let mut users = v.parse_all::<UserId>("user_ids", &r.user_ids, self.limits.max_users_per_call);
+        let users = v.parse_all::<UserId>("user_ids", &r.user_ids, self.limits.max_users_per_call);
         let key = c.check(&mut v, &self.limits);
         v.check()?;
-        // A user listed twice still gets the message once.
-        users.sort();
-        users.dedup();
-        let bytes = c.published_size().saturating_mul(users.len());
-        if bytes > self.limits.max_publish_bytes {
-            let max = self.limits.max_publish_bytes;
-            let n = users.len();
-            return Err(Error::invalid(
-                "payload",
-                format!(
-                    "is published once per user: {n} users make {bytes} bytes, over the limit of {max} per call (--max-publish-bytes); split the call"
-                ),
-            ));
-        }
-        let keys = self.store.keys();
-        let targets: Vec<(String, String)> = users.iter().map(|u| (keys.inbox(u), keys.channel_user(u))).collect();
-        let max_len = self.store.retention.inbox_max_len;
-        let message_id = self.push((caller, key.as_ref()), &c, &targets, max_len, Audience::User, "").await?;
+        let push = self.prepare(caller, &c, key, target::Route::Users(users), "")?;
+        let message_id = self.store.push(&push).await?;
         Ok(pb::PushToUsersResponse { message_id })
     }
 
@@ -160,32 +147,149 @@ impl Pusher {
         let group = v.parse::<GroupId>("group_id", &r.group_id);
         let key = c.check(&mut v, &self.limits);
         let group = v.check_with(group)?;
-        let keys = self.store.keys();
-        let target = [(keys.group_history(&group), keys.channel_group(&group))];
-        let max_len = self.store.retention.history_max_len;
-        let message_id = self.push((caller, key.as_ref()), &c, &target, max_len, Audience::Group, &group).await?;
+        let push = self.prepare(caller, &c, key, target::Route::Group(group), "")?;
+        let message_id = self.store.push(&push).await?;
         Ok(pb::PushToGroupResponse { message_id })
     }
 
-    /// Appends to the targets' histories and publishes, once per idempotency key when
-    /// the push has one; returns the id of the push that counts.
-    /// `idempotency`: the caller's API key name ('' without authentication) and the
-    /// push's key, if any.
-    async fn push(
+    /// One push to a union of users and groups minus exclusions (see `pb::Target`).
+    pub async fn push(&self, caller: &str, r: pb::PushRequest) -> Result<pb::PushResponse, Error> {
+        let (push, mut response) = self.resolve(caller, &r).await?;
+        if !push.targets.is_empty() {
+            response.message_id = self.store.push(&push).await?;
+        }
+        Ok(response)
+    }
+
+    /// Many pushes: each is checked and resolved on its own (a bad one fails alone), then
+    /// all that are good run in one pipeline.
+    pub async fn batch(&self, caller: &str, r: pb::PushBatchRequest) -> Result<pb::PushBatchResponse, Error> {
+        let n = r.pushes.len();
+        if n == 0 || n > self.limits.max_batch_pushes {
+            let max = self.limits.max_batch_pushes;
+            return Err(Error::invalid("pushes", format!("must hold 1 to {max} pushes (--max-batch-pushes), got {n}")));
+        }
+        let mut results: Vec<Option<pb::PushResult>> = Vec::with_capacity(n);
+        let (mut pushes, mut ready) = (Vec::new(), Vec::new());
+        let mut published = 0usize;
+        for (i, item) in r.pushes.iter().enumerate() {
+            match self.resolve(caller, item).await {
+                // Nobody to reach (a group minus its only member): nothing to store.
+                Ok((push, response)) if push.targets.is_empty() => {
+                    results.push(Some(pb::PushResult { pushed: Some(response), error: None }));
+                }
+                Ok((push, response)) => {
+                    published = published.saturating_add(push.message.len().saturating_mul(push.targets.len()));
+                    pushes.push(push);
+                    ready.push((i, response));
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(failed(i, e))),
+            }
+        }
+        if published > self.limits.max_publish_bytes {
+            let max = self.limits.max_publish_bytes;
+            return Err(Error::invalid(
+                "pushes",
+                format!(
+                    "publish {published} bytes in all (message size × receivers), over the limit of {max} per call (--max-publish-bytes); split the batch"
+                ),
+            ));
+        }
+        let answers = self.store.push_many(&pushes).await?;
+        for ((i, mut response), answer) in ready.into_iter().zip(answers) {
+            results[i] = Some(match answer {
+                Ok(id) => {
+                    response.message_id = id;
+                    pb::PushResult { pushed: Some(response), error: None }
+                }
+                Err(e) => failed(i, e),
+            });
+        }
+        Ok(pb::PushBatchResponse { results: results.into_iter().map(Option::unwrap_or_default).collect() })
+    }
+
+    /// Checks a targeted push and works out where it goes; the response, without its
+    /// message id.
+    async fn resolve(&self, caller: &str, r: &pb::PushRequest) -> Result<(Push, pb::PushResponse), Error> {
+        let c = content!(r);
+        let mut v = Violations::new();
+        let target = target::Target::check(&mut v, r.target.as_ref(), &self.limits);
+        let key = c.check(&mut v, &self.limits);
+        let target = v.check_with(target)?;
+        let (route, excluded) = target.route(&self.store, self.limits.max_users_per_call).await?;
+        let response = route.response();
+        Ok((self.prepare(caller, &c, key, route, &excluded)?, response))
+    }
+
+    /// The push script's input for `route`. `excluded`: users who must not receive it,
+    /// as `,a,b,` ('' for none).
+    fn prepare(
         &self,
-        idempotency: (&str, Option<&IdemKey>),
+        caller: &str,
         c: &Content<'_>,
-        targets: &[(String, String)],
-        max_len: usize,
-        audience: Audience,
-        group_id: &str,
-    ) -> Result<String, Error> {
-        let message = c.encode(audience, group_id);
-        let (caller, key) = idempotency;
+        key: Option<IdemKey>,
+        route: target::Route,
+        excluded: &str,
+    ) -> Result<Push, Error> {
+        let keys = self.store.keys();
+        let retention = &self.store.retention;
+        let (targets, max_len, audience, group) = match route {
+            target::Route::All => {
+                (vec![(keys.all_history(), keys.channel_all())], retention.history_max_len, Audience::All, None)
+            }
+            target::Route::Group(g) => {
+                let t = vec![(keys.group_history(&g), keys.channel_group(&g))];
+                (t, retention.history_max_len, Audience::Group, Some(g))
+            }
+            target::Route::Users(mut users) => {
+                // A user listed twice still gets the message once.
+                users.sort();
+                users.dedup();
+                self.check_publish_bytes(c, users.len())?;
+                let t = users.iter().map(|u| (keys.inbox(u), keys.channel_user(u))).collect();
+                (t, retention.inbox_max_len, Audience::User, None)
+            }
+        };
+        let message = c.encode(audience, group.as_deref().unwrap_or(""));
         // Only a push with a key needs its caller's name (an id, checked when the API keys
         // are configured).
-        let caller = key.and(IdemKey::parse(caller).ok());
-        let key = key.map(|k| (caller.as_ref(), k, self.limits.idempotency_window));
-        self.store.push(targets, max_len, &message, key).await
+        let caller = key.as_ref().and(IdemKey::parse(caller).ok());
+        let idempotency = key.map(|k| (caller, k, self.limits.idempotency_window));
+        Ok(Push { targets, max_len, message, idempotency, excluded: excluded.to_owned() })
     }
+
+    /// Refuses a push that would publish more than `--max-publish-bytes` to `users`.
+    fn check_publish_bytes(&self, c: &Content<'_>, users: usize) -> Result<(), Error> {
+        let bytes = c.published_size().saturating_mul(users);
+        let max = self.limits.max_publish_bytes;
+        if bytes <= max {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            "payload",
+            format!(
+                "is published once per user: {users} users make {bytes} bytes, over the limit of {max} per call (--max-publish-bytes); split the call"
+            ),
+        ))
+    }
+}
+
+/// Push `i` of a batch failed: its fields are named `pushes[i].…`.
+fn failed(i: usize, e: Error) -> pb::PushResult {
+    let error = match e {
+        Error::InvalidArgument(violations) => pb::PushError {
+            code: tonic::Code::InvalidArgument as i32,
+            message: violations
+                .iter()
+                .map(|v| format!("pushes[{i}].{}: {}", v.field, v.description))
+                .collect::<Vec<_>>()
+                .join("; "),
+        },
+        e => {
+            let status = tonic::Status::from(e);
+            pb::PushError { code: status.code() as i32, message: status.message().to_owned() }
+        }
+    };
+    pb::PushResult { pushed: None, error: Some(error) }
 }

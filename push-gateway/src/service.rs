@@ -11,6 +11,7 @@ use crate::{
     downstream::{ForwardedStream, Internal, forward, forward_stream},
     membership::Membership,
     push::Pusher,
+    reads::Reads,
     receipts::Receipts,
     stream::{DeviceStream, Streams},
     watch_caps,
@@ -25,6 +26,7 @@ pub struct Gateway {
     pusher: Pusher,
     membership: Membership,
     receipts: Receipts,
+    reads: Reads,
     streams: Streams,
     watches: watch_caps::WatchCaps,
 }
@@ -34,6 +36,7 @@ pub struct Parts {
     pub pusher: Pusher,
     pub membership: Membership,
     pub receipts: Receipts,
+    pub reads: Reads,
     pub streams: Streams,
     /// Most open WatchPresence streams per API key.
     pub max_watches: usize,
@@ -42,13 +45,14 @@ pub struct Parts {
 impl Gateway {
     pub fn new(presence: Internal, profile: Internal, parts: Parts) -> Self {
         let (presence, profile) = (PresenceClient::new(presence), ProfileClient::new(profile));
-        let Parts { pusher, membership, receipts, streams, max_watches } = parts;
+        let Parts { pusher, membership, receipts, reads, streams, max_watches } = parts;
         Self {
             presence,
             profile,
             pusher,
             membership,
             receipts,
+            reads,
             streams,
             watches: watch_caps::WatchCaps::new(max_watches),
         }
@@ -191,6 +195,30 @@ impl PushGateway for Gateway {
         Ok(Response::new(self.pusher.to_group(&caller(&req), req.into_inner()).await?))
     }
 
+    async fn push(&self, req: Request<pb::PushRequest>) -> Result<Response<pb::PushResponse>, Status> {
+        Ok(Response::new(self.pusher.push(&caller(&req), req.into_inner()).await?))
+    }
+
+    async fn push_batch(&self, req: Request<pb::PushBatchRequest>) -> Result<Response<pb::PushBatchResponse>, Status> {
+        Ok(Response::new(self.pusher.batch(&caller(&req), req.into_inner()).await?))
+    }
+
+    async fn list_history(
+        &self,
+        req: Request<pb::ListHistoryRequest>,
+    ) -> Result<Response<pb::ListHistoryResponse>, Status> {
+        let identity = req.extensions().get::<push_common::auth::Identity>().cloned();
+        Ok(Response::new(self.reads.list(identity.as_ref(), req.into_inner()).await?))
+    }
+
+    async fn disconnect(
+        &self,
+        req: Request<pb::DisconnectRequest>,
+    ) -> Result<Response<pb::DisconnectResponse>, Status> {
+        self.streams.disconnect_with(req.into_inner()).await?;
+        Ok(Response::new(pb::DisconnectResponse {}))
+    }
+
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
         self.streams.ack(req).await?;
         Ok(Response::new(pb::AckResponse {}))
@@ -298,7 +326,11 @@ mod tests {
         let fds = FileDescriptorSet::decode(push_proto::FILE_DESCRIPTOR_SET).unwrap();
         let svc = fds.file.iter().flat_map(|f| &f.service).find(|s| s.name() == "PushGateway").unwrap();
         // RPCs the gateway serves itself have no internal twin.
-        const OWN: [&str; 10] = [
+        const OWN: [&str; 14] = [
+            "Push",
+            "PushBatch",
+            "ListHistory",
+            "Disconnect",
             "Subscribe",
             "Ack",
             "GetDeliveryStatus",

@@ -27,7 +27,8 @@ pub struct Settings {
     pub replica: String,
     /// Most open WatchPresence streams per API key.
     pub max_watches: usize,
-    /// Largest request the server decodes: the largest payload and room for the rest.
+    /// Largest request the server decodes: the largest payload or batch, and room for
+    /// the rest.
     pub max_request_bytes: usize,
 }
 
@@ -70,6 +71,7 @@ impl Settings {
                 max_page_size: config.max_page_size as usize,
                 idempotency_window: config.idempotency_window,
                 max_publish_bytes: config.max_publish_bytes,
+                max_batch_pushes: config.max_batch_pushes,
             },
             streams: stream::Settings {
                 lease: config.stream_lease,
@@ -86,7 +88,9 @@ impl Settings {
             },
             replica: uuid::Uuid::now_v7().simple().to_string(),
             max_watches: config.max_watchers_per_key as usize,
-            max_request_bytes: config.max_payload_bytes + (1 << 20),
+            // A batch cannot publish more than --max-publish-bytes, so no larger request
+            // could succeed.
+            max_request_bytes: config.max_payload_bytes.max(config.max_publish_bytes) + (1 << 20),
         })
     }
 }
@@ -106,7 +110,7 @@ fn auth_settings(config: &Config) -> Result<auth::AuthSettings, push_common::Err
         jwt_issuer: config.jwt_issuer.clone(),
         jwt_audience: config.jwt_audience.clone(),
         jwt_leeway: config.jwt_leeway,
-        api_key_rate: config.api_key_rate,
+        api_key_rate: auth::Limit::per_second(config.api_key_rate),
         device_rate: config.device_rate,
     })
 }

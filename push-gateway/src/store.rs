@@ -30,8 +30,12 @@ pub mod scripts {
     pub const LEAVE: &str = include_str!("lua/leave.lua");
 
     /// `body` as it runs: the helpers, then the script.
+    pub fn text(body: &str) -> String {
+        format!("{LIB}\n{body}")
+    }
+
     pub fn script(body: &str) -> redis::Script {
-        redis::Script::new(&format!("{LIB}\n{body}"))
+        redis::Script::new(&text(body))
     }
 }
 
@@ -69,12 +73,34 @@ pub struct Page {
     pub entries: Vec<(StreamId, Bytes)>,
 }
 
+/// A page of a history as stored (see [`Store::history_page`]).
+pub struct HistoryPage {
+    pub epoch: Option<u64>,
+    /// Id, encoded message, excluded users (`,a,b,` or empty).
+    pub entries: Vec<(StreamId, Vec<u8>, Vec<u8>)>,
+}
+
 /// What a delivery receipt is made of.
 pub struct Receipts {
     /// Per stream asked about: whether the message is in it, and the stream's epoch.
     pub found: Vec<(bool, Option<u64>)>,
     /// Per user: their devices' acknowledged positions (the raw acks hash).
     pub acks: Vec<HashMap<String, String>>,
+}
+
+/// One push, ready for the push script.
+#[derive(Debug)]
+pub struct Push {
+    /// Per history: its stream key and its channel.
+    pub targets: Vec<(String, String)>,
+    /// Most entries the histories keep.
+    pub max_len: usize,
+    /// The message, encoded without its id.
+    pub message: Vec<u8>,
+    /// The caller's API key name (if any), the push's key and how long it counts.
+    pub idempotency: Option<(Option<IdemKey>, IdemKey, Duration)>,
+    /// Users who must not receive it, as `,a,b,` ('' for none).
+    pub excluded: String,
 }
 
 /// Typed access to the gateway's keys.
@@ -86,6 +112,8 @@ pub struct Store {
     join: Script,
     leave: Script,
     push: Script,
+    /// The push script's text, for SCRIPT LOAD ahead of a pipeline.
+    push_code: std::sync::Arc<str>,
     replay: Script,
     ack: Script,
     acked: Script,
@@ -100,6 +128,7 @@ impl Store {
             join: scripts::script(scripts::JOIN),
             leave: scripts::script(scripts::LEAVE),
             push: scripts::script(scripts::PUSH),
+            push_code: scripts::text(scripts::PUSH).into(),
             replay: scripts::script(scripts::REPLAY),
             ack: scripts::script(scripts::ACK),
             acked: scripts::script(scripts::ACKED),
@@ -125,50 +154,119 @@ impl Store {
     /// Appends `message` (encoded without its id) to every target history and publishes
     /// it on the target's channel, in one atomic step; with an idempotency key (the
     /// caller's API key name and the request's key), only if it was not used within its
-    /// window. Targets: (history stream key, channel).
-    /// Returns the message id (the first push's, for a repeated key).
-    #[tracing::instrument(skip_all, fields(targets = targets.len()), err)]
-    pub async fn push(
-        &self,
-        targets: &[(String, String)],
-        max_len: usize,
-        message: &[u8],
-        idempotency: Option<(Option<&IdemKey>, &IdemKey, Duration)>,
-    ) -> Result<String, Error> {
-        let r = &self.retention;
+    /// window. Returns the message id (the first push's, for a repeated key).
+    #[tracing::instrument(skip_all, fields(targets = p.targets.len()), err)]
+    pub async fn push(&self, p: &Push) -> Result<String, Error> {
+        let (keys, args) = self.push_args(p);
         let mut inv = self.push.prepare_invoke();
-        for (stream, _) in targets {
-            inv.key(stream).key(Keys::history_meta(stream));
+        for k in &keys {
+            inv.key(k);
         }
-        let window = match idempotency {
-            Some((caller, key, window)) => {
-                inv.key(self.keys.idempotency(caller, key));
-                window.as_millis().max(1) as u64
-            }
-            None => 0,
-        };
-        inv.arg(targets.len()).arg(window).arg(max_len).arg(r.max_age.as_millis() as u64);
-        inv.arg(r.meta_ttl.as_millis() as u64).arg(message);
-        for (_, channel) in targets {
-            inv.arg(channel);
+        for a in &args {
+            inv.arg(a);
         }
         let mut c = self.pool.get();
         Ok(inv.invoke_async(&mut c).await?)
     }
 
-    /// One page of `stream` after `cursor` (`None`: at the end, nothing replayed).
+    /// Runs many pushes in one pipeline, each its own atomic step, in order (so a
+    /// repeated idempotency key within the batch returns the first one's id). One
+    /// answer per push; a connection failure fails them all.
+    #[tracing::instrument(skip_all, fields(pushes = pushes.len()), err)]
+    pub async fn push_many(&self, pushes: &[Push]) -> Result<Vec<Result<String, Error>>, Error> {
+        if pushes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        // Loading first (a no-op when cached) spares the pipeline a NOSCRIPT, which could
+        // not be retried safely once some pushes of it had run.
+        pipe.cmd("SCRIPT").arg("LOAD").arg(&*self.push_code).ignore();
+        for p in pushes {
+            let (keys, args) = self.push_args(p);
+            pipe.cmd("EVALSHA").arg(self.push.get_hash()).arg(keys.len()).arg(keys).arg(args);
+        }
+        pipe.ignore_errors();
+        let mut c = self.pool.get();
+        let replies: Vec<redis::RedisResult<String>> = pipe.query_async(&mut c).await?;
+        Ok(replies.into_iter().map(|r| r.map_err(Error::from)).collect())
+    }
+
+    /// The push script's keys and arguments (see `lua/push.lua`).
+    fn push_args(&self, p: &Push) -> (Vec<String>, Vec<Vec<u8>>) {
+        let r = &self.retention;
+        let mut keys = Vec::with_capacity(p.targets.len() * 2 + 1);
+        for (stream, _) in &p.targets {
+            keys.push(stream.clone());
+            keys.push(Keys::history_meta(stream));
+        }
+        let window = match &p.idempotency {
+            Some((caller, key, window)) => {
+                keys.push(self.keys.idempotency(caller.as_ref(), key));
+                window.as_millis().max(1) as u64
+            }
+            None => 0,
+        };
+        let num = |n: u64| n.to_string().into_bytes();
+        let mut args = vec![
+            num(p.targets.len() as u64),
+            num(window),
+            num(p.max_len as u64),
+            num(r.max_age.as_millis() as u64),
+            num(r.meta_ttl.as_millis() as u64),
+            p.message.clone(),
+        ];
+        args.extend(p.targets.iter().map(|(_, channel)| channel.clone().into_bytes()));
+        args.push(p.excluded.clone().into_bytes());
+        (keys, args)
+    }
+
+    /// One page of `stream` after `cursor` (`None`: at the end, nothing replayed), as
+    /// `reader` sees it: a message that excludes them is there with an empty body.
     #[tracing::instrument(skip(self), err)]
-    pub async fn replay(&self, stream: &str, cursor: Option<Pos>, page: usize) -> Result<Page, Error> {
+    pub async fn replay(&self, stream: &str, cursor: Option<Pos>, page: usize, reader: &UserId) -> Result<Page, Error> {
         let mut inv = self.replay.key(stream);
         inv.key(Keys::history_meta(stream));
         match cursor {
             Some(p) => inv.arg(p.epoch.to_string()).arg(p.id.to_string()),
             None => inv.arg("").arg(""),
         };
-        inv.arg(page).arg(self.retention.meta_ttl.as_millis() as u64);
+        inv.arg(page).arg(self.retention.meta_ttl.as_millis() as u64).arg(reader.as_str());
         let mut c = self.pool.get();
         let reply: Vec<Value> = inv.invoke_async(&mut c).await?;
         parse_page(reply)
+    }
+
+    /// A page of `stream` for ListHistory: its epoch (None when it has no meta: nothing
+    /// was pushed to it lately), then up to `count` entries after `after` (exclusive),
+    /// newest first or oldest first, each with its excluded users (`,a,b,` or empty).
+    #[tracing::instrument(skip(self), err)]
+    pub async fn history_page(
+        &self,
+        stream: &str,
+        after: Option<StreamId>,
+        count: usize,
+        newest_first: bool,
+    ) -> Result<HistoryPage, Error> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGET").arg(Keys::history_meta(stream)).arg("epoch");
+        let after = after.map(|id| format!("({id}"));
+        match newest_first {
+            true => pipe.cmd("XREVRANGE").arg(stream).arg(after.as_deref().unwrap_or("+")).arg("-"),
+            false => pipe.cmd("XRANGE").arg(stream).arg(after.as_deref().unwrap_or("-")).arg("+"),
+        };
+        pipe.arg("COUNT").arg(count);
+        let mut c = self.pool.get();
+        // Entries as XRANGE gives them: the id and the flat field/value list.
+        type Entries = Vec<(String, Vec<Vec<u8>>)>;
+        let (epoch, raw): (Option<String>, Entries) = pipe.query_async(&mut c).await?;
+        let mut entries = Vec::with_capacity(raw.len());
+        for (id, fields) in raw {
+            let id = id.parse().map_err(|_| Error::Protocol(format!("a history entry id {id:?}")))?;
+            let field = |name: &[u8]| fields.chunks(2).find(|f| f[0] == name).and_then(|f| f.get(1)).cloned();
+            let message = field(b"m").ok_or_else(|| Error::Protocol("a history entry without a message".into()))?;
+            entries.push((id, message, field(b"x").unwrap_or_default()));
+        }
+        Ok(HistoryPage { epoch: epoch.as_deref().and_then(history::parse_epoch), entries })
     }
 
     /// Each history's epoch and last id, from its meta (None without one), in one round
@@ -322,6 +420,55 @@ impl Store {
             .arg(count)
             .query_async(&mut c)
             .await?)
+    }
+
+    /// Each group's number of members, in one round trip.
+    #[tracing::instrument(skip_all, fields(groups = groups.len()), err)]
+    pub async fn group_sizes(&self, groups: &[GroupId]) -> Result<Vec<usize>, Error> {
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for g in groups {
+            pipe.cmd("ZCARD").arg(self.keys.group_members(g));
+        }
+        let mut c = self.pool.get();
+        Ok(pipe.query_async(&mut c).await?)
+    }
+
+    /// Every member of each group, in one round trip (check their sizes first).
+    #[tracing::instrument(skip_all, fields(groups = groups.len()), err)]
+    pub async fn all_members(&self, groups: &[GroupId]) -> Result<Vec<Vec<String>>, Error> {
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for g in groups {
+            pipe.cmd("ZRANGE").arg(self.keys.group_members(g)).arg(0).arg(-1);
+        }
+        let mut c = self.pool.get();
+        Ok(pipe.query_async(&mut c).await?)
+    }
+
+    /// Per user, whether they belong to any of `groups`, in one round trip.
+    #[tracing::instrument(skip_all, fields(groups = groups.len(), users = users.len()), err)]
+    pub async fn members_among(&self, groups: &[GroupId], users: &[UserId]) -> Result<Vec<bool>, Error> {
+        let mut pipe = redis::pipe();
+        for g in groups {
+            pipe.cmd("ZMSCORE").arg(self.keys.group_members(g));
+            for u in users {
+                pipe.arg(u.as_str());
+            }
+        }
+        let mut c = self.pool.get();
+        let scores: Vec<Vec<Option<f64>>> = pipe.query_async(&mut c).await?;
+        let mut member = vec![false; users.len()];
+        for per_group in scores {
+            for (m, score) in member.iter_mut().zip(per_group) {
+                *m |= score.is_some();
+            }
+        }
+        Ok(member)
     }
 
     /// The user's groups, sorted.

@@ -17,8 +17,8 @@ pub const INTERNAL_TOKEN: &str = "internal-token-for-the-tests-0123";
 static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 
 /// A directory with the secrets the services read, and the flags that use them:
-/// API keys `k-publish`, `k-presence`, `k-profile`, `k-groups` (each with its scope)
-/// and `k-admin`; device-token keys `hs1` and `hs2` (HS256), `rs1` (RS256) and `es1`
+/// API keys `k-publish`, `k-presence`, `k-profile`, `k-groups`, `k-history` (each with
+/// its scope) and `k-admin`; device-token keys `hs1` and `hs2` (HS256), `rs1` (RS256) and `es1`
 /// (ES256) with audience `push` and issuer `auth.example`. The directory is removed on
 /// drop: keep the value alive as long as the system.
 pub struct Credentials {
@@ -52,6 +52,7 @@ impl Credentials {
             ("profiler", "k-profile", "profile"),
             ("grouper", "k-groups", "groups"),
             ("ops", "k-admin", "admin"),
+            ("historian", "k-history", "history"),
         ] {
             gateway.extend(["--api-key".to_string(), api_key(name, secret, scopes)]);
         }
@@ -83,6 +84,25 @@ impl Drop for Credentials {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The claims of a device token.
+#[derive(serde::Serialize)]
+pub struct Claims<'a> {
+    pub sub: &'a str,
+    pub exp: u64,
+    pub aud: &'a str,
+    pub iss: &'a str,
+}
+
+/// A device token for `sub` signed with `hs1`, good for ten minutes, with the audience
+/// and issuer the gateway expects.
+pub fn device_token(sub: &str) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = Claims { sub, exp: now + 600, aud: "push", iss: "auth.example" };
+    let header =
+        jsonwebtoken::Header { kid: Some("hs1".into()), ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256) };
+    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(HS_SECRET.as_bytes())).unwrap()
 }
 
 /// A system with every credential configured, plus `extra` gateway flags.

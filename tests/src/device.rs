@@ -46,12 +46,19 @@ impl From<Channel> for Target {
 pub struct DeviceOptions {
     cursors: Vec<Cursor>,
     bearer: Option<String>,
+    strict: bool,
 }
 
 impl DeviceOptions {
     /// Resumes from `cursors` (e.g. another device's [`Device::cursors`]).
     pub fn cursors(mut self, cursors: Vec<Cursor>) -> Self {
         self.cursors = cursors;
+        self
+    }
+
+    /// Asks for strict resume: fail rather than continue after a gap.
+    pub fn strict(mut self) -> Self {
+        self.strict = true;
         self
     }
 
@@ -70,7 +77,12 @@ impl DeviceOptions {
         };
         let bearer = SendBearer::new(self.bearer.as_deref()).expect("ascii token");
         let mut c = PushGatewayClient::with_interceptor(channel, bearer);
-        let req = SubscribeRequest { user_id: user.into(), device_id: device.into(), cursors: self.cursors };
+        let req = SubscribeRequest {
+            user_id: user.into(),
+            device_id: device.into(),
+            cursors: self.cursors,
+            strict_resume: self.strict,
+        };
         let stream = c.subscribe(req).await?.into_inner();
         let (tx, rx) = mpsc::unbounded_channel();
         let track = Arc::new(Mutex::new(Track::default()));

@@ -92,3 +92,27 @@ pub fn subscribed(redis: &RedisServer) -> Vec<String> {
     channels.retain(|c| !c.contains(":probe:"));
     channels
 }
+
+/// Pushes a sentinel to all and returns, per device, the topics it received before it.
+/// Since one replica's deliveries keep the publish order of one Redis connection, a
+/// device that got the sentinel has got everything pushed to it before.
+pub async fn topics_until_sentinel(
+    c: &mut GatewayClient,
+    devices: &mut [&mut crate::Device],
+    sentinel: &str,
+) -> Vec<Vec<String>> {
+    c.push_to_all(to_all(sentinel)).await.unwrap();
+    let mut out = Vec::new();
+    for d in devices.iter_mut() {
+        let mut topics = Vec::new();
+        loop {
+            let m = d.next().await;
+            if m.topic == sentinel {
+                break;
+            }
+            topics.push(m.topic);
+        }
+        out.push(topics);
+    }
+    out
+}

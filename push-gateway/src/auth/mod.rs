@@ -11,8 +11,9 @@
 //!   configured; `nbf`, when present, is checked with the same leeway as `exp`.
 //!   Several keys may be configured at once (rotation): the token's `kid` picks one, or
 //!   every key of the token's algorithm is tried.
-//! - Each API key has a request budget per second (a token bucket); past it, calls get
-//!   RESOURCE_EXHAUSTED naming the limit.
+//! - Each API key has a request budget per second and a burst (a token bucket), set per
+//!   key in its spec or by `--api-key-rate`; past it, calls get RESOURCE_EXHAUSTED with
+//!   `RetryInfo` (when a call would pass) and `QuotaFailure` (which limit) details.
 use std::{
     sync::Mutex,
     time::{Duration, Instant},
@@ -34,10 +35,12 @@ pub enum Scope {
     Profile = 4,
     Groups = 8,
     Admin = 16,
+    History = 32,
 }
 
 impl Scope {
-    const ALL: [Scope; 5] = [Scope::Publish, Scope::Presence, Scope::Profile, Scope::Groups, Scope::Admin];
+    const ALL: [Scope; 6] =
+        [Scope::Publish, Scope::Presence, Scope::Profile, Scope::Groups, Scope::Admin, Scope::History];
 
     fn name(self) -> &'static str {
         match self {
@@ -46,6 +49,7 @@ impl Scope {
             Scope::Profile => "profile",
             Scope::Groups => "groups",
             Scope::Admin => "admin",
+            Scope::History => "history",
         }
     }
 }
@@ -56,6 +60,8 @@ pub enum Need {
     Scope(Scope),
     /// A device call: a device token (or an admin key).
     Device,
+    /// A device token (acting for its user), or a key with this scope.
+    DeviceOrScope(Scope),
 }
 
 /// The need of each `push.v1.PushGateway` method; anything else needs `admin`.
@@ -63,10 +69,12 @@ pub fn need(method: &str) -> Need {
     let name = method.strip_prefix("/push.v1.PushGateway/").unwrap_or("");
     match name {
         "Subscribe" | "Ack" => Need::Device,
-        "PushToAll" | "PushToUsers" | "PushToGroup" | "GetDeliveryStatus" => Need::Scope(Scope::Publish),
-        "Login" | "Heartbeat" | "Logout" | "GetPresence" | "ListOnlineUsers" | "CountOnlineUsers" | "WatchPresence" => {
-            Need::Scope(Scope::Presence)
+        "PushToAll" | "PushToUsers" | "PushToGroup" | "Push" | "PushBatch" | "GetDeliveryStatus" => {
+            Need::Scope(Scope::Publish)
         }
+        "Login" | "Heartbeat" | "Logout" | "Disconnect" | "GetPresence" | "ListOnlineUsers" | "CountOnlineUsers"
+        | "WatchPresence" => Need::Scope(Scope::Presence),
+        "ListHistory" => Need::DeviceOrScope(Scope::History),
         "PutProfile" | "UpdateProfile" | "GetProfile" | "BatchGetProfiles" | "DeleteProfile" => {
             Need::Scope(Scope::Profile)
         }
@@ -80,21 +88,98 @@ struct ApiKey {
     name: String,
     digest: [u8; 32],
     scopes: u8,
+    limit: Limit,
+    /// Where the limit came from, for the refusal's `QuotaFailure`.
+    limit_source: &'static str,
     bucket: Mutex<Bucket>,
 }
 
-/// A token bucket: `tokens` refill at the key's rate up to one second's worth.
+/// A rate: `rate` per second with bursts of up to `burst`; a rate of 0 is no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Limit {
+    pub rate: f64,
+    pub burst: f64,
+}
+
+impl Limit {
+    /// A rate whose burst is one second's worth.
+    pub fn per_second(rate: f64) -> Limit {
+        Limit { rate, burst: rate.max(1.0) }
+    }
+
+    /// Parses `RATE` or `RATE/BURST` (requests per second, and most at once).
+    fn parse(s: &str) -> Option<Limit> {
+        let (rate, burst) = match s.split_once('/') {
+            Some((r, b)) => (r.trim().parse::<f64>().ok()?, Some(b.trim().parse::<f64>().ok()?)),
+            None => (s.trim().parse::<f64>().ok()?, None),
+        };
+        let ok = |x: f64| x.is_finite() && x >= 0.0;
+        if !ok(rate) || !burst.is_none_or(|b| ok(b) && b >= 1.0) {
+            return None;
+        }
+        Some(burst.map_or(Limit::per_second(rate), |burst| Limit { rate, burst }))
+    }
+
+    fn describe(&self) -> String {
+        format!("{} requests/s with bursts of {}", self.rate, self.burst)
+    }
+}
+
+/// A token bucket: `tokens` refill at a limit's rate up to its burst.
 struct Bucket {
     tokens: f64,
     at: Instant,
 }
 
-/// Parses `NAME:SHA256HEX:SCOPE[,SCOPE…]`.
-fn parse_key(spec: &str, rate: f64) -> Result<ApiKey, Error> {
-    let bad = |why: &str| Error::Config(format!("API key {spec:?}: {why} (expected NAME:SHA256HEX:SCOPE,…)"));
-    let mut parts = spec.trim().splitn(3, ':');
+impl Bucket {
+    fn full(limit: Limit, now: Instant) -> Bucket {
+        Bucket { tokens: limit.burst, at: now }
+    }
+
+    fn refilled(&self, limit: Limit, now: Instant) -> f64 {
+        (self.tokens + now.duration_since(self.at).as_secs_f64() * limit.rate).min(limit.burst)
+    }
+
+    /// Takes one token, or says how long until one is there.
+    fn take(&mut self, limit: Limit, now: Instant) -> Result<(), Duration> {
+        if limit.rate <= 0.0 {
+            return Ok(());
+        }
+        self.tokens = self.refilled(limit, now);
+        self.at = now;
+        if self.tokens < 1.0 {
+            return Err(Duration::from_secs_f64((1.0 - self.tokens) / limit.rate));
+        }
+        self.tokens -= 1.0;
+        Ok(())
+    }
+}
+
+/// RESOURCE_EXHAUSTED saying which limit and when to retry (`RetryInfo`, `QuotaFailure`).
+fn over_limit(message: String, subject: String, description: String, retry: Duration) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    // Whole milliseconds, rounded up: retrying sooner would be refused again.
+    let retry = Duration::from_millis(retry.as_millis() as u64 + 1);
+    let mut details = ErrorDetails::with_retry_info(Some(retry));
+    details.add_quota_failure_violation(subject, description);
+    Status::with_error_details(tonic::Code::ResourceExhausted, message, details)
+}
+
+/// Parses `NAME:SHA256HEX:SCOPE[,SCOPE…][:RATE[/BURST]]`; without a rate, `default`.
+fn parse_key(spec: &str, default: Limit) -> Result<ApiKey, Error> {
+    let bad =
+        |why: &str| Error::Config(format!("API key {spec:?}: {why} (expected NAME:SHA256HEX:SCOPE,…[:RATE[/BURST]])"));
+    let mut parts = spec.trim().splitn(4, ':');
     let (Some(name), Some(hex), Some(scopes)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(bad("not three fields"));
+    };
+    let (limit, limit_source) = match parts.next() {
+        None => (default, "--api-key-rate"),
+        Some(l) => (
+            Limit::parse(l)
+                .ok_or_else(|| bad(&format!("the limit {l:?} is not RATE or RATE/BURST (numbers ≥ 0, burst ≥ 1)")))?,
+            "the key's spec",
+        ),
     };
     if let Some(p) = id_problem(name) {
         return Err(bad(&format!("the name {p}")));
@@ -105,8 +190,8 @@ fn parse_key(spec: &str, rate: f64) -> Result<ApiKey, Error> {
         let scope = Scope::ALL.iter().find(|x| x.name() == s).ok_or_else(|| bad(&format!("unknown scope {s:?}")))?;
         bits |= *scope as u8;
     }
-    let bucket = Mutex::new(Bucket { tokens: rate.max(1.0), at: Instant::now() });
-    Ok(ApiKey { name: name.to_owned(), digest, scopes: bits, bucket })
+    let bucket = Mutex::new(Bucket::full(limit, Instant::now()));
+    Ok(ApiKey { name: name.to_owned(), digest, scopes: bits, limit, limit_source, bucket })
 }
 
 /// One key that verifies device tokens.
@@ -153,8 +238,8 @@ pub struct AuthSettings {
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
     pub jwt_leeway: Duration,
-    /// Requests per second per API key; 0 for no limit.
-    pub api_key_rate: f64,
+    /// Requests per API key without a limit of its own; a rate of 0 for no limit.
+    pub api_key_rate: Limit,
     /// Device calls (Subscribe, Ack) per second per user; 0 for no limit.
     pub device_rate: f64,
 }
@@ -166,14 +251,13 @@ pub struct GatewayPolicy {
     issuer: Option<String>,
     audience: Option<String>,
     leeway: Duration,
-    rate: f64,
     devices: DeviceLimit,
 }
 
 /// Device calls per user: one token bucket per user who called lately. Buckets that
 /// have refilled are dropped when the map grows, so idle users cost nothing.
 struct DeviceLimit {
-    rate: f64,
+    limit: Limit,
     buckets: Mutex<std::collections::HashMap<String, Bucket>>,
 }
 
@@ -182,25 +266,22 @@ const DEVICE_BUCKETS_BEFORE_PRUNING: usize = 10_000;
 
 impl DeviceLimit {
     fn spend(&self, user: &str) -> Result<(), Status> {
-        if self.rate <= 0.0 {
+        let (limit, now) = (self.limit, Instant::now());
+        if limit.rate <= 0.0 {
             return Ok(());
         }
-        let (rate, burst, now) = (self.rate, self.rate.max(1.0), Instant::now());
-        let refilled = |b: &Bucket| (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() >= DEVICE_BUCKETS_BEFORE_PRUNING && !buckets.contains_key(user) {
-            buckets.retain(|_, b| refilled(b) < burst);
+            buckets.retain(|_, b| b.refilled(limit, now) < limit.burst);
         }
-        let b = buckets.entry(user.to_owned()).or_insert(Bucket { tokens: burst, at: now });
-        b.tokens = refilled(b);
-        b.at = now;
-        if b.tokens < 1.0 {
-            return Err(Status::resource_exhausted(format!(
-                "user {user:?} is over the device call rate limit of {rate} requests/s (--device-rate)"
-            )));
-        }
-        b.tokens -= 1.0;
-        Ok(())
+        let b = buckets.entry(user.to_owned()).or_insert_with(|| Bucket::full(limit, now));
+        b.take(limit, now).map_err(|retry| {
+            let message = format!(
+                "user {user:?} is over the device call rate limit of {} requests/s (--device-rate)",
+                limit.rate
+            );
+            over_limit(message, format!("user:{user}"), format!("{} (--device-rate)", limit.describe()), retry)
+        })
     }
 }
 
@@ -229,8 +310,7 @@ impl GatewayPolicy {
             issuer: s.jwt_issuer.clone(),
             audience: s.jwt_audience.clone(),
             leeway: s.jwt_leeway,
-            rate: s.api_key_rate,
-            devices: DeviceLimit { rate: s.device_rate, buckets: Mutex::default() },
+            devices: DeviceLimit { limit: Limit::per_second(s.device_rate), buckets: Mutex::default() },
         }))
     }
 
@@ -303,21 +383,13 @@ impl GatewayPolicy {
 
     /// Takes one request from `key`'s budget.
     fn spend(&self, key: &ApiKey) -> Result<(), Status> {
-        if self.rate <= 0.0 {
-            return Ok(());
-        }
-        let mut b = key.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.rate).min(self.rate.max(1.0));
-        b.at = now;
-        if b.tokens < 1.0 {
-            return Err(Status::resource_exhausted(format!(
-                "API key {:?} is over its rate limit of {} requests/s (--api-key-rate)",
-                key.name, self.rate
-            )));
-        }
-        b.tokens -= 1.0;
-        Ok(())
+        let taken = key.bucket.lock().unwrap_or_else(|e| e.into_inner()).take(key.limit, Instant::now());
+        taken.map_err(|retry| {
+            let (name, limit, source) = (&key.name, key.limit, key.limit_source);
+            let message = format!("API key {name:?} is over its rate limit of {} ({source})", limit.describe());
+            tracing::debug!(key = %name, "API key over its rate limit");
+            over_limit(message, format!("api_key:{name}"), format!("{} ({source})", limit.describe()), retry)
+        })
     }
 }
 
@@ -333,11 +405,13 @@ impl Authorize for GatewayPolicy {
         if is_jwt(token) {
             let (user, until) = self.device(token)?;
             return match need {
-                Need::Device => {
+                Need::Device | Need::DeviceOrScope(_) => {
                     self.devices.spend(&user)?;
                     Ok(Identity::Device { user, until })
                 }
-                Need::Scope(_) => Err(Status::permission_denied("a device token may only call Subscribe and Ack")),
+                Need::Scope(_) => {
+                    Err(Status::permission_denied("a device token may only call Subscribe, Ack and ListHistory"))
+                }
             };
         }
         let key = self.key(token).ok_or_else(|| Status::unauthenticated("invalid API key"))?;
@@ -349,7 +423,7 @@ impl Authorize for GatewayPolicy {
                     key.name
                 )));
             }
-            Need::Scope(s) if key.scopes & (s as u8 | Scope::Admin as u8) == 0 => {
+            Need::Scope(s) | Need::DeviceOrScope(s) if key.scopes & (s as u8 | Scope::Admin as u8) == 0 => {
                 return Err(Status::permission_denied(format!(
                     "API key {:?} lacks the {:?} scope this call needs",
                     key.name,

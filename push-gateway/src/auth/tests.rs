@@ -17,8 +17,12 @@ fn policy(rate: f64) -> GatewayPolicy {
             format!("pusher:{}:publish", hex(digest(b"k-pub"))),
             format!("ops:{}:admin", hex(digest(b"k-admin"))),
             format!("reader:{}:presence,profile", hex(digest(b"k-read"))),
+            // A key with a limit of its own: 2 requests/s, 3 at once.
+            format!("batcher:{}:publish:2/3", hex(digest(b"k-batch"))),
+            // And one with none, whatever the default.
+            format!("bulk:{}:publish:0", hex(digest(b"k-bulk"))),
         ],
-        api_key_rate: rate,
+        api_key_rate: Limit::per_second(rate),
         ..Default::default()
     };
     GatewayPolicy::new(&settings).unwrap().unwrap()
@@ -54,10 +58,52 @@ fn a_key_over_its_rate_is_refused() {
 }
 
 #[test]
+fn a_refusal_says_which_limit_and_when_to_retry() {
+    use tonic_types::StatusExt;
+    let p = policy(5.0);
+    let err = (0..20).find_map(|_| p.authorize("/push.v1.PushGateway/PushToAll", &headers("k-pub")).err()).unwrap();
+    let details = err.get_error_details();
+    let retry = details.retry_info().expect("RetryInfo").retry_delay.expect("a delay");
+    // One token refills in 1/5 s.
+    assert!(retry > Duration::ZERO && retry <= Duration::from_millis(201), "{retry:?}");
+    let quota = details.quota_failure().expect("QuotaFailure");
+    assert_eq!(quota.violations[0].subject, "api_key:pusher");
+    assert!(quota.violations[0].description.contains("5 requests/s"), "{:?}", quota.violations);
+}
+
+#[test]
+fn a_key_may_carry_its_own_limit() {
+    let p = policy(1000.0);
+    let call = |key: &str| p.authorize("/push.v1.PushGateway/PushToAll", &headers(key));
+    // A burst of 3, then refused, whatever the default.
+    let passed = (0..10).filter(|_| call("k-batch").is_ok()).count();
+    assert!((3..=4).contains(&passed), "{passed} of 10 passed");
+    let err = call("k-batch").unwrap_err();
+    assert!(err.message().contains("2 requests/s with bursts of 3 (the key's spec)"), "{}", err.message());
+    // Limit 0: never refused, even with a tiny default.
+    let tight = policy(1.0);
+    assert!((0..1000).all(|_| tight.authorize("/push.v1.PushGateway/PushToAll", &headers("k-bulk")).is_ok()));
+}
+
+#[test]
+fn limits_parse() {
+    assert_eq!(Limit::parse("100"), Some(Limit { rate: 100.0, burst: 100.0 }));
+    assert_eq!(Limit::parse("0.5"), Some(Limit { rate: 0.5, burst: 1.0 }));
+    assert_eq!(Limit::parse("100/500"), Some(Limit { rate: 100.0, burst: 500.0 }));
+    for bad in ["", "-1", "x", "10/0", "10/", "NaN", "inf", "1/2/3"] {
+        assert_eq!(Limit::parse(bad), None, "{bad:?}");
+    }
+}
+
+#[test]
 fn bad_key_specs_are_refused() {
-    for spec in
-        ["x", "a:b:publish", &format!("a b:{}:publish", hex(digest(b"x"))), &format!("a:{}:root", hex(digest(b"x")))]
-    {
+    for spec in [
+        "x",
+        "a:b:publish",
+        &format!("a b:{}:publish", hex(digest(b"x"))),
+        &format!("a:{}:root", hex(digest(b"x"))),
+        &format!("a:{}:publish:fast", hex(digest(b"x"))),
+    ] {
         let s = AuthSettings { api_keys: vec![spec.to_string()], ..Default::default() };
         assert!(GatewayPolicy::new(&s).is_err(), "{spec}");
     }

@@ -1,7 +1,9 @@
 -- One page of a history after a cursor.
 --
 -- KEYS: stream, meta. ARGV: cursor epoch ('' for none: start at the end), cursor id,
--- page size, meta TTL in ms. Creates the meta (a new epoch) when there is none, so the
+-- page size, meta TTL in ms, the reader ('' for none). An entry that excludes the
+-- reader (field 'x', see push.lua) is returned with an empty message, so the reader's
+-- position still moves past it. Creates the meta (a new epoch) when there is none, so the
 -- epoch reported is the one later pushes use.
 --
 -- Returns {epoch, point, continuity, id1, message1, id2, ...}: the stream continues
@@ -61,8 +63,14 @@ elseif less(point, first) then
 end
 local out = {epoch, point, continuity}
 if tonumber(ARGV[3]) == 0 then return out end
+local reader = ',' .. (ARGV[5] or '') .. ','
 for _, e in ipairs(redis.call('XRANGE', s, '(' .. point, '+', 'COUNT', ARGV[3])) do
   out[#out + 1] = e[1]
-  out[#out + 1] = e[2][2]
+  local f = e[2]
+  if f[3] == 'x' and reader ~= ',,' and string.find(f[4], reader, 1, true) then
+    out[#out + 1] = ''
+  else
+    out[#out + 1] = f[2]
+  end
 end
 return out

@@ -54,9 +54,11 @@ async fn apply(shared: &Arc<Shared>, s: &Arc<Stream>, plan: &Plan) -> Result<(),
     for g in joined {
         let source = Source::Group(g.clone());
         let start = plan.start_group(&source, since.get(&g).copied().flatten());
-        match replay::establish(shared, s, &source, start).await {
+        match replay::establish(shared, s, &source, start, plan.strict).await {
             Ok(Some(from)) => replays.push((source, from)),
             Ok(None) => {}
+            // Strict resume, only while opening: the Subscribe fails with it.
+            Err(e @ Error::FailedPrecondition { .. }) => return Err(e),
             Err(e) => {
                 // The device is told to reconnect: it resumes with its cursors.
                 s.close(Status::unavailable("cannot read the message history; reconnect with your cursors"));
@@ -87,7 +89,13 @@ pub(super) async fn departed(shared: &Arc<Shared>, s: &Arc<Stream>, plan: &Plan)
     for ((g, cursor), at) in gone.into_iter().zip(left) {
         let source = Source::Group(g.clone());
         match at {
-            Some(at) if at.epoch == cursor.epoch && at.id > cursor.id => owed.push((source, cursor, at)),
+            Some(at) if at.epoch == cursor.epoch && at.id > cursor.id => {
+                let from = replay::establish(shared, s, &source, Start::After(cursor), plan.strict).await?;
+                owed.push((source, from.unwrap_or(cursor), at));
+            }
+            // Without a record of the leave in the cursor's epoch, what was owed is gone.
+            Some(at) if plan.strict && at.epoch != cursor.epoch => return Err(replay::unhonoured(&source, cursor)),
+            None if plan.strict => return Err(replay::unhonoured(&source, cursor)),
             at => s.queue.left(&source, at.unwrap_or(cursor)),
         }
     }
@@ -96,11 +104,8 @@ pub(super) async fn departed(shared: &Arc<Shared>, s: &Arc<Stream>, plan: &Plan)
     }
     let (shared, s) = (shared.clone(), s.clone());
     tokio::spawn(async move {
-        for (source, cursor, at) in owed {
-            let replayed = async {
-                let from = replay::establish(&shared, &s, &source, Start::After(cursor)).await?;
-                replay::replay_until(&shared, &s, &source, from.unwrap_or(cursor), Some(at.id)).await
-            };
+        for (source, from, at) in owed {
+            let replayed = async { replay::replay_until(&shared, &s, &source, from, Some(at.id)).await };
             if let Err(e) = replayed.await {
                 tracing::warn!(error = %e, user = &*s.user, "cannot replay a group the user left; ending the stream");
                 s.close(Status::unavailable("cannot read the message history; reconnect with your cursors"));

@@ -11,7 +11,7 @@ use push_common::{
     ids::{DeviceId, GroupId, UserId},
     validate::Violations,
 };
-use push_proto::push::v1::{AckRequest, SubscribeRequest};
+use push_proto::push::v1::{AckRequest, DisconnectRequest, SubscribeRequest};
 use tonic::{Request, Status};
 
 use super::{DeviceStream, Pause, Stream, Streams, groups, lease, replay};
@@ -34,6 +34,9 @@ pub fn device_identity<T>(
     Ok(user.zip(v.parse::<DeviceId>("device_id", device_id)))
 }
 
+/// Longest Disconnect reason, in characters.
+const MAX_REASON: usize = 256;
+
 /// Most cursors in one request: the inbox, the broadcast history and every group.
 pub fn max_cursors(max_groups_per_user: usize) -> usize {
     max_groups_per_user + 2
@@ -47,12 +50,14 @@ pub fn max_cursors(max_groups_per_user: usize) -> usize {
 pub(super) struct Plan {
     given: Vec<(Source, Pos)>,
     since_join: bool,
+    /// Strict resume: a given position that cannot be honoured fails the Subscribe.
+    pub(super) strict: bool,
 }
 
 impl Plan {
     /// The plan of a stream that is already open: groups start where the user joined.
     pub(super) fn open_stream() -> Plan {
-        Plan { given: Vec::new(), since_join: true }
+        Plan { given: Vec::new(), since_join: true, strict: false }
     }
 
     pub(super) fn start(&self, source: &Source) -> Start {
@@ -87,7 +92,7 @@ impl Streams {
         let mut given = shared.store.acked(&user, &device).await?;
         given.retain(|(s, _)| !cursors.iter().any(|(c, _)| c == s));
         given.extend(cursors);
-        let plan = Plan { since_join: !given.is_empty(), given };
+        let plan = Plan { since_join: !given.is_empty(), given, strict: r.strict_resume };
         let until = match req.extensions().get::<push_common::auth::Identity>() {
             Some(push_common::auth::Identity::Device { until, .. }) => *until,
             _ => 0,
@@ -104,7 +109,7 @@ impl Streams {
         shared.hub.attach(&stream, &shared.base_channels(&stream)).await?;
         let mut replays = Vec::new();
         for source in [Source::All, Source::Inbox] {
-            if let Some(from) = replay::establish(shared, &stream, &source, plan.start(&source)).await? {
+            if let Some(from) = replay::establish(shared, &stream, &source, plan.start(&source), plan.strict).await? {
                 replays.push((source, from));
             }
         }
@@ -122,6 +127,21 @@ impl Streams {
         let channel = [self.shared.store.keys().channel_user(user)];
         let payload = prost::bytes::Bytes::from(crate::envelope::disconnect(device));
         self.shared.store.publish(&channel, &payload).await
+    }
+
+    /// Disconnect: ends a user's streams, or one device's, on every replica (a
+    /// DISCONNECT_WITH on the user's channel), with the reason and whether to reconnect.
+    pub async fn disconnect_with(&self, r: DisconnectRequest) -> Result<(), push_common::Error> {
+        let mut v = Violations::new();
+        let user = v.parse::<UserId>("user_id", &r.user_id);
+        if !r.device_id.is_empty() {
+            v.parse::<DeviceId>("device_id", &r.device_id);
+        }
+        v.text("reason", &r.reason, MAX_REASON, false);
+        let user = v.check_with(user)?;
+        let channel = [self.shared.store.keys().channel_user(&user)];
+        let payload = crate::envelope::disconnect_with(&r.device_id, r.reconnect, &r.reason);
+        self.shared.store.publish(&channel, &prost::bytes::Bytes::from(payload)).await
     }
 
     /// A device acknowledges what it has processed.

@@ -8,6 +8,7 @@
 //! size is caught up by a device that reads, and only one that stops reading is cut off.
 use std::{sync::Arc, time::Duration};
 
+use prost::bytes::Bytes;
 use push_common::Error;
 use push_proto::{push::v1::Continuity, wire::SubscribeResponse};
 use tonic::Status;
@@ -22,21 +23,40 @@ const REPLAY_PAGE: usize = 256;
 /// Runs after the history's channel is subscribed and before anything is pushed to
 /// the stream's caller, so a push made once Subscribe answered is never taken for an
 /// old one. Returns where the replay continues from, when a cursor asks for one.
+/// With `strict` (strict resume), a position that cannot be honoured is an error
+/// instead of a gap.
 pub(super) async fn establish(
     shared: &Shared,
     s: &Stream,
     source: &Source,
     start: Start,
+    strict: bool,
 ) -> Result<Option<Pos>, Error> {
     let (stream, _) = source.keys(shared.store.keys(), &s.user);
     let cursor = match start {
         Start::After(p) => Some(p),
         Start::Now => None,
     };
-    let page = shared.store.replay(&stream, cursor, 0).await?;
+    let page = shared.store.replay(&stream, cursor, 0, &s.user).await?;
     let pos = Pos { epoch: page.epoch, id: page.point };
-    s.queue.establish(source, pos, Continuity::try_from(page.continuity).unwrap_or(Continuity::Gap));
+    let continuity = Continuity::try_from(page.continuity).unwrap_or(Continuity::Gap);
+    if let (true, Some(from), Continuity::Gap) = (strict, cursor, continuity) {
+        return Err(unhonoured(source, from));
+    }
+    s.queue.establish(source, pos, continuity);
     Ok(cursor.map(|_| pos))
+}
+
+/// Strict resume: the position `from` in `source` cannot be honoured.
+pub(super) fn unhonoured(source: &Source, from: Pos) -> Error {
+    Error::FailedPrecondition {
+        kind: "CURSOR",
+        subject: source.name(),
+        description: format!(
+            "messages after {} (epoch {}) are no longer retained; fetch what was missed and subscribe with fresh cursors (strict_resume)",
+            from.id, from.epoch
+        ),
+    }
 }
 
 /// Replays `sources` into the paused stream in a task of its own, then gives the pause
@@ -110,7 +130,7 @@ pub(super) async fn replay_until(
     loop {
         wait_for_room(s).await;
         let want = REPLAY_PAGE.min(s.queue.room());
-        let page = shared.store.replay(&stream, Some(cursor), want).await?;
+        let page = shared.store.replay(&stream, Some(cursor), want, &s.user).await?;
         let continuity = Continuity::try_from(page.continuity).unwrap_or(Continuity::Gap);
         if (page.epoch != cursor.epoch || continuity == Continuity::Gap)
             && !s.queue.reposition(source, Pos { epoch: page.epoch, id: page.point }, continuity)
@@ -123,7 +143,10 @@ pub(super) async fn replay_until(
             if until.is_some_and(|u| id > u) {
                 return Ok(());
             }
-            s.queue.replayed(source, id, SubscribeResponse::message_entry(&message));
+            // An empty message is one pushed with this user excluded: the position moves
+            // past it, nothing is sent.
+            let entry = if message.is_empty() { Bytes::new() } else { SubscribeResponse::message_entry(&message) };
+            s.queue.replayed(source, id, entry);
             last = id;
         }
         if !full || s.is_closed() || s.queue.position(source).is_none() || until.is_some_and(|u| last >= u) {

@@ -220,7 +220,12 @@ async fn a_cancelled_subscribe_leaves_no_ghost_session() {
     let channel = push_tests::channel(app.gateway.addr).await;
     for i in 0..30u64 {
         let mut g = pb::push_gateway_client::PushGatewayClient::new(channel.clone());
-        let req = pb::SubscribeRequest { user_id: format!("ghost-{i}"), device_id: "d".into(), cursors: vec![] };
+        let req = pb::SubscribeRequest {
+            user_id: format!("ghost-{i}"),
+            device_id: "d".into(),
+            cursors: vec![],
+            strict_resume: false,
+        };
         let _ = tokio::time::timeout(Duration::from_micros(300 + 250 * i), g.subscribe(req)).await;
     }
     eventually(Duration::from_secs(5), "only the keeper is online", async || {
@@ -272,7 +277,7 @@ async fn codes_tell_clients_what_to_do() {
     app.redis.thaw();
     assert_eq!(frozen.expect_err("Redis is frozen").code(), Code::Unavailable);
 
-    let huge = pb::PushToAllRequest { payload: vec![0u8; 3 << 20].into(), ..to_all("huge") };
+    let huge = pb::PushToAllRequest { payload: vec![0u8; 16 << 20].into(), ..to_all("huge") };
     let err = c.push_to_all(huge).await.expect_err("over the request size limit");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
 }

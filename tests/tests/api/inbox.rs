@@ -235,7 +235,12 @@ async fn bad_cursors_and_receipt_requests_are_refused_and_write_nothing() {
         (cursor(Audience::Group, "{g}", "1", "1-0"), "cursors[0].group_id"),
     ] {
         assert_invalid(&c.ack(ack(vec![bad.clone()])).await.unwrap_err(), field);
-        let req = pb::SubscribeRequest { user_id: "ann".into(), device_id: "phone".into(), cursors: vec![bad] };
+        let req = pb::SubscribeRequest {
+            user_id: "ann".into(),
+            device_id: "phone".into(),
+            cursors: vec![bad],
+            strict_resume: false,
+        };
         assert_invalid(&c.subscribe(req).await.unwrap_err(), field);
     }
     let req = pb::AckRequest { user_id: "a b".into(), ..ack(vec![cursor(Audience::All, "", "1", "1-0")]) };

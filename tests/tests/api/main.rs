@@ -1,4 +1,5 @@
 //! One integration-test binary (one link) with a module per area.
+mod backend;
 mod events;
 mod faults;
 mod gateway;

@@ -4,8 +4,11 @@ use std::time::{Duration, SystemTime};
 
 use push_proto::push::v1::{self as pb, Audience};
 use push_tests::{
-    App, Device, GatewayClient as Client, Proxy, always, eventually,
-    fixtures::{assert_invalid, join, leave, presence_of, sessions_of, subscribed, to_all, to_group, to_users},
+    App, Device, Proxy, always, eventually,
+    fixtures::{
+        assert_invalid, join, leave, presence_of, sessions_of, subscribed, to_all, to_group, to_users,
+        topics_until_sentinel,
+    },
     gateway_client, wait_health,
 };
 use tonic::Code;
@@ -15,26 +18,6 @@ use tonic_health::pb::health_check_response::ServingStatus;
 /// below watch this long after a close, and their positive controls must see a close
 /// acted on within it: so a wrongful reaction to the first close would have been seen.
 const CLOSE_NOTICED: Duration = Duration::from_secs(1);
-
-/// Pushes a sentinel to all and returns, per device, the topics it received before it.
-/// Since one replica's deliveries keep the publish order of one Redis connection, a
-/// device that got the sentinel has got everything pushed to it before.
-async fn topics_until_sentinel(c: &mut Client, devices: &mut [&mut Device], sentinel: &str) -> Vec<Vec<String>> {
-    c.push_to_all(to_all(sentinel)).await.unwrap();
-    let mut out = Vec::new();
-    for d in devices.iter_mut() {
-        let mut topics = Vec::new();
-        loop {
-            let m = d.next().await;
-            if m.topic == sentinel {
-                break;
-            }
-            topics.push(m.topic);
-        }
-        out.push(topics);
-    }
-    out
-}
 
 #[tokio::test]
 async fn each_target_reaches_exactly_the_intended_streams() {
@@ -156,7 +139,8 @@ async fn a_slow_consumer_is_cut_off_and_a_fast_one_keeps_everything() {
 
     // The slow device opens its stream and never reads it.
     let mut slow_client = gateway_client(app.gateway.addr).await;
-    let req = pb::SubscribeRequest { user_id: "slow".into(), device_id: "d".into(), cursors: vec![] };
+    let req =
+        pb::SubscribeRequest { user_id: "slow".into(), device_id: "d".into(), cursors: vec![], strict_resume: false };
     let mut slow = slow_client.subscribe(req).await.unwrap().into_inner();
 
     const N: usize = 400;
@@ -349,7 +333,12 @@ async fn bad_pushes_are_refused_and_publish_nothing() {
 
     let mut sub = gateway_client(app.gateway.addr).await;
     for (user, device, field) in [("", "d", "user_id"), ("u", "a b", "device_id"), ("{u}", "d", "user_id")] {
-        let req = pb::SubscribeRequest { user_id: user.into(), device_id: device.into(), cursors: vec![] };
+        let req = pb::SubscribeRequest {
+            user_id: user.into(),
+            device_id: device.into(),
+            cursors: vec![],
+            strict_resume: false,
+        };
         assert_invalid(&sub.subscribe(req).await.unwrap_err(), field);
     }
 

@@ -27,6 +27,7 @@ use std::{
     time::Duration,
 };
 
+use prost::bytes::Bytes;
 use push_common::redis::Pool;
 use push_common::{Error, keys::Keys};
 use push_proto::wire::SubscribeResponse;
@@ -194,11 +195,13 @@ pub(super) fn dispatch(state: &HubState, channel: &str, payload: &[u8], probe: &
     let reg = state.registry.lock().unwrap_or_else(|e| e.into_inner());
     let Some(list) = reg.get(channel) else { return };
     match envelope {
-        Envelope::Message { prev, id, message } => {
+        Envelope::Message { prev, id, message, except } => {
             // One copy per message per replica; every receiver shares it.
             let entry = SubscribeResponse::message_entry(message);
             for s in list {
-                s.deliver(&source, prev, id, entry.clone(), &state.events);
+                // An excluded user's stream moves past it without sending anything.
+                let entry = if envelope::excludes(except, &s.user) { Bytes::new() } else { entry.clone() };
+                s.deliver(&source, prev, id, entry, &state.events);
             }
         }
         Envelope::Membership => {
@@ -212,6 +215,12 @@ pub(super) fn dispatch(state: &HubState, channel: &str, payload: &[u8], probe: &
         Envelope::Disconnect(device) => {
             for s in list.iter().filter(|s| device.is_empty() || *s.device == *device) {
                 s.close(tonic::Status::unauthenticated("the device was logged out by the backend"));
+            }
+        }
+        Envelope::DisconnectWith { device, reconnect, reason } => {
+            let status = envelope::disconnected(reconnect, reason);
+            for s in list.iter().filter(|s| device.is_empty() || *s.device == *device) {
+                s.close(status.clone());
             }
         }
         Envelope::Probe(_) => {}

@@ -372,6 +372,10 @@ impl Queue {
     }
 
     fn enqueue(&self, s: &mut State, entry: Bytes) {
+        // An empty entry only moved the position (a message excluding this stream's user).
+        if entry.is_empty() {
+            return;
+        }
         s.bytes += entry.len();
         s.items.push_back(entry);
         self.check_limits(s);
