@@ -88,6 +88,10 @@ struct Args {
     /// Streams being opened at once.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
+    /// In `users` mode, pushes per call: 1 sends PushToUsers, more send PushBatch calls
+    /// of this many single-user pushes (each to its own random user).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// Most pushes in one run (bounds the memory for per-message timings).
     #[arg(long, default_value_t = 5_000_000)]
     max_pushes: usize,
@@ -116,6 +120,9 @@ struct Shared {
     opened: AtomicUsize,
     /// Of those, how many in each group (`--mode groups`).
     group_opened: Vec<AtomicU64>,
+    /// Which streams opened (`--mode users` pushes only to their users, so a stream
+    /// that failed to open is never counted as a loss).
+    opened_streams: std::sync::OnceLock<Vec<usize>>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -134,6 +141,15 @@ fn group(args: &Args, i: usize) -> String {
     format!("{}-g{i}", args.prefix)
 }
 
+/// One line on why a stream failed to open: the gRPC status, else the error chain (a
+/// connection refused, a timeout, too many open files...).
+fn open_failure(e: &anyhow::Error) -> String {
+    if let Some(s) = e.downcast_ref::<tonic::Status>() {
+        return format!("{:?}: {}", s.code(), s.message());
+    }
+    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+}
+
 fn pct(h: &Histogram<u64>, q: f64) -> String {
     if h.is_empty() { "-".into() } else { format!("{:.2} ms", h.value_at_quantile(q) as f64 / 1000.0) }
 }
@@ -147,9 +163,10 @@ fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
     SendBearer::new(args.bearer.as_deref()).map_err(|_| anyhow::anyhow!("--bearer must be printable ASCII"))?;
     anyhow::ensure!(
-        args.groups > 0 && args.streams > 0 && args.pushers > 0,
-        "streams, groups and pushers must be positive"
+        args.groups > 0 && args.streams > 0 && args.pushers > 0 && args.batch > 0,
+        "streams, groups, pushers and batch must be positive"
     );
+    anyhow::ensure!(args.batch == 1 || args.mode == Mode::Users, "--batch is for --mode users");
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
 }
 
@@ -168,6 +185,7 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
         open_streams: AtomicUsize::new(0),
         opened: AtomicUsize::new(0),
         group_opened: (0..args.groups).map(|_| AtomicU64::new(0)).collect(),
+        opened_streams: std::sync::OnceLock::new(),
     });
 
     // Groups: stream i's user belongs to group i % groups.
@@ -211,22 +229,32 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
             shared.open_streams.fetch_add(1, Relaxed);
             shared.group_opened[i % args.groups].fetch_add(1, Relaxed);
             tokio::spawn(read(shared, i % 16, stream));
-            anyhow::Ok(())
+            anyhow::Ok(i)
         }));
     }
-    let mut open_errors = 0;
+    // Why streams failed to open, by reason (a refused Subscribe's status, or the
+    // connection error), so a failed open is explained, not just counted.
+    let mut open_failures: BTreeMap<String, u64> = BTreeMap::new();
+    let mut opened_streams = Vec::with_capacity(args.streams);
     for t in opened {
-        if !matches!(t.await, Ok(Ok(()))) {
-            open_errors += 1;
+        match t.await {
+            Ok(Ok(i)) => opened_streams.push(i),
+            Ok(Err(e)) => *open_failures.entry(open_failure(&e)).or_default() += 1,
+            Err(e) => *open_failures.entry(format!("task: {e}")).or_default() += 1,
         }
     }
-    let open = shared.open_streams.load(Relaxed);
+    let open_errors: u64 = open_failures.values().sum();
+    let open = opened_streams.len();
+    let _ = shared.opened_streams.set(opened_streams);
     shared.opened.store(open, Relaxed);
     eprintln!(
         "opened {open} streams in {:.1}s ({open_errors} failed) over {} connections",
         opening.elapsed().as_secs_f64(),
         if args.connections > 0 { args.connections } else { open }
     );
+    for (why, n) in &open_failures {
+        eprintln!("  {n} failed to open: {why}");
+    }
     anyhow::ensure!(open > 0, "no stream could be opened against {}", args.target);
     if !args.hold.is_zero() {
         eprintln!("holding {open} idle streams for {:?}", args.hold);
@@ -291,8 +319,9 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
         }
     }
     println!(
-        "mode {:?}, {} streams over {} connections, payload {} B, pushers {}, rate {}",
+        "mode {:?}{}, {} streams over {} connections, payload {} B, pushers {}, rate {}",
         args.mode,
+        if args.batch > 1 { format!(" (batches of {})", args.batch) } else { String::new() },
         open,
         if args.connections > 0 { args.connections } else { open },
         args.payload.max(16),
@@ -321,7 +350,7 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
     }
     println!("push errors   {:?}", shared.push_errors.lock().unwrap_or_else(|e| e.into_inner()));
     println!(
-        "stream ends   {:?}  (open failures: {open_errors})",
+        "stream ends   {:?}  (open failures: {open_errors} {open_failures:?})",
         shared.stream_errors.lock().unwrap_or_else(|e| e.into_inner())
     );
     Ok(())

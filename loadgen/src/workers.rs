@@ -90,39 +90,76 @@ pub(crate) async fn push_loop(args: Arc<Args>, shared: Arc<Shared>, next: Arc<At
     };
     let mut c = client(channel, &args.bearer);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
+    // Users mode pushes only to streams that opened: a failed open is not a loss.
+    let opened: &[usize] = shared.opened_streams.get().map(Vec::as_slice).unwrap_or_default();
+    let pick_user = |rng: &mut Rng| user(&args, opened.get(rng.below(opened.len())).copied().unwrap_or(0));
+    let per_call = if args.mode == Mode::Users { args.batch } else { 1 };
     loop {
-        let seq = next.fetch_add(1, Relaxed) as usize;
-        if seq >= args.max_pushes || start.elapsed() >= args.duration {
+        let first = next.fetch_add(per_call as u64, Relaxed) as usize;
+        if first + per_call > args.max_pushes || start.elapsed() >= args.duration {
             break;
         }
         if args.rate > 0.0 {
-            let at = start + Duration::from_secs_f64(seq as f64 / args.rate);
+            let at = start + Duration::from_secs_f64(first as f64 / args.rate);
             if at.duration_since(start) >= args.duration {
                 break;
             }
             tokio::time::sleep_until(at.into()).await;
         }
         let sent = now_ns();
-        let mut payload = vec![0u8; args.payload.max(16)];
-        payload[..8].copy_from_slice(&(seq as u64).to_be_bytes());
-        payload[8..16].copy_from_slice(&sent.to_be_bytes());
-        shared.sent[seq].store(sent, Relaxed);
+        let payload = |seq: usize| {
+            let mut payload = vec![0u8; args.payload.max(16)];
+            payload[..8].copy_from_slice(&(seq as u64).to_be_bytes());
+            payload[8..16].copy_from_slice(&sent.to_be_bytes());
+            payload
+        };
+        for seq in first..first + per_call {
+            shared.sent[seq].store(sent, Relaxed);
+        }
         shared.first_send.fetch_min(sent, Relaxed);
         let topic = "loadgen".to_string();
+        if per_call > 1 {
+            let pushes = (first..first + per_call)
+                .map(|seq| pb::PushRequest {
+                    target: Some(pb::Target { user_ids: vec![pick_user(&mut rng)], ..Default::default() }),
+                    topic: topic.clone(),
+                    payload: payload(seq).into(),
+                    ..Default::default()
+                })
+                .collect();
+            let outcomes: Vec<Result<(), String>> = match c.push_batch(pb::PushBatchRequest { pushes }).await {
+                Ok(r) => r
+                    .into_inner()
+                    .results
+                    .into_iter()
+                    .map(|r| match r.error {
+                        None => Ok(()),
+                        Some(e) => Err(format!("{:?}", tonic::Code::from_i32(e.code))),
+                    })
+                    .collect(),
+                Err(s) => vec![Err(format!("{:?}", s.code())); per_call],
+            };
+            for (k, outcome) in outcomes.into_iter().enumerate() {
+                record(&shared, first + k, outcome, 1);
+            }
+            continue;
+        }
+        let seq = first;
         let (result, receivers) = match args.mode {
             Mode::All => {
-                let r = c.push_to_all(pb::PushToAllRequest { topic, payload: payload.into(), ..Default::default() });
+                let r =
+                    c.push_to_all(pb::PushToAllRequest { topic, payload: payload(seq).into(), ..Default::default() });
                 // Every stream that opened (some may have failed to).
                 (r.await.map(drop), shared.opened.load(Relaxed) as u64)
             }
             Mode::Users => {
-                let user_ids: Vec<String> =
-                    (0..args.users_per_push).map(|_| user(&args, rng.below(args.streams))).collect();
+                let user_ids: Vec<String> = (0..args.users_per_push).map(|_| pick_user(&mut rng)).collect();
                 let mut distinct = user_ids.clone();
                 distinct.sort();
                 distinct.dedup();
                 let n = distinct.len() as u64;
-                let req = pb::PushToUsersRequest { user_ids, topic, payload: payload.into(), ..Default::default() };
+                let req =
+                    pb::PushToUsersRequest { user_ids, topic, payload: payload(seq).into(), ..Default::default() };
                 (c.push_to_users(req).await.map(drop), n)
             }
             Mode::Groups => {
@@ -130,21 +167,27 @@ pub(crate) async fn push_loop(args: Arc<Args>, shared: Arc<Shared>, next: Arc<At
                 let req = pb::PushToGroupRequest {
                     group_id: group(&args, g),
                     topic,
-                    payload: payload.into(),
+                    payload: payload(seq).into(),
                     ..Default::default()
                 };
                 (c.push_to_group(req).await.map(drop), shared.group_opened[g].load(Relaxed))
             }
         };
-        match result {
-            Ok(()) => {
-                shared.pushed.fetch_add(1, Relaxed);
-                shared.expected.fetch_add(receivers, Relaxed);
-            }
-            Err(s) => {
-                shared.sent[seq].store(0, Relaxed);
-                count(&shared.push_errors, format!("{:?}", s.code()));
-            }
+        record(&shared, seq, result.map_err(|s| format!("{:?}", s.code())), receivers);
+    }
+}
+
+/// Counts push `seq`: its expected deliveries, or its error (and forgets its send time,
+/// so its absence is not a fan-out latency).
+fn record(shared: &Shared, seq: usize, outcome: Result<(), String>, receivers: u64) {
+    match outcome {
+        Ok(()) => {
+            shared.pushed.fetch_add(1, Relaxed);
+            shared.expected.fetch_add(receivers, Relaxed);
+        }
+        Err(code) => {
+            shared.sent[seq].store(0, Relaxed);
+            count(&shared.push_errors, code);
         }
     }
 }
