@@ -3,10 +3,13 @@
 # services on 127.0.0.1, runs redis-benchmark's PUBLISH as the baseline and push-loadgen
 # scenarios right after it, and prints every result. See docs/BENCHMARKS.md.
 #
-#   ./scripts/bench.sh                 # everything (~8 minutes)
+#   ./scripts/bench.sh                 # everything (~15 minutes)
 #   ./scripts/bench.sh broadcast       # one scenario: baseline floor broadcast users latency memory
+#   ./scripts/bench.sh peer            # the peer's shapes alone (Socket.IO, loadgen/peer/socketio)
+#   ./scripts/bench.sh compare         # each of those shapes, the peer then ours, and a summary
 #
 # GATEWAY_THREADS sets the gateway's tokio workers (default 1; 0 = one per core).
+# PEER_STREAMS sets the connections of the peer's shapes and of compare (default 5000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,17 +19,28 @@ PRESENCE_PORT=${PRESENCE_PORT:-51061}
 PROFILE_PORT=${PROFILE_PORT:-51062}
 GATEWAY_THREADS=${GATEWAY_THREADS:-1}
 GATEWAY_FLAGS=${GATEWAY_FLAGS:-}
+# The peer (Socket.IO): its own Redis and server, so neither shares anything with ours.
+PEER_REDIS_PORT=${PEER_REDIS_PORT:-6392}
+PEER_PORT=${PEER_PORT:-52051}
+PEER_STREAMS=${PEER_STREAMS:-5000}
 ONLY=${1:-all}
 
 . scripts/ensure-redis.sh
+# 5,000 connections need 5,000 descriptors in each server and as many in each load
+# generator: the hard limit here is 20,000 (inside podman it is 1,024, too few).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo build --release --locked -p presence-svc -p profile-svc -p push-gateway -p push-loadgen --bins --examples
+# `peer` alone runs none of our binaries, so it builds none.
+ours=yes
+[ "$ONLY" = peer ] && ours=""
+[ -n "$ours" ] && cargo build --release --locked -p presence-svc -p profile-svc -p push-gateway -p push-loadgen --bins --examples
 bin=target/release
 dir=$(mktemp -d)
 pids=()
 gw_pid=""
+peer_pid=""
 cleanup() {
   [ -n "$gw_pid" ] && kill "$gw_pid" 2>/dev/null || true
+  [ -n "$peer_pid" ] && kill "$peer_pid" 2>/dev/null || true
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$dir"
@@ -41,8 +55,10 @@ export REDIS_URL="redis://127.0.0.1:$REDIS_PORT" RUST_LOG=warn
 # rate limit off: the load generator is one admin key pushing as fast as it can.
 creds_dir="$dir/creds" . scripts/dev-credentials.sh
 export GATEWAY_API_KEY_RATE=0 PUSH_LOADGEN_BEARER="$ADMIN_KEY"
-"$bin/presence-svc" --listen "127.0.0.1:$PRESENCE_PORT" & pids+=($!)
-"$bin/profile-svc" --listen "127.0.0.1:$PROFILE_PORT" & pids+=($!)
+if [ -n "$ours" ]; then
+  "$bin/presence-svc" --listen "127.0.0.1:$PRESENCE_PORT" & pids+=($!)
+  "$bin/profile-svc" --listen "127.0.0.1:$PROFILE_PORT" & pids+=($!)
+fi
 
 start_gateway() {
   "$bin/push-gateway" --listen "127.0.0.1:$GW_PORT" --worker-threads "${THREADS:-$GATEWAY_THREADS}" \
@@ -58,17 +74,99 @@ start_gateway() {
 stop_gateway() { kill "$gw_pid" 2>/dev/null || true; wait "$gw_pid" 2>/dev/null || true; gw_pid=""; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system, in 1/100 s
+# cpu_line LABEL PID TICKS_BEFORE OUTPUT: the server's CPU time per delivery (and per
+# push) while a load generator that printed OUTPUT ran.
+cpu_line() {
+  local used=$(( $(cpu_ticks "$2") - $3 )) n p
+  n=$(awk '/^deliveries / {print $2}' <<<"$4")
+  p=$(awk '/^pushes / {print $2}' <<<"$4")
+  [ "${n:-0}" -gt 0 ] && printf '%-13s %s\n' "$1 cpu" "$((used * 10)) ms in all, $(( used * 10000000 / n / 1000 )).$(( used * 10000000 / n % 1000 / 100 )) µs per delivery, $(( used * 10000 / p )) µs per push (stream opening included)"
+  return 0
+}
 # Runs push-loadgen and prints the gateway's CPU time per delivery while it ran.
 loadgen() {
   local before out
   before=$(cpu_ticks "$gw_pid")
   out=$("$bin/push-loadgen" --target "http://127.0.0.1:$GW_PORT" "$@")
   echo "$out"
-  local used=$(( $(cpu_ticks "$gw_pid") - before )) n
-  n=$(awk '/^deliveries / {print $2}' <<<"$out")
-  [ "${n:-0}" -gt 0 ] && echo "gateway cpu   $((used * 10)) ms in all, $(( used * 10000000 / n / 1000 )).$(( used * 10000000 / n % 1000 / 100 )) µs per delivery (stream opening included)"
-  return 0
+  cpu_line gateway "$gw_pid" "$before" "$out"
 }
+# idle_memory LABEL PID N COMMAND...: runs COMMAND (a load generator holding N idle
+# streams, --hold 20s) in the background and prints PID's RSS growth per stream 5 s into
+# the hold; the bytes per stream are left in $per_stream.
+idle_memory() {
+  local label=$1 pid=$2 n=$3 before during lg
+  shift 3
+  before=$(rss_kib "$pid")
+  rm -f "$dir/mem.log"
+  "$@" 2>"$dir/mem.log" &
+  lg=$!
+  until grep -q holding "$dir/mem.log" 2>/dev/null; do
+    kill -0 "$lg" 2>/dev/null || break # it failed before holding: its log says why
+    sleep 0.5
+  done
+  sleep 5
+  during=$(rss_kib "$pid")
+  grep -v '^\[' "$dir/mem.log" | head -4
+  per_stream=$(( (during - before) * 1024 / n ))
+  echo "$label RSS: before $before KiB, with $n idle streams $during KiB: $per_stream bytes per stream"
+  wait "$lg" >/dev/null || true
+}
+
+# === the peer: Socket.IO 4.8, its Redis adapter and emitter (loadgen/peer/socketio) ===
+
+peer_dir=loadgen/peer/socketio
+peer_redis_url="redis://127.0.0.1:$PEER_REDIS_PORT"
+peer_version() { node -p 'require(process.argv[1]).version' "$PWD/$peer_dir/node_modules/socket.io/package.json"; }
+# Its own redis-server, started once, loopback only and configured as ours.
+start_peer_redis() {
+  . scripts/ensure-node.sh
+  redis-server --bind 127.0.0.1 --port "$PEER_REDIS_PORT" --save "" --appendonly no --dir "$dir" --logfile "$dir/peer-redis.log" &
+  pids+=($!)
+  until redis-cli -p "$PEER_REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
+  echo "peer: node $(node --version), socket.io $(peer_version), redis on port $PEER_REDIS_PORT"
+}
+# A fresh peer server per shape, as a fresh gateway per scenario: a flat-out run leaves
+# a backlog behind (the emitter has no backpressure), which must not spill into the next.
+start_peer() {
+  node "$peer_dir/server.mjs" --port "$PEER_PORT" --redis "$peer_redis_url" 2>>"$dir/peer.log" &
+  peer_pid=$!
+  until bash -c "exec 3<>/dev/tcp/127.0.0.1/$PEER_PORT" 2>/dev/null; do
+    kill -0 "$peer_pid" 2>/dev/null || { cat "$dir/peer.log"; return 1; }
+    sleep 0.1
+  done
+  sleep 1
+  # Still there: a port held by something else would have answered the probe above.
+  kill -0 "$peer_pid" 2>/dev/null || { cat "$dir/peer.log"; return 1; }
+}
+stop_peer() {
+  kill "$peer_pid" 2>/dev/null || true
+  wait "$peer_pid" 2>/dev/null || true
+  peer_pid=""
+  # What the server said (Redis reconnects, connection errors), once per run.
+  if [ -s "$dir/peer.log" ]; then grep -v 'listening on' "$dir/peer.log" | sed 's/^/peer server: /' || true; fi
+  : >"$dir/peer.log"
+}
+peer_loadgen_cmd() { node "$peer_dir/loadgen.mjs" --target "http://127.0.0.1:$PEER_PORT" --redis "$peer_redis_url" "$@"; }
+# Runs the peer's load generator and prints the peer server's CPU time per delivery.
+peer_loadgen() {
+  local before out
+  before=$(cpu_ticks "$peer_pid")
+  out=$(peer_loadgen_cmd "$@")
+  echo "$out"
+  cpu_line "peer server" "$peer_pid" "$before" "$out"
+}
+# The shapes of the peer's comparison: NAME|LOAD GENERATOR FLAGS, the same flags for
+# both load generators (they take the same ones). Flat-out gateways get --redis-timeout
+# 5s as in the broadcast scenario.
+peer_shapes=(
+  "broadcast 4/s|--mode all --rate 4 --pushers 2 --duration 30s"
+  "one user 5,000/s|--mode users --rate 5000 --pushers 64 --duration 10s"
+  "groups of 100 at 200/s|--mode groups --groups $(( PEER_STREAMS / 100 )) --rate 200 --pushers 8 --duration 10s"
+  "broadcast flat out|--mode all --rate 0 --pushers 64 --duration 10s"
+  "one user flat out|--mode users --rate 0 --pushers 64 --duration 10s"
+  "groups of 100 flat out|--mode groups --groups $(( PEER_STREAMS / 100 )) --rate 0 --pushers 64 --duration 10s"
+)
 want() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
 hr() { printf '\n=== %s ===\n' "$*"; }
 
@@ -151,15 +249,91 @@ if want memory; then
     set -- $shape
     hr "memory per idle stream: $1 streams, connections: ${2/#0/one per stream}"
     start_gateway
-    before=$(rss_kib "$gw_pid")
-    loadgen --streams "$1" --connections "$2" --hold 20s --duration 0s --drain 0s --prefix "mem$2" 2>"$dir/mem.log" &
-    lg=$!
-    until grep -q holding "$dir/mem.log" 2>/dev/null; do sleep 0.5; done
-    sleep 5
-    during=$(rss_kib "$gw_pid")
-    cat "$dir/mem.log" | head -2
-    echo "gateway RSS: before $before KiB, with $1 idle streams $during KiB: $(( (during - before) * 1024 / $1 )) bytes per stream"
-    wait "$lg" >/dev/null || true
+    idle_memory gateway "$gw_pid" "$1" loadgen --streams "$1" --connections "$2" --hold 20s --duration 0s --drain 0s --prefix "mem$2"
     stop_gateway
   done
+fi
+
+# The peer's shapes alone. `all` runs them inside compare, next to ours.
+if [ "$ONLY" = peer ]; then
+  start_peer_redis
+  for shape in "${peer_shapes[@]}"; do
+    hr "peer: ${shape%%|*} to $PEER_STREAMS connections"
+    start_peer
+    # shellcheck disable=SC2086 # the flags are words
+    peer_loadgen --streams "$PEER_STREAMS" ${shape#*|}
+    stop_peer
+  done
+  hr "peer: memory per idle connection, $PEER_STREAMS connections"
+  start_peer
+  idle_memory "peer server" "$peer_pid" "$PEER_STREAMS" peer_loadgen_cmd --streams "$PEER_STREAMS" --hold 20s --duration 0s --drain 0s
+  stop_peer
+fi
+
+# Each of the peer's shapes, the peer then ours back to back (a fresh server each), then
+# one table of both. Same flags for both load generators, one connection per stream.
+if want compare; then
+  start_peer_redis
+  results=()
+  for shape in "${peer_shapes[@]}"; do
+    name=${shape%%|*} flags=${shape#*|}
+    k=${#results[@]}
+    hr "compare: ${name} to $PEER_STREAMS connections: the peer (Socket.IO)"
+    start_peer
+    # shellcheck disable=SC2086
+    peer_loadgen --streams "$PEER_STREAMS" $flags | tee "$dir/cmp$k.peer"
+    stop_peer
+    hr "compare: ${name} to $PEER_STREAMS streams: ours"
+    case $flags in *"--rate 0 "*) start_gateway --redis-timeout 5s ;; *) start_gateway ;; esac
+    # shellcheck disable=SC2086
+    loadgen --streams "$PEER_STREAMS" $flags --prefix "cmp$k" | tee "$dir/cmp$k.ours"
+    stop_gateway
+    results+=("$name|$flags|$k")
+  done
+  hr "compare: memory per idle connection, $PEER_STREAMS connections: the peer (Socket.IO)"
+  start_peer
+  idle_memory "peer server" "$peer_pid" "$PEER_STREAMS" peer_loadgen_cmd --streams "$PEER_STREAMS" --hold 20s --duration 0s --drain 0s
+  peer_mem=$per_stream
+  stop_peer
+  hr "compare: memory per idle stream, $PEER_STREAMS streams, one connection each: ours"
+  start_gateway
+  idle_memory gateway "$gw_pid" "$PEER_STREAMS" loadgen --streams "$PEER_STREAMS" --hold 20s --duration 0s --drain 0s --prefix cmpmem
+  ours_mem=$per_stream
+  stop_gateway
+
+  # field FILE WHAT: one number from a load generator's output (both print the same lines).
+  field() {
+    case $2 in
+      rate) awk '/^deliveries\/s/ {print $2}' "$1" ;;
+      p50) awk '/^latency / {print $3}' "$1" ;;
+      p99) awk '/^latency / {print $6}' "$1" ;;
+      fanout99) awk '/^fan-out / {print $6}' "$1" ;;
+      got) awk '/^deliveries / {print $6}' "$1" | tr -d '()' ;;
+      cpu) awk '/^(gateway|peer server) cpu / {for (i = 1; i < NF; i++) if ($(i + 1) == "µs") {print $i; exit}}' "$1" ;;
+    esac
+  }
+  row() { # shape, metric, peer, ours, better, delivered peer/ours, server µs per delivery peer/ours
+    local ratio
+    ratio=$(awk -v p="$3" -v o="$4" 'BEGIN { if (p + 0 > 0 && o != "" && o != "-") printf "%.2f", o / p; else print "-" }')
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$2" "${3:--}" "${4:--}" "$ratio" "$5" "$6" "$7"
+  }
+  hr "compare: summary, $PEER_STREAMS connections (the peer = Socket.IO $(peer_version) + Redis adapter/emitter, one Node process)"
+  echo "ratio = ours ÷ peer: for /s above 1 means ours is better; for ms and bytes below 1 means ours is better."
+  echo "delivered = deliveries of expected by the end of the drain (a flat-out peer run ends with a backlog: the emitter has no backpressure)."
+  echo
+  echo "| shape | metric | peer | ours | ratio ours÷peer | better | delivered peer / ours | server CPU µs per delivery peer / ours |"
+  echo "|---|---|---|---|---|---|---|---|"
+  for r in "${results[@]}"; do
+    IFS='|' read -r name flags k <<<"$r"
+    p=$dir/cmp$k.peer o=$dir/cmp$k.ours
+    got="$(field "$p" got) / $(field "$o" got)" cpu="$(field "$p" cpu) / $(field "$o" cpu)"
+    case $flags in
+      *"--rate 0 "*) row "$name" "deliveries/s" "$(field "$p" rate)" "$(field "$o" rate)" higher "$got" "$cpu" ;;
+      *"--mode users"*)
+        row "$name" "latency p50, ms" "$(field "$p" p50)" "$(field "$o" p50)" lower "$got" "$cpu"
+        row "$name" "latency p99, ms" "$(field "$p" p99)" "$(field "$o" p99)" lower "$got" "$cpu" ;;
+      *) row "$name" "last receiver p99, ms" "$(field "$p" fanout99)" "$(field "$o" fanout99)" lower "$got" "$cpu" ;;
+    esac
+  done
+  row "idle connections" "memory per connection, B" "$peer_mem" "$ours_mem" lower "" ""
 fi
