@@ -57,6 +57,20 @@ impl PresenceService {
         login: bool,
         owner: &str,
     ) -> Result<(pb::Session, Touched), Error> {
+        let (user_id, session_id, touch) = self.check_touch(user, session, ttl, login, owner)?;
+        let outcome = self.store.touch(&user_id, &session_id, touch).await?;
+        settled(user, session, outcome)
+    }
+
+    /// Checks a login or heartbeat.
+    fn check_touch<'a>(
+        &self,
+        user: &str,
+        session: &str,
+        ttl: Option<&prost_types::Duration>,
+        login: bool,
+        owner: &'a str,
+    ) -> Result<(UserId, DeviceId, Touch<'a>), Error> {
         let mut v = Violations::new();
         let user_id = v.parse::<UserId>("user_id", user);
         let session_id = v.parse::<DeviceId>("session_id", session);
@@ -67,21 +81,36 @@ impl PresenceService {
         let (user_id, session_id) = v.check_with(user_id.zip(session_id))?;
         let c = &self.config;
         let touch = Touch { ttl, seen_ttl: c.last_seen_retention, max_sessions: c.max_sessions_per_user, login, owner };
-        let outcome = self.store.touch(&user_id, &session_id, touch).await?;
-        match outcome {
-            TouchOutcome::Touched(t) => {
-                let s = pb::Session { session_id: session.to_owned(), expire_time: Some(ms_to_timestamp(t.expire_ms)) };
-                Ok((s, t))
-            }
-            TouchOutcome::NoSuchSession => Err(Error::NotFound(format!(
-                "session {session:?} of user {user:?} has expired or never existed; Login again"
-            ))),
-            TouchOutcome::TooManySessions(n) => Err(Error::ResourceExhausted(format!(
-                "user {user:?} already has {n} live sessions (max_sessions_per_user)"
-            ))),
-            TouchOutcome::TakenOver => Err(Error::Aborted(format!(
-                "session {session:?} of user {user:?} is held by another owner now; it was not extended"
-            ))),
+        Ok((user_id, session_id, touch))
+    }
+}
+
+/// A touch's outcome as the session, or the error a client acts on.
+fn settled(user: &str, session: &str, outcome: TouchOutcome) -> Result<(pb::Session, Touched), Error> {
+    match outcome {
+        TouchOutcome::Touched(t) => {
+            let s = pb::Session { session_id: session.to_owned(), expire_time: Some(ms_to_timestamp(t.expire_ms)) };
+            Ok((s, t))
+        }
+        TouchOutcome::NoSuchSession => Err(Error::NotFound(format!(
+            "session {session:?} of user {user:?} has expired or never existed; Login again"
+        ))),
+        TouchOutcome::TooManySessions(n) => Err(Error::ResourceExhausted(format!(
+            "user {user:?} already has {n} live sessions (max_sessions_per_user)"
+        ))),
+        TouchOutcome::TakenOver => Err(Error::Aborted(format!(
+            "session {session:?} of user {user:?} is held by another owner now; it was not extended"
+        ))),
+    }
+}
+
+/// One renewal's answer.
+fn renewal(result: Result<(pb::Session, Touched), Error>) -> pb::SessionRenewal {
+    match result {
+        Ok((session, _)) => pb::SessionRenewal { session: Some(session), code: 0, message: String::new() },
+        Err(e) => {
+            let status = Status::from(e);
+            pb::SessionRenewal { session: None, code: status.code() as i32, message: status.message().to_owned() }
         }
     }
 }
@@ -129,6 +158,41 @@ impl Presence for PresenceService {
         let r = req.into_inner();
         let (session, _) = self.touch(&r.user_id, &r.session_id, r.ttl.as_ref(), false, &r.owner).await?;
         Ok(Response::new(pb::HeartbeatResponse { session: Some(session) }))
+    }
+
+    async fn renew_sessions(
+        &self,
+        req: Request<pb::RenewSessionsRequest>,
+    ) -> Result<Response<pb::RenewSessionsResponse>, Status> {
+        let r = req.into_inner();
+        let (n, max) = (r.sessions.len(), self.config.max_batch);
+        if n == 0 || n > max {
+            return Err(Error::invalid("sessions", format!("must hold 1 to {max} sessions, got {n}")).into());
+        }
+        // Each is checked on its own; the valid ones go to Redis in one pipeline.
+        let checked: Vec<_> = r
+            .sessions
+            .iter()
+            .map(|h| self.check_touch(&h.user_id, &h.session_id, h.ttl.as_ref(), false, &h.owner))
+            .collect();
+        let valid: Vec<_> =
+            checked.iter().filter_map(|c| c.as_ref().ok()).map(|(u, d, t)| (u.clone(), d.clone(), *t)).collect();
+        let mut outcomes = self.store.touch_many(&valid).await?.into_iter();
+        let renewals = r
+            .sessions
+            .iter()
+            .zip(checked)
+            .map(|(h, c)| {
+                let result = match c {
+                    Ok(_) => {
+                        outcomes.next().unwrap_or_else(|| Err(Error::Protocol("a renewal went unanswered".into())))
+                    }
+                    Err(e) => Err(e),
+                };
+                renewal(result.and_then(|o| settled(&h.user_id, &h.session_id, o)))
+            })
+            .collect();
+        Ok(Response::new(pb::RenewSessionsResponse { renewals }))
     }
 
     async fn logout(&self, req: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {

@@ -29,8 +29,12 @@ mod scripts {
     const LIB: &str = include_str!("lua/lib.lua");
 
     /// `body` as it runs: the helpers, then the script.
+    pub fn text(body: &str) -> String {
+        format!("{LIB}\n{body}")
+    }
+
     pub fn script(body: &str) -> redis::Script {
-        redis::Script::new(&format!("{LIB}\n{body}"))
+        redis::Script::new(&text(body))
     }
 
     pub const TOUCH: &str = include_str!("lua/touch.lua");
@@ -81,6 +85,33 @@ pub struct UserState {
     pub last_seen_ms: Option<i64>,
 }
 
+/// The touch script's arguments (see `lua/touch.lua`).
+fn touch_args(user: &UserId, session: &DeviceId, t: &Touch<'_>, events_max_len: u64) -> Vec<String> {
+    vec![
+        user.to_string(),
+        session.to_string(),
+        ms(t.ttl).to_string(),
+        ms(t.seen_ttl).to_string(),
+        t.max_sessions.to_string(),
+        if t.login { "login" } else { "heartbeat" }.to_owned(),
+        events_max_len.to_string(),
+        t.owner.to_owned(),
+    ]
+}
+
+/// What the touch script's reply means.
+fn touch_outcome(reply: &[i64]) -> Result<TouchOutcome, Error> {
+    match reply {
+        [-1] => Ok(TouchOutcome::NoSuchSession),
+        [-3] => Ok(TouchOutcome::TakenOver),
+        [-2, n] => Ok(TouchOutcome::TooManySessions(*n)),
+        [expire_ms, came, count] => {
+            Ok(TouchOutcome::Touched(Touched { expire_ms: *expire_ms, came_online: *came == 1, session_count: *count }))
+        }
+        other => Err(Error::Protocol(format!("touch script returned {other:?}"))),
+    }
+}
+
 /// Typed access to presence data.
 #[derive(Clone)]
 pub struct Store {
@@ -89,6 +120,8 @@ pub struct Store {
     buckets: u32,
     events_max_len: u64,
     touch: Script,
+    /// The touch script's text, for SCRIPT LOAD ahead of a pipeline.
+    touch_code: std::sync::Arc<str>,
     logout: Script,
     sweep: Script,
     page: Script,
@@ -103,6 +136,7 @@ impl Store {
             buckets: buckets.max(1),
             events_max_len,
             touch: scripts::script(scripts::TOUCH),
+            touch_code: scripts::text(scripts::TOUCH).into(),
             logout: scripts::script(scripts::LOGOUT),
             sweep: scripts::script(scripts::SWEEP),
             page: scripts::script(scripts::PAGE),
@@ -129,32 +163,37 @@ impl Store {
     /// Creates (`login`) or renews a session's lease.
     #[tracing::instrument(skip(self), err)]
     pub async fn touch(&self, user: &UserId, session: &DeviceId, t: Touch<'_>) -> Result<TouchOutcome, Error> {
-        let Touch { ttl, seen_ttl, max_sessions, login, owner } = t;
-        let mut c = self.pool.get();
-        let reply: Vec<i64> = self
-            .touch
-            .key(&self.user_keys(user)[..])
-            .arg(user.as_str())
-            .arg(session.as_str())
-            .arg(ms(ttl))
-            .arg(ms(seen_ttl))
-            .arg(max_sessions)
-            .arg(if login { "login" } else { "heartbeat" })
-            .arg(self.events_max_len)
-            .arg(owner)
-            .invoke_async(&mut c)
-            .await?;
-        match reply.as_slice() {
-            [-1] => Ok(TouchOutcome::NoSuchSession),
-            [-3] => Ok(TouchOutcome::TakenOver),
-            [-2, n] => Ok(TouchOutcome::TooManySessions(*n)),
-            [expire_ms, came, count] => Ok(TouchOutcome::Touched(Touched {
-                expire_ms: *expire_ms,
-                came_online: *came == 1,
-                session_count: *count,
-            })),
-            other => Err(Error::Protocol(format!("touch script returned {other:?}"))),
+        let mut inv = self.touch.prepare_invoke();
+        inv.key(&self.user_keys(user)[..]);
+        for a in touch_args(user, session, &t, self.events_max_len) {
+            inv.arg(a);
         }
+        let mut c = self.pool.get();
+        let reply: Vec<i64> = inv.invoke_async(&mut c).await?;
+        touch_outcome(&reply)
+    }
+
+    /// Renews many sessions in one pipeline, each its own atomic step; one answer each.
+    #[tracing::instrument(skip_all, fields(sessions = touches.len()), err)]
+    pub async fn touch_many(
+        &self,
+        touches: &[(UserId, DeviceId, Touch<'_>)],
+    ) -> Result<Vec<Result<TouchOutcome, Error>>, Error> {
+        if touches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        // Loading first (a no-op when cached) spares the pipeline a NOSCRIPT.
+        pipe.cmd("SCRIPT").arg("LOAD").arg(&*self.touch_code).ignore();
+        for (user, session, t) in touches {
+            let keys = self.user_keys(user);
+            pipe.cmd("EVALSHA").arg(self.touch.get_hash()).arg(keys.len()).arg(&keys[..]);
+            pipe.arg(touch_args(user, session, t, self.events_max_len));
+        }
+        pipe.ignore_errors();
+        let mut c = self.pool.get();
+        let replies: Vec<redis::RedisResult<Vec<i64>>> = pipe.query_async(&mut c).await?;
+        Ok(replies.into_iter().map(|r| r.map_err(Error::from).and_then(|r| touch_outcome(&r))).collect())
     }
 
     /// Ends a session; returns (whether it existed, sessions left).

@@ -6,7 +6,7 @@
 //! alive, by its old one. The newest stream of a device owns its session.
 use std::sync::Arc;
 
-use push_proto::presence::v1::{HeartbeatRequest, LoginRequest, LogoutRequest};
+use push_proto::presence::v1::{HeartbeatRequest, LoginRequest, LogoutRequest, RenewSessionsRequest};
 use tonic::{Code, Status};
 
 use super::{Shared, Stream};
@@ -36,25 +36,40 @@ impl Shared {
         }
     }
 
-    /// Renews one stream's session, logging in again if the lease was lost.
-    pub(super) async fn renew(&self, s: &Stream) {
-        let req = HeartbeatRequest {
-            user_id: s.user.to_string(),
-            session_id: s.device.to_string(),
-            ttl: prost_types::Duration::try_from(self.settings.lease).ok(),
-            owner: self.owner(s),
+    /// Renews the sessions of `streams` in one call to presence-svc (one pipelined round
+    /// trip to Redis there), logging in again those whose lease was lost.
+    pub(super) async fn renew(&self, streams: &[Arc<Stream>]) {
+        let sessions = streams
+            .iter()
+            .map(|s| HeartbeatRequest {
+                user_id: s.user.to_string(),
+                session_id: s.device.to_string(),
+                ttl: prost_types::Duration::try_from(self.settings.lease).ok(),
+                owner: self.owner(s),
+            })
+            .collect();
+        let renewals = match self.presence.clone().renew_sessions(RenewSessionsRequest { sessions }).await {
+            Ok(r) => r.into_inner().renewals,
+            Err(e) => {
+                // The leases run on; the next round (a third of the lease later) retries.
+                tracing::warn!(error = %e, streams = streams.len(), "cannot renew the streams' presence");
+                return;
+            }
         };
-        let result = match self.presence.clone().heartbeat(req).await {
-            // The lease was lost (it expired while presence was unreachable, or Redis lost
-            // it): the device is still connected, so it is online again.
-            Err(st) if st.code() == Code::NotFound => self.login_now(s).await,
-            // The device opened a newer stream (maybe on another replica), which holds its
-            // session now.
-            Err(st) if st.code() == Code::Aborted => Ok(()),
-            other => other.map(drop),
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, user = &*s.user, "cannot renew a stream's presence");
+        for (s, r) in streams.iter().zip(renewals) {
+            let result = match Code::from_i32(r.code) {
+                Code::Ok => Ok(()),
+                // The lease was lost (it expired while presence was unreachable, or Redis lost
+                // it): the device is still connected, so it is online again.
+                Code::NotFound => self.login_now(s).await,
+                // The device opened a newer stream (maybe on another replica), which holds its
+                // session now.
+                Code::Aborted => Ok(()),
+                code => Err(Status::new(code, r.message)),
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, user = &*s.user, "cannot renew a stream's presence");
+            }
         }
     }
 }

@@ -9,8 +9,12 @@ use tonic::Status;
 
 use super::{Event, Shared, Stream, audit, groups, replay};
 
-/// Presence calls in flight at once while renewing every stream.
-const RENEW_CONCURRENCY: usize = 64;
+/// Sessions renewed per presence call (presence-svc's batch limit is 500 by default),
+/// and such calls in flight at once. One call per session made a renewal round of
+/// 5,000 streams a burst of 5,000 RPCs that delayed every push on the replica for as
+/// long (p99 12-19 ms instead of 4-5 ms at 5,000 pushes/s; docs/BENCHMARKS.md).
+const RENEW_BATCH: usize = 250;
+const RENEW_CONCURRENCY: usize = 2;
 
 /// The task; it ends when every sender of events is gone.
 pub(super) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>) {
@@ -63,18 +67,23 @@ fn serve(shared: &Arc<Shared>, event: Event) {
     }
 }
 
-/// Renews every stream's session, ending those whose device token expired.
+/// Renews every stream's session, in batches, ending those whose device token expired.
 async fn renew_all(shared: &Arc<Shared>, streams: Vec<Arc<Stream>>) {
+    let now = push_common::time::unix_secs();
+    let mut live = Vec::with_capacity(streams.len());
+    for s in streams {
+        if s.until != 0 && now >= s.until {
+            s.close(Status::unauthenticated("the device token expired; reconnect with a fresh one"));
+        } else if !s.is_closed() {
+            live.push(s);
+        }
+    }
     let gate = Arc::new(Semaphore::new(RENEW_CONCURRENCY));
     let mut calls = tokio::task::JoinSet::new();
-    for s in streams {
-        let (shared, permit) = (shared.clone(), gate.clone().acquire_owned().await);
+    for batch in live.chunks(RENEW_BATCH) {
+        let (shared, batch, permit) = (shared.clone(), batch.to_vec(), gate.clone().acquire_owned().await);
         calls.spawn(async move {
-            if s.until != 0 && push_common::time::unix_secs() >= s.until {
-                s.close(Status::unauthenticated("the device token expired; reconnect with a fresh one"));
-            } else if !s.is_closed() {
-                shared.renew(&s).await;
-            }
+            shared.renew(&batch).await;
             drop(permit);
         });
     }

@@ -276,3 +276,41 @@ async fn a_page_of_the_largest_page_size_allowed_works() {
     let rest = pb::ListOnlineUsersRequest { page_size: N as i32, page_token: page.next_page_token };
     assert!(c.list_online_users(rest).await.unwrap().into_inner().user_ids.is_empty());
 }
+
+#[tokio::test]
+async fn renew_sessions_answers_each_session_as_a_heartbeat_would() {
+    let app = App::start().await;
+    let mut c = app.presence_client().await;
+    let with_owner = |user: &str, owner: &str| pb::LoginRequest { owner: owner.into(), ..login(user, "phone", 1_000) };
+    c.login(with_owner("ann", "s1")).await.unwrap();
+    c.login(with_owner("bob", "s2")).await.unwrap();
+    let hb = |user: &str, owner: &str, ms: u64| pb::HeartbeatRequest {
+        user_id: user.into(),
+        session_id: "phone".into(),
+        ttl: ttl(ms),
+        owner: owner.into(),
+    };
+    let sessions = vec![
+        hb("ann", "s1", 60_000),
+        hb("bob", "someone-else", 60_000),
+        hb("cy", "", 60_000),
+        hb("bad id", "", 60_000),
+        hb("bob", "s2", 1), // under --min-ttl
+    ];
+    let r = c.renew_sessions(pb::RenewSessionsRequest { sessions }).await.unwrap().into_inner();
+    let codes: Vec<Code> = r.renewals.iter().map(|r| Code::from_i32(r.code)).collect();
+    assert_eq!(codes, [Code::Ok, Code::Aborted, Code::NotFound, Code::InvalidArgument, Code::InvalidArgument]);
+    assert!(r.renewals[3].message.contains("user_id"), "{:?}", r.renewals[3]);
+    assert!(r.renewals[4].message.contains("ttl"), "{:?}", r.renewals[4]);
+    // ann's lease was extended to a minute, bob's was not touched: after his one second,
+    // only ann is online.
+    let ann = r.renewals[0].session.clone().expect("ann's session");
+    assert!(ann.expire_time.unwrap().seconds > push_common::time::unix_secs() as i64 + 30);
+    eventually(Duration::from_secs(5), "bob's lease ends, ann's lives on", async || {
+        let (a, b) = (online(&mut c, "ann").await.online, online(&mut c, "bob").await.online);
+        (a && !b, (a, b))
+    })
+    .await;
+    let err = c.renew_sessions(pb::RenewSessionsRequest { sessions: vec![] }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
