@@ -48,7 +48,8 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$dir" --logfile "$dir/redis.log" &
-pids+=($!)
+redis_pid=$!
+pids+=("$redis_pid")
 until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT" RUST_LOG=warn
 # Authenticated as in production (fresh credentials in the temp dir), with the per-key
@@ -87,7 +88,8 @@ cpu_line() {
 loadgen() {
   local before out
   before=$(cpu_ticks "$gw_pid")
-  out=$("$bin/push-loadgen" --target "http://127.0.0.1:$GW_PORT" "$@")
+  # --cpu-of: the gateway's and Redis's CPU per push while pushing (opening excluded).
+  out=$("$bin/push-loadgen" --target "http://127.0.0.1:$GW_PORT" --cpu-of "gateway=$gw_pid" --cpu-of "redis=$redis_pid" "$@")
   echo "$out"
   cpu_line gateway "$gw_pid" "$before" "$out"
 }
@@ -168,6 +170,18 @@ peer_shapes=(
   "groups of 100 flat out|--mode groups --groups $(( PEER_STREAMS / 100 )) --rate 0 --pushers 64 --duration 10s"
 )
 want() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
+# push_script_floor CLIENTS PIPELINE: redis-benchmark running the push script as the
+# gateway runs it (the shared helpers, then push.lua) on our Redis: what Redis alone does
+# per push with the most efficient client there is. One meta key for all
+# (redis-benchmark draws every __rand_int__ separately; a shared meta keeps ids growing
+# in every stream), a random inbox and channel per call.
+push_script_floor() {
+  local script sha
+  script=$(cat push-gateway/src/lua/lib.lua; echo; cat push-gateway/src/lua/push.lua)
+  sha=$(redis-cli -p "$REDIS_PORT" script load "$script")
+  redis-benchmark -p "$REDIS_PORT" -c "$1" -n 300000 -P "$2" -r 5000 -q evalsha "$sha" 2 'bench:inbox:{u:__rand_int__}' 'bench:meta:{u:0}' \
+    1 0 100 86400000 604800000 "$(head -c 150 /dev/zero | tr '\0' x)" 'bench:ch:{u:__rand_int__}' | tr '\r' '\n' | tail -1 | sed 's/^.*: \([0-9.]* requests per second\)/push script: \1/'
+}
 hr() { printf '\n=== %s ===\n' "$*"; }
 
 hr "machine"
@@ -185,13 +199,7 @@ if want floor || want users; then
   # What Redis alone does with the script every push runs (append to the user's inbox,
   # then publish), driven by redis-benchmark itself: the ceiling for single-user pushes.
   hr "floor: redis-benchmark running the push script, 50 clients, no pipelining"
-  # The script as the gateway runs it: the shared helpers, then push.lua.
-  script=$(cat push-gateway/src/lua/lib.lua; echo; cat push-gateway/src/lua/push.lua)
-  sha=$(redis-cli -p "$REDIS_PORT" script load "$script")
-  # One meta key for all (redis-benchmark draws every __rand_int__ separately; a shared
-  # meta keeps ids growing in every stream), a random inbox and channel per call.
-  redis-benchmark -p "$REDIS_PORT" -c 50 -n 200000 -P 1 -r 1000 -q evalsha "$sha" 2 'bench:inbox:{u:__rand_int__}' 'bench:meta:{u:0}' \
-    1 0 100 86400000 604800000 "$(head -c 150 /dev/zero | tr '\0' x)" 'bench:ch:{u:__rand_int__}' | tr '\r' '\n' | tail -1 | sed 's/^.*: \([0-9.]* requests per second\)/push script: \1/'
+  push_script_floor 50 1
   # A bare tonic unary call (grpc.health.v1 Check, nothing behind it) from 50 callers on
   # their own connections, one call in flight each: a push is such a call and more.
   hr "floor: bare tonic unary calls, 50 clients, no pipelining, server threads: $GATEWAY_THREADS"
@@ -290,6 +298,14 @@ if want compare; then
     stop_gateway
     results+=("$name|$flags|$k")
   done
+  # Ours only: the same single-user pushes handed over in batches (PushBatch), and what
+  # Redis alone does with the push script pipelined 16 deep (the batch targets).
+  hr "compare: one user flat out through PushBatch, 100 pushes per call: ours"
+  start_gateway --redis-timeout 5s
+  loadgen --streams "$PEER_STREAMS" --mode users --rate 0 --batch 100 --pushers 8 --duration 10s --prefix cmpbatch | tee "$dir/cmpbatch.ours"
+  stop_gateway
+  hr "compare: the push script alone, redis-benchmark -c 8 -P 16"
+  push_script_floor 8 16 | tee "$dir/cmpfloor"
   hr "compare: memory per idle connection, $PEER_STREAMS connections: the peer (Socket.IO)"
   start_peer
   idle_memory "peer server" "$peer_pid" "$PEER_STREAMS" peer_loadgen_cmd --streams "$PEER_STREAMS" --hold 20s --duration 0s --drain 0s
@@ -336,4 +352,14 @@ if want compare; then
     esac
   done
   row "idle connections" "memory per connection, B" "$peer_mem" "$ours_mem" lower "" ""
+  # The batch rows: against the peer's unary flat-out rate, and against the script floor.
+  for r in "${results[@]}"; do
+    IFS='|' read -r name flags k <<<"$r"
+    [ "$name" = "one user flat out" ] || continue
+    o=$dir/cmpbatch.ours
+    row "one user flat out, PushBatch of 100" "deliveries/s" "$(field "$dir/cmp$k.peer" rate)" "$(field "$o" rate)" higher \
+      "$(field "$dir/cmp$k.peer" got) / $(field "$o" got)" "$(field "$dir/cmp$k.peer" cpu) / $(field "$o" cpu)"
+  done
+  floor=$(awk '/push script:/ {print $3}' "$dir/cmpfloor")
+  row "one user flat out, PushBatch of 100" "pushes/s vs the push script alone (-P 16)" "$floor" "$(field "$dir/cmpbatch.ours" rate)" higher "" ""
 fi

@@ -92,9 +92,27 @@ struct Args {
     /// of this many single-user pushes (each to its own random user).
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// A process on this machine whose CPU time to report per push while pushing (stream
+    /// opening excluded): `NAME=PID`, e.g. `gateway=1234`; repeat for several.
+    #[arg(long = "cpu-of", value_parser = cpu_of)]
+    cpu_of: Vec<(String, u32)>,
     /// Most pushes in one run (bounds the memory for per-message timings).
     #[arg(long, default_value_t = 5_000_000)]
     max_pushes: usize,
+}
+
+fn cpu_of(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s.split_once('=').ok_or("expected NAME=PID")?;
+    Ok((name.to_owned(), pid.parse().map_err(|_| "PID must be a number")?))
+}
+
+/// A process's user + system CPU time in clock ticks (1/100 s on Linux), from /proc.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
 fn now_ns() -> u64 {
@@ -113,6 +131,9 @@ struct Shared {
     last_rx: Vec<AtomicU64>,
     /// End-to-end latency (µs) of every delivery, sharded to keep lock contention low.
     latency: Vec<Mutex<Histogram<u64>>>,
+    /// Latency (µs) of every push call (send to answer): with the delivery latency,
+    /// it says whether a push waits before the gateway answers or after.
+    call_latency: Mutex<Histogram<u64>>,
     push_errors: Mutex<BTreeMap<String, u64>>,
     stream_errors: Mutex<BTreeMap<String, u64>>,
     open_streams: AtomicUsize,
@@ -180,6 +201,7 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
         sent: (0..args.max_pushes).map(|_| AtomicU64::new(0)).collect(),
         last_rx: (0..args.max_pushes).map(|_| AtomicU64::new(0)).collect(),
         latency: (0..16).map(|_| Mutex::new(histogram())).collect(),
+        call_latency: Mutex::new(histogram()),
         push_errors: Mutex::default(),
         stream_errors: Mutex::default(),
         open_streams: AtomicUsize::new(0),
@@ -266,6 +288,7 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
     }
 
     // Push, with a progress line every second.
+    let cpu_before: Vec<Option<u64>> = args.cpu_of.iter().map(|(_, pid)| cpu_ticks(*pid)).collect();
     let start = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let pushers: Vec<_> = (0..args.pushers)
@@ -301,6 +324,7 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     progress.abort();
+    let cpu_after: Vec<Option<u64>> = args.cpu_of.iter().map(|(_, pid)| cpu_ticks(*pid)).collect();
 
     // Report.
     let (d, e, p) = (shared.deliveries.load(Relaxed), shared.expected.load(Relaxed), shared.pushed.load(Relaxed));
@@ -340,6 +364,14 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
         pct(&latency, 0.99),
         pct(&latency, 1.0)
     );
+    let calls = shared.call_latency.lock().unwrap_or_else(|e| e.into_inner());
+    println!(
+        "push calls    p50 {}  p99 {}  max {}  (send to the gateway's answer, per call)",
+        pct(&calls, 0.5),
+        pct(&calls, 0.99),
+        pct(&calls, 1.0)
+    );
+    drop(calls);
     if args.mode != Mode::Users {
         println!(
             "fan-out       p50 {}  p99 {}  max {}  (push call to the last receiver, per message)",
@@ -347,6 +379,16 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
             pct(&fanout, 0.99),
             pct(&fanout, 1.0)
         );
+    }
+    for (((name, _), before), after) in args.cpu_of.iter().zip(&cpu_before).zip(&cpu_after) {
+        if let (Some(b), Some(a), true) = (before, after, p > 0) {
+            let us = (a - b) as f64 * 10_000.0; // ticks of 10 ms
+            println!(
+                "cpu {name:<9} {:.1} µs per push, {:.1} µs per delivery (while pushing and draining)",
+                us / p as f64,
+                us / d.max(1) as f64
+            );
+        }
     }
     println!("push errors   {:?}", shared.push_errors.lock().unwrap_or_else(|e| e.into_inner()));
     println!(

@@ -127,7 +127,9 @@ pub(crate) async fn push_loop(args: Arc<Args>, shared: Arc<Shared>, next: Arc<At
                     ..Default::default()
                 })
                 .collect();
-            let outcomes: Vec<Result<(), String>> = match c.push_batch(pb::PushBatchRequest { pushes }).await {
+            let answer = c.push_batch(pb::PushBatchRequest { pushes }).await;
+            called(&shared, sent);
+            let outcomes: Vec<Result<(), String>> = match answer {
                 Ok(r) => r
                     .into_inner()
                     .results
@@ -173,8 +175,15 @@ pub(crate) async fn push_loop(args: Arc<Args>, shared: Arc<Shared>, next: Arc<At
                 (c.push_to_group(req).await.map(drop), shared.group_opened[g].load(Relaxed))
             }
         };
+        called(&shared, sent);
         record(&shared, seq, result.map_err(|s| format!("{:?}", s.code())), receivers);
     }
+}
+
+/// Records how long a push call sent at `sent` took to be answered.
+fn called(shared: &Shared, sent: u64) {
+    let took = now_ns().saturating_sub(sent) / 1000;
+    let _ = shared.call_latency.lock().unwrap_or_else(|e| e.into_inner()).record(took.max(1));
 }
 
 /// Counts push `seq`: its expected deliveries, or its error (and forgets its send time,
