@@ -62,7 +62,8 @@ if [ -n "$ours" ]; then
 fi
 
 start_gateway() {
-  "$bin/push-gateway" --listen "127.0.0.1:$GW_PORT" --worker-threads "${THREADS:-$GATEWAY_THREADS}" \
+  # No drain between scenarios: nothing balances in front of it.
+  "$bin/push-gateway" --listen "127.0.0.1:$GW_PORT" --worker-threads "${THREADS:-$GATEWAY_THREADS}" --drain-delay 0s --stream-drain-window 0s \
     --presence-url "http://127.0.0.1:$PRESENCE_PORT" --profile-url "http://127.0.0.1:$PROFILE_PORT" $GATEWAY_FLAGS "$@" &
   gw_pid=$!
   for _ in $(seq 100); do
@@ -304,6 +305,12 @@ if want compare; then
   start_gateway --redis-timeout 5s
   loadgen --streams "$PEER_STREAMS" --mode users --rate 0 --batch 100 --pushers 8 --duration 10s --prefix cmpbatch | tee "$dir/cmpbatch.ours"
   stop_gateway
+  # The same batches to users who have no stream: the push path alone, with no
+  # deliveries (what redis-benchmark measures: its PUBLISHes reach no subscriber).
+  hr "compare: PushBatch of 100 to users with no stream (no deliveries): ours"
+  start_gateway --redis-timeout 5s
+  loadgen --streams 0 --offline-users 5000 --mode users --rate 0 --batch 100 --pushers 8 --duration 10s --prefix cmpoff | tee "$dir/cmpoff.ours"
+  stop_gateway
   hr "compare: the push script alone, redis-benchmark -c 8 -P 16"
   push_script_floor 8 16 | tee "$dir/cmpfloor"
   hr "compare: memory per idle connection, $PEER_STREAMS connections: the peer (Socket.IO)"
@@ -362,4 +369,5 @@ if want compare; then
   done
   floor=$(awk '/push script:/ {print $3}' "$dir/cmpfloor")
   row "one user flat out, PushBatch of 100" "pushes/s vs the push script alone (-P 16)" "$floor" "$(field "$dir/cmpbatch.ours" rate)" higher "" ""
+  row "PushBatch of 100, no stream to deliver to" "pushes/s vs the push script alone (-P 16)" "$floor" "$(awk '/^pushes / {print $5}' "$dir/cmpoff.ours" | tr -d '(/s)')" higher "" ""
 fi

@@ -92,6 +92,11 @@ struct Args {
     /// of this many single-user pushes (each to its own random user).
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// In `users` mode, push to this many users who have no stream (`PREFIX-off<i>`)
+    /// instead of the streams' users: the push path alone, with nothing to deliver
+    /// (e.g. against `redis-benchmark` running the push script). Allows `--streams 0`.
+    #[arg(long, default_value_t = 0)]
+    offline_users: usize,
     /// A process on this machine whose CPU time to report per push while pushing (stream
     /// opening excluded): `NAME=PID`, e.g. `gateway=1234`; repeat for several.
     #[arg(long = "cpu-of", value_parser = cpu_of)]
@@ -184,9 +189,10 @@ fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
     SendBearer::new(args.bearer.as_deref()).map_err(|_| anyhow::anyhow!("--bearer must be printable ASCII"))?;
     anyhow::ensure!(
-        args.groups > 0 && args.streams > 0 && args.pushers > 0 && args.batch > 0,
+        args.groups > 0 && (args.streams > 0 || args.offline_users > 0) && args.pushers > 0 && args.batch > 0,
         "streams, groups, pushers and batch must be positive"
     );
+    anyhow::ensure!(args.offline_users == 0 || args.mode == Mode::Users, "--offline-users is for --mode users");
     anyhow::ensure!(args.batch == 1 || args.mode == Mode::Users, "--batch is for --mode users");
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
 }
@@ -277,7 +283,7 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
     for (why, n) in &open_failures {
         eprintln!("  {n} failed to open: {why}");
     }
-    anyhow::ensure!(open > 0, "no stream could be opened against {}", args.target);
+    anyhow::ensure!(open > 0 || args.streams == 0, "no stream could be opened against {}", args.target);
     if !args.hold.is_zero() {
         eprintln!("holding {open} idle streams for {:?}", args.hold);
         tokio::time::sleep(args.hold).await;

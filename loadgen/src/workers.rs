@@ -92,7 +92,10 @@ pub(crate) async fn push_loop(args: Arc<Args>, shared: Arc<Shared>, next: Arc<At
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
     // Users mode pushes only to streams that opened: a failed open is not a loss.
     let opened: &[usize] = shared.opened_streams.get().map(Vec::as_slice).unwrap_or_default();
-    let pick_user = |rng: &mut Rng| user(&args, opened.get(rng.below(opened.len())).copied().unwrap_or(0));
+    let pick_user = |rng: &mut Rng| match args.offline_users {
+        0 => user(&args, opened.get(rng.below(opened.len())).copied().unwrap_or(0)),
+        n => format!("{}-off{}", args.prefix, rng.below(n)),
+    };
     let per_call = if args.mode == Mode::Users { args.batch } else { 1 };
     loop {
         let first = next.fetch_add(per_call as u64, Relaxed) as usize;
@@ -142,7 +145,7 @@ pub(crate) async fn push_loop(args: Arc<Args>, shared: Arc<Shared>, next: Arc<At
                 Err(s) => vec![Err(format!("{:?}", s.code())); per_call],
             };
             for (k, outcome) in outcomes.into_iter().enumerate() {
-                record(&shared, first + k, outcome, 1);
+                record(&shared, first + k, outcome, u64::from(args.offline_users == 0));
             }
             continue;
         }
@@ -159,7 +162,7 @@ pub(crate) async fn push_loop(args: Arc<Args>, shared: Arc<Shared>, next: Arc<At
                 let mut distinct = user_ids.clone();
                 distinct.sort();
                 distinct.dedup();
-                let n = distinct.len() as u64;
+                let n = if args.offline_users == 0 { distinct.len() as u64 } else { 0 };
                 let req =
                     pb::PushToUsersRequest { user_ids, topic, payload: payload(seq).into(), ..Default::default() };
                 (c.push_to_users(req).await.map(drop), n)
