@@ -87,6 +87,9 @@ if ! ours; then
 fi
 
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+# No load balancer in front of a local run: Ctrl-C stops at once instead of draining
+# as a pod would (docs/OPERATIONS.md, "Health and shutdown").
+export DRAIN_DELAY=${DRAIN_DELAY:-0s} GATEWAY_STREAM_DRAIN_WINDOW=${GATEWAY_STREAM_DRAIN_WINDOW:-1s}
 . scripts/dev-credentials.sh
 start presence-svc "$bin/presence-svc" --listen "127.0.0.1:$PRESENCE_PORT"
 start profile-svc "$bin/profile-svc" --listen "127.0.0.1:$PROFILE_PORT"

@@ -63,6 +63,12 @@ pub struct ServeArgs {
     #[arg(long = "keepalive-timeout", env = "KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub keepalive_timeout: Duration,
 
+    /// After SIGTERM, how long to keep serving as before while readiness says
+    /// NOT_SERVING, so load balancers and Kubernetes endpoints stop sending new calls
+    /// before anything ends (liveness stays SERVING until the process exits).
+    #[arg(long = "drain-delay", env = "DRAIN_DELAY", default_value = "5s", value_parser = duration)]
+    pub drain_delay: Duration,
+
     /// How long to wait for in-flight requests after SIGTERM before exiting anyway.
     #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
     pub shutdown_grace: Duration,

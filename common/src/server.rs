@@ -75,10 +75,6 @@ pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// Runs one gRPC server of the system: health (driven by `probe` every
-/// `health_interval`), reflection v1 + v1alpha, a tracing span per RPC, and whatever
-/// `add` mounts. When `shutdown` completes, health turns NOT_SERVING (so load balancers
-/// stop sending), the listener closes, and in-flight calls get `shutdown_grace` to finish.
 /// Binds `addr` to serve on; a failure names the server and the flag (`who`, e.g.
 /// "presence-svc (--listen / PRESENCE_LISTEN)") and the address, where a busy port alone
 /// says only "Address already in use".
@@ -86,12 +82,24 @@ pub async fn listen(addr: std::net::SocketAddr, who: &str) -> Result<tokio::net:
     tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("{who} cannot listen on {addr}: {e}").into())
 }
 
+/// The health service a liveness probe asks: SERVING from start until the process
+/// exits, whatever its dependencies do, so a Redis blip or a drain never restarts it.
+/// Readiness asks "" (or the service's name), which follows the dependencies.
+pub const LIVENESS: &str = "liveness";
+
+/// Runs one gRPC server of the system: health (driven by `probe` every
+/// `health_interval`, plus [`LIVENESS`]), reflection v1 + v1alpha, a tracing span per
+/// RPC, and whatever `add` mounts. When `shutdown` completes, readiness turns
+/// NOT_SERVING at once (so load balancers stop sending) while everything keeps working
+/// for `drain_delay`; then `drain` runs (the gateway ends its streams, paced), the
+/// listener closes, and in-flight calls get `shutdown_grace` to finish.
 pub async fn run<P, F>(
     name: &'static str,
     listener: tokio::net::TcpListener,
     args: &crate::config::ServeArgs,
     probe: P,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: impl Future<Output = ()> + Send + 'static,
     add: impl FnOnce(tonic::transport::server::Router) -> tonic::transport::server::Router,
 ) -> Result<(), crate::BoxError>
 where
@@ -102,13 +110,19 @@ where
     use crate::health;
 
     let (reporter, health_service) = health::health_reporter();
+    reporter.set_service_status(LIVENESS, health::ServingStatus::Serving).await;
     let watcher = health::spawn_watcher(reporter.clone(), vec![name], args.health_interval, probe);
     let (reflection_v1, reflection_v1alpha) = reflection(name)?;
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let drain_delay = args.drain_delay;
     let signal = async move {
         shutdown.await;
         watcher.abort();
         health::set_all(&reporter, &[name], health::ServingStatus::NotServing).await;
+        tracing::info!(?drain_delay, "NOT_SERVING; serving on while load balancers catch up");
+        tokio::time::sleep(drain_delay).await;
+        drain.await;
+        tracing::info!("no longer accepting; finishing in-flight calls");
         let _ = started_tx.send(());
     };
     tracing::info!(addr = %listener.local_addr()?, service = name, "listening");

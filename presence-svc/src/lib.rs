@@ -68,7 +68,7 @@ pub async fn serve(
     let probe = redis::Check::new(&pool, &config.redis).probe();
     let (watchers, reader) = watch::Watchers::start(store.clone(), config.redis.clone(), config.max_watchers);
     let service = PresenceServer::new(service::PresenceService::new(store, config.clone(), watchers));
-    let result = server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, |r| {
+    let result = server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, async {}, |r| {
         server::add_guarded(r, service, policy)
     })
     .await;

@@ -39,6 +39,8 @@ pub async fn serve(
 
     let probe = redis::Check::new(&pool, &config.redis).probe();
     let service = ProfileServer::new(service::ProfileService::new(store, config.clone()));
-    server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, |r| server::add_guarded(r, service, policy))
-        .await
+    server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, async {}, |r| {
+        server::add_guarded(r, service, policy)
+    })
+    .await
 }

@@ -95,6 +95,13 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_STREAM_LEASE", default_value = "60s", value_parser = duration)]
     pub stream_lease: Duration,
 
+    /// Longest life of a device stream (0: no limit). Each stream is ended with
+    /// UNAVAILABLE at a random 80-100% of it (checked every third of --stream-lease),
+    /// and its device reconnects and resumes: long-lived streams spread over replicas
+    /// added since they opened.
+    #[arg(long, env = "GATEWAY_MAX_STREAM_AGE", default_value = "30m", value_parser = duration)]
+    pub max_stream_age: Duration,
+
     /// Messages a device stream may have queued before it is cut off as too slow.
     #[arg(long, env = "GATEWAY_STREAM_QUEUE_MESSAGES", default_value_t = 1024)]
     pub stream_queue_messages: usize,
@@ -170,6 +177,13 @@ pub struct Config {
     /// this is told its history has a gap.
     #[arg(long, env = "GATEWAY_HISTORY_META_TTL", default_value = "7d", value_parser = duration)]
     pub history_meta_ttl: Duration,
+
+    /// On shutdown, after --drain-delay, the window over which this replica's device
+    /// streams are ended (UNAVAILABLE: reconnect and resume), spread evenly so their
+    /// reconnections do not all land on the other replicas at once. Keep
+    /// drain delay + this + --shutdown-grace below the pod's termination grace period.
+    #[arg(long, env = "GATEWAY_STREAM_DRAIN_WINDOW", default_value = "10s", value_parser = duration)]
+    pub stream_drain_window: Duration,
 
     /// How often the hub checks its Pub/Sub connection end to end (and how long a
     /// probe may take before the connection is deemed dead and replaced).

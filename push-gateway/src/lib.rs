@@ -61,8 +61,9 @@ pub fn run(config: Config) -> Result<(), BoxError> {
 
 /// Serves the gateway on `listener` until `shutdown` completes. Health is SERVING only
 /// while both internal services report SERVING, Redis answers and the hub's Pub/Sub
-/// connection is up. On shutdown every device stream ends with UNAVAILABLE, so devices
-/// reconnect to another replica.
+/// connection is up. On shutdown readiness turns NOT_SERVING, then (after
+/// `--drain-delay`) the device streams end with UNAVAILABLE, paced over
+/// `--stream-drain-window`, so devices reconnect to other replicas and resume.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
@@ -113,12 +114,13 @@ pub async fn serve(
     let gateway = service::Gateway::new(internal(&s.presence), internal(&s.profile), parts);
     let service = PushGatewayServer::new(gateway).max_decoding_message_size(s.max_request_bytes);
     let policy = s.policy;
-    let closing = hub.clone();
-    let shutdown = async move {
-        shutdown.await;
-        closing.close_all(tonic::Status::unavailable("the gateway is shutting down; reconnect"));
+    let (closing, window) = (hub.clone(), config.stream_drain_window);
+    let drain = async move {
+        closing
+            .close_paced(tonic::Status::unavailable("the gateway is shutting down; reconnect and resume"), window)
+            .await;
     };
-    let result = server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, |r| {
+    let result = server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, drain, |r| {
         server::add_guarded(r, service, policy)
     })
     .await;

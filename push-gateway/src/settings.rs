@@ -79,6 +79,7 @@ impl Settings {
                 max_groups: config.max_groups_per_user,
                 max_per_device: config.max_streams_per_device as usize,
                 max_per_user: config.max_streams_per_user as usize,
+                max_age: (!config.max_stream_age.is_zero()).then_some(config.max_stream_age),
             },
             hub: stream::hub::HubConfig {
                 client: redis::client(&config.redis)?,

@@ -87,7 +87,7 @@ proptest! {
     fn each_message_reaches_a_stream_once_and_in_order(ops in proptest::collection::vec(op(), 0..200)) {
         use push_common::ids::{DeviceId, Id, UserId};
         let (user, device) = (UserId::parse("u").unwrap(), DeviceId::parse("d").unwrap());
-        let s = Stream::new(Limits { messages: 100_000, bytes: 1 << 30 }, user, device, 0, 1);
+        let s = Stream::new(Limits { messages: 100_000, bytes: 1 << 30 }, user, device, 0, None, 1);
         let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
         s.queue.establish(&Source::All, Pos { epoch: 1, id: StreamId::default() }, pb::Continuity::FromNow);
         let mut pauses = Vec::new();

@@ -61,8 +61,9 @@ pub async fn gateway(redis_url: &str, presence_url: &str, profile_url: &str, ext
     spawn(|l, rx| push_gateway::serve(l, config, stopped(rx))).await
 }
 
-/// Common flags: fast health probes and a short drain so tests do not wait.
-const FAST: [&str; 4] = ["--health-interval", "100ms", "--shutdown-grace", "1s"];
+/// Common flags: fast health probes and a short drain so tests do not wait (a test of
+/// the drain itself gives its own delay and window; the last value of a flag wins).
+const FAST: [&str; 6] = ["--health-interval", "100ms", "--shutdown-grace", "1s", "--drain-delay", "0s"];
 
 /// A service's command line as the tests run it: `listen`, `redis_url`, the FAST flags,
 /// `fixed` and `extra`. Most tests run without authentication; the security tests
@@ -89,6 +90,8 @@ fn gateway_args(listen: &str, redis_url: &str, presence_url: &str, profile_url: 
         "3s",
         "--hub-probe-interval",
         "500ms",
+        "--stream-drain-window",
+        "0s",
     ];
     args("push-gateway", listen, redis_url, &fixed, extra)
 }

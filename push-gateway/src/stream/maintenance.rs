@@ -67,13 +67,16 @@ fn serve(shared: &Arc<Shared>, event: Event) {
     }
 }
 
-/// Renews every stream's session, in batches, ending those whose device token expired.
+/// Renews every stream's session, in batches, ending those whose device token expired
+/// or that reached their maximum age.
 async fn renew_all(shared: &Arc<Shared>, streams: Vec<Arc<Stream>>) {
-    let now = push_common::time::unix_secs();
+    let (now, instant) = (push_common::time::unix_secs(), std::time::Instant::now());
     let mut live = Vec::with_capacity(streams.len());
     for s in streams {
         if s.until != 0 && now >= s.until {
             s.close(Status::unauthenticated("the device token expired; reconnect with a fresh one"));
+        } else if s.retire_at.is_some_and(|at| instant >= at) {
+            s.close(Status::unavailable("the stream reached its maximum age; reconnect and resume"));
         } else if !s.is_closed() {
             live.push(s);
         }

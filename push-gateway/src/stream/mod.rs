@@ -76,6 +76,9 @@ pub struct Settings {
     pub max_per_device: usize,
     /// Most open streams of one user on a replica: a new one over it is refused.
     pub max_per_user: usize,
+    /// How long a stream may live before it is ended to be reopened (rebalancing after
+    /// a scale-out); each stream's age is drawn from 80-100% of it. None: forever.
+    pub max_age: Option<std::time::Duration>,
 }
 
 /// Opens device streams; cheap to clone.
@@ -289,6 +292,7 @@ mod tests {
             max_groups: 10,
             max_per_device: 4,
             max_per_user: 32,
+            max_age: None,
         };
         let shared = Arc::new(Shared {
             hub,
@@ -317,7 +321,7 @@ mod tests {
         let mut streams = Vec::new();
         for n in 0..(CATCH_UP_CONCURRENCY as u64 + 36) {
             let user = UserId::parse(&format!("u{n}")).unwrap();
-            let s = Stream::new(shared.settings.limits, user, DeviceId::parse("d").unwrap(), 0, n);
+            let s = Stream::new(shared.settings.limits, user, DeviceId::parse("d").unwrap(), 0, None, n);
             s.queue.establish(&Source::All, pos, Continuity::FromNow);
             replay::spawn(&shared, Pause::new(&s, &shared.events), vec![(Source::All, pos)], true);
             streams.push(s);

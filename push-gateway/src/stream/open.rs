@@ -98,7 +98,8 @@ impl Streams {
             _ => 0,
         };
         let serial = shared.serials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let stream = Stream::new(shared.settings.limits, user, device, until, serial);
+        let retire_at = shared.settings.max_age.map(|age| std::time::Instant::now() + jittered(age, serial));
+        let stream = Stream::new(shared.settings.limits, user, device, until, retire_at, serial);
         // Live messages wait until the broadcast history and the inbox are replayed.
         let pause = Pause::new(&stream, &shared.events);
         shared.register(&stream)?;
@@ -157,4 +158,12 @@ impl Streams {
         let (user, device) = v.check_with(identity)?;
         Ok(shared.store.ack(&user, &device, &cursors).await?)
     }
+}
+
+/// A stream's maximum age: between 80% and 100% of `age`, drawn per stream, so the
+/// streams that opened together (after a deploy, a scale-out) do not all end together.
+fn jittered(age: std::time::Duration, serial: u64) -> std::time::Duration {
+    use std::hash::{BuildHasher, RandomState};
+    let draw = RandomState::new().hash_one(serial) % 1_000_000;
+    age.mul_f64(0.8 + 0.2 * draw as f64 / 1_000_000.0)
 }

@@ -28,6 +28,10 @@ pub struct Stream {
     /// When the device's credential runs out (seconds since the Unix epoch; 0: never):
     /// the stream is ended then, and the device reconnects with a fresh token.
     pub until: u64,
+    /// When the stream has lived its maximum age (`--max-stream-age`, jittered): it is
+    /// ended then with UNAVAILABLE and the device reconnects, wherever the load
+    /// balancer sends it now (None: never).
+    pub retire_at: Option<std::time::Instant>,
     /// This stream's number on its replica: with the replica's id, the owner of the
     /// device's presence session while the stream holds it.
     pub serial: u64,
@@ -44,11 +48,19 @@ pub struct Stream {
 }
 
 impl Stream {
-    pub fn new(limits: Limits, user: UserId, device: DeviceId, until: u64, serial: u64) -> Arc<Self> {
+    pub fn new(
+        limits: Limits,
+        user: UserId,
+        device: DeviceId,
+        until: u64,
+        retire_at: Option<std::time::Instant>,
+        serial: u64,
+    ) -> Arc<Self> {
         Arc::new(Self {
             user,
             device,
             until,
+            retire_at,
             serial,
             queue: Queue::new(limits),
             groups: Mutex::default(),
@@ -180,7 +192,7 @@ mod tests {
     fn stream() -> Arc<Stream> {
         use push_common::ids::Id;
         let (u, d) = (UserId::parse("u").unwrap(), DeviceId::parse("d").unwrap());
-        Stream::new(Limits { messages: 10, bytes: 1 << 10 }, u, d, 0, 1)
+        Stream::new(Limits { messages: 10, bytes: 1 << 10 }, u, d, 0, None, 1)
     }
 
     #[test]

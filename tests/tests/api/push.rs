@@ -2,6 +2,7 @@
 //! Redis restarts, and bad input.
 use std::time::{Duration, SystemTime};
 
+use push_common::server::LIVENESS;
 use push_proto::push::v1::{self as pb, Audience};
 use push_tests::{
     App, Device, Proxy, always, eventually,
@@ -9,7 +10,7 @@ use push_tests::{
         assert_invalid, join, leave, presence_of, sessions_of, subscribed, to_all, to_group, to_users,
         topics_until_sentinel,
     },
-    gateway_client, wait_health,
+    gateway_client, health, wait_health,
 };
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -240,6 +241,79 @@ async fn shutdown_ends_streams_with_unavailable() {
     let status = d.end().await.expect("a status");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     drop((redis, presence, profile));
+}
+
+/// A replica told to stop turns NOT_SERVING first and keeps delivering through its
+/// drain delay, liveness SERVING all along (so Kubernetes takes it out of the endpoints
+/// without restarting it); only then does it end its streams with UNAVAILABLE, spread
+/// over the drain window, refusing new ones meanwhile.
+#[tokio::test]
+async fn shutdown_turns_not_serving_first_then_ends_streams_paced() {
+    let app = App::builder().gateway(&["--drain-delay", "1s", "--stream-drain-window", "2s"]).start().await;
+    let App { redis, presence, profile, gateway } = app;
+    let addr = gateway.addr;
+    let mut c = gateway_client(addr).await;
+    let mut devices = Vec::new();
+    for i in 0..20 {
+        devices.push(Device::connect(addr, &format!("u{i}"), "phone").await.unwrap());
+    }
+    assert_eq!(health(addr, LIVENESS).await, Some(ServingStatus::Serving));
+
+    let stopping = tokio::spawn(gateway.shutdown());
+    wait_health(addr, "", ServingStatus::NotServing).await;
+    assert!(devices.iter().all(|d| !d.ended()), "a stream ended before readiness turned NOT_SERVING");
+    assert_eq!(health(addr, LIVENESS).await, Some(ServingStatus::Serving), "liveness while draining");
+    c.push_to_users(to_users(&["u0"], "during-the-drain")).await.unwrap();
+    assert_eq!(devices[0].next().await.topic, "during-the-drain", "delivered during the drain delay");
+
+    // Ended one after another: note when each is first seen ended.
+    let mut ended_at: Vec<Option<std::time::Instant>> = vec![None; devices.len()];
+    let mut refused_meanwhile = None;
+    eventually(Duration::from_secs(10), "every stream ended", async || {
+        for (d, at) in devices.iter().zip(&mut ended_at) {
+            if at.is_none() && d.ended() {
+                *at = Some(std::time::Instant::now());
+            }
+        }
+        let ended = ended_at.iter().flatten().count();
+        if refused_meanwhile.is_none() && ended > 0 && ended < devices.len() {
+            refused_meanwhile = Some(Device::connect(addr, "late", "phone").await.map(drop));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        (ended == devices.len(), ended)
+    })
+    .await;
+    let times: Vec<_> = ended_at.into_iter().flatten().collect();
+    let spread = *times.iter().max().unwrap() - *times.iter().min().unwrap();
+    assert!(spread >= Duration::from_secs(1), "20 streams ended within {spread:?} of a 2 s window");
+    for d in &mut devices {
+        assert_eq!(d.end().await.map(|s| s.code()), Some(Code::Unavailable));
+    }
+    match refused_meanwhile {
+        Some(Err(s)) => assert_eq!(s.code(), Code::Unavailable, "{s:?}"),
+        other => panic!("a stream opened while the replica ended its streams: {other:?}"),
+    }
+    stopping.await.unwrap();
+    drop((redis, presence, profile));
+}
+
+/// A stream that lived its maximum age ends with UNAVAILABLE (so a device rebalances
+/// after a scale-out), and reopened from its cursors it misses nothing pushed meanwhile.
+#[tokio::test]
+async fn a_stream_past_its_maximum_age_ends_and_resumes_without_a_loss() {
+    let app = App::builder().gateway(&["--max-stream-age", "2s", "--stream-lease", "3s"]).start().await;
+    let mut c = app.gateway_client().await;
+    let addr = app.gateway.addr;
+    let mut d = Device::connect(addr, "ann", "phone").await.unwrap();
+    c.push_to_users(to_users(&["ann"], "before")).await.unwrap();
+    assert_eq!(d.next().await.topic, "before");
+    let status = d.end().await.expect("a status");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("maximum age"), "{status:?}");
+    c.push_to_users(to_users(&["ann"], "meanwhile")).await.unwrap();
+    let mut again = Device::options().cursors(d.cursors()).connect(addr, "ann", "phone").await.unwrap();
+    assert_eq!(again.next().await.topic, "meanwhile");
+    assert_eq!(again.next_within(Duration::from_millis(300)).await.map(|m| m.topic), None, "nothing twice");
 }
 
 #[tokio::test]

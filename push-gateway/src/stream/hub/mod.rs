@@ -78,6 +78,8 @@ pub(super) struct HubState {
     pub(super) registry: Mutex<Registry>,
     pub(super) cmds: mpsc::UnboundedSender<Cmd>,
     pub(super) healthy: AtomicBool,
+    /// Set once the replica ends its streams for good: no stream attaches any more.
+    closing: AtomicBool,
     pub(super) subscribe_timeout: Duration,
 }
 
@@ -99,6 +101,7 @@ impl Hub {
             registry: Mutex::default(),
             cmds: tx,
             healthy: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             subscribe_timeout: config.subscribe_timeout,
         });
         // The replica's own channel: replicas never hear each other's probes.
@@ -120,6 +123,9 @@ impl Hub {
     /// Registers `stream` for `channels` and returns once the hub is subscribed to all
     /// of them, so anything published after this returns reaches the stream.
     pub async fn attach(&self, stream: &Arc<Stream>, channels: &[String]) -> Result<(), Error> {
+        if self.state.closing.load(Ordering::Relaxed) {
+            return Err(Error::Unavailable("the gateway is shutting down; reconnect to another replica".into()));
+        }
         if channels.is_empty() {
             return Ok(()); // most streams have no groups: no trip through the hub task
         }
@@ -165,6 +171,34 @@ impl Hub {
         if !gone.is_empty() {
             let _ = self.state.cmds.send(Cmd::Unsubscribe(gone));
         }
+    }
+
+    /// Ends every local stream with `status`, spread evenly over `window` (a slice
+    /// every 50 ms), and refuses streams that try to attach from now on: a replica
+    /// going away sends its devices to the others gradually, not as one storm.
+    pub async fn close_paced(&self, status: Status, window: Duration) {
+        self.state.closing.store(true, Ordering::Relaxed);
+        let streams: Vec<Arc<Stream>> = {
+            let reg = self.registry();
+            let mut seen = std::collections::HashSet::new();
+            reg.values().flatten().filter(|s| seen.insert(Arc::as_ptr(s))).cloned().collect()
+        };
+        // At most one slice per 50 ms; slices spread evenly, the first at once.
+        let steps = (window.as_millis() / 50).clamp(1, u32::MAX as u128) as usize;
+        let per_slice = streams.len().div_ceil(steps).max(1);
+        let slices = streams.len().div_ceil(per_slice).max(1);
+        tracing::info!(streams = streams.len(), ?window, "ending device streams");
+        let period = window / slices as u32;
+        for (i, slice) in streams.chunks(per_slice).enumerate() {
+            if i > 0 && !period.is_zero() {
+                tokio::time::sleep(period).await;
+            }
+            for s in slice {
+                s.close(status.clone());
+            }
+        }
+        // Any stream that attached while the list was taken.
+        self.close_all(status);
     }
 
     /// Ends every local stream with `status` (graceful shutdown: devices reconnect
