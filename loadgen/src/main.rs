@@ -389,11 +389,8 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
     for (((name, _), before), after) in args.cpu_of.iter().zip(&cpu_before).zip(&cpu_after) {
         if let (Some(b), Some(a), true) = (before, after, p > 0) {
             let us = (a - b) as f64 * 10_000.0; // ticks of 10 ms
-            println!(
-                "cpu {name:<9} {:.1} µs per push, {:.1} µs per delivery (while pushing and draining)",
-                us / p as f64,
-                us / d.max(1) as f64
-            );
+            let per_delivery = if d > 0 { format!(", {:.1} µs per delivery", us / d as f64) } else { String::new() };
+            println!("cpu {name:<9} {:.1} µs per push{per_delivery} (while pushing and draining)", us / p as f64);
         }
     }
     println!("push errors   {:?}", shared.push_errors.lock().unwrap_or_else(|e| e.into_inner()));
