@@ -375,6 +375,59 @@ async fn devices_of_a_killed_replica_resume_on_another_and_get_everything_once()
     assert_exactly_once(&sent, USERS, true, |u| [first[u].received(), second[u].received()].concat()).await;
 }
 
+/// A rolling update as Kubernetes runs it: one of two replicas is told to stop while
+/// 1,000 streams receive a steady load. Its streams end UNAVAILABLE, paced over the
+/// window; each device reconnects to the other replica with its cursors as soon as
+/// its stream ends; every device gets every message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_replica_hands_its_devices_over_and_none_misses_a_message() {
+    const USERS: usize = 1000;
+    let flags = ["--inbox-max-len", "100000"];
+    let app = App::builder().gateway(&flags).start().await;
+    let rolled = app.replica(&[&flags[..], &["--drain-delay", "300ms", "--stream-drain-window", "2s"]].concat()).await;
+    let mut first = open_devices(rolled.addr, vec![Vec::new(); USERS]).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let pushing = pusher(app.gateway_client().await, USERS, stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopping = tokio::spawn(rolled.shutdown());
+
+    // Each device reconnects as soon as its stream ended, as a client would.
+    let conn = channel(app.gateway.addr).await;
+    let mut second: Vec<Option<Device>> = (0..USERS).map(|_| None).collect();
+    let mut statuses = std::collections::BTreeMap::new();
+    let mut opened_at = Vec::new();
+    let started = std::time::Instant::now();
+    eventually(Duration::from_secs(60), "every device reconnected to the other replica", async || {
+        for (u, d) in first.iter().enumerate() {
+            if second[u].is_none() && d.ended() {
+                let device = Device::options().cursors(d.cursors());
+                second[u] = Some(device.connect(conn.clone(), &format!("u{u}"), "d").await.unwrap());
+                opened_at.push(started.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let n = second.iter().flatten().count();
+        (n == USERS, n)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let sent = pushing.await.unwrap();
+    stopping.await.unwrap();
+    for d in &mut first {
+        *statuses.entry(format!("{:?}", d.end().await.map(|s| s.code()))).or_insert(0) += 1;
+    }
+    assert_eq!(statuses.len(), 1, "every stream of the rolled replica ended UNAVAILABLE: {statuses:?}");
+    assert!(statuses.contains_key("Some(Unavailable)"), "{statuses:?}");
+    // Paced: the reconnections spread over the window instead of landing at once.
+    let spread = *opened_at.iter().max().unwrap() - *opened_at.iter().min().unwrap();
+    assert!(spread >= Duration::from_secs(1), "1,000 reconnections within {spread:?} of a 2 s window");
+    assert!(sent.len() > 50, "only {} pushes", sent.len());
+    let second: Vec<Device> = second.into_iter().flatten().collect();
+    assert_exactly_once(&sent, USERS, true, |u| [first[u].received(), second[u].received()].concat()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_acknowledged_before_a_redis_crash_are_delivered_after_it() {
     const USERS: usize = 20;
