@@ -91,9 +91,9 @@ export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 # as a pod would (docs/OPERATIONS.md, "Health and shutdown").
 export DRAIN_DELAY=${DRAIN_DELAY:-0s} GATEWAY_STREAM_DRAIN_WINDOW=${GATEWAY_STREAM_DRAIN_WINDOW:-1s}
 . scripts/dev-credentials.sh
-start presence-svc "$bin/presence-svc" --listen "127.0.0.1:$PRESENCE_PORT"
-start profile-svc "$bin/profile-svc" --listen "127.0.0.1:$PROFILE_PORT"
-start push-gateway "$bin/push-gateway" --listen "127.0.0.1:$GATEWAY_PORT" \
+start presence-svc "$bin/presence-svc" --metrics-listen "127.0.0.1:9061" --listen "127.0.0.1:$PRESENCE_PORT"
+start profile-svc "$bin/profile-svc" --metrics-listen "127.0.0.1:9062" --listen "127.0.0.1:$PROFILE_PORT"
+start push-gateway "$bin/push-gateway" --metrics-listen "127.0.0.1:9051" --listen "127.0.0.1:$GATEWAY_PORT" \
   --presence-url "http://127.0.0.1:$PRESENCE_PORT" \
   --profile-url "http://127.0.0.1:$PROFILE_PORT"
 
@@ -110,6 +110,7 @@ push system running (Ctrl-C to stop):
   presence-svc  127.0.0.1:$PRESENCE_PORT   (internal: presence.v1.Presence)
   profile-svc   127.0.0.1:$PROFILE_PORT   (internal: profile.v1.Profile)
   redis-server  127.0.0.1:$REDIS_PORT    (data and AOF in $run_dir)
+  metrics       http://127.0.0.1:9051/metrics (gateway), :9061 (presence), :9062 (profile)
 
 credentials (made once, kept in $run_dir; see docs/SECURITY.md):
   admin API key   $run_dir/admin.key

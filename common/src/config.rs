@@ -73,6 +73,11 @@ pub struct ServeArgs {
     #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
     pub shutdown_grace: Duration,
 
+    /// Serve Prometheus metrics over HTTP on this address (e.g. `0.0.0.0:9090`);
+    /// none without it.
+    #[arg(long = "metrics-listen", env = "METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
     /// Do not serve gRPC reflection (it describes the API, not data; grpcurl needs it
     /// or the .proto files).
     #[arg(long = "no-reflection", env = "NO_REFLECTION")]

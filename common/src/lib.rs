@@ -14,6 +14,7 @@
 //! - [`health`]: a watcher that turns `grpc.health.v1` SERVING / NOT_SERVING.
 //! - [`server`]: reflection (v1 and v1alpha) and the per-RPC tracing span.
 //! - [`telemetry`]: tracing subscriber set-up (`RUST_LOG`, `LOG_FORMAT`).
+//! - [`metrics`]: the Prometheus exporter, the per-RPC and per-Redis-command metrics.
 //! - [`shutdown`]: SIGTERM / SIGINT as a future.
 //! - [`size_limit`]: RESOURCE_EXHAUSTED (not tonic's OUT_OF_RANGE) for oversized requests.
 //! - [`token`]: hex encoding of opaque page tokens.
@@ -26,6 +27,7 @@ pub mod health;
 pub mod ids;
 pub mod keys;
 pub mod memory;
+pub mod metrics;
 pub mod redis;
 pub mod server;
 pub mod shutdown;

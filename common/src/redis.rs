@@ -19,8 +19,43 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::{Error, config::RedisArgs};
 
-/// One shared connection; clone it freely, send on it concurrently.
-pub type Connection = ConnectionManager;
+/// One shared connection; clone it freely, send on it concurrently. Every command
+/// through it is counted and timed (`crate::metrics::redis_command`).
+#[derive(Clone)]
+pub struct Connection(ConnectionManager);
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        let name = crate::metrics::redis_command_name(cmd.args_iter().next().and_then(|a| match a {
+            redis::Arg::Simple(a) => Some(a),
+            _ => None,
+        }));
+        let start = std::time::Instant::now();
+        Box::pin(async move {
+            let r = self.0.req_packed_command(cmd).await;
+            crate::metrics::redis_command(name, start.elapsed(), r.is_err());
+            r
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        let start = std::time::Instant::now();
+        Box::pin(async move {
+            let r = self.0.req_packed_commands(pipeline, offset, count).await;
+            crate::metrics::redis_command("pipeline", start.elapsed(), r.is_err());
+            r
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
 
 /// A few shared connections, used round-robin.
 #[derive(Clone)]
@@ -33,7 +68,7 @@ impl Pool {
     /// The next connection (a cheap clone).
     pub fn get(&self) -> Connection {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        self.conns[i].clone()
+        Connection(self.conns[i].clone())
     }
 }
 

@@ -82,6 +82,11 @@ pub async fn listen(addr: std::net::SocketAddr, who: &str) -> Result<tokio::net:
     tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("{who} cannot listen on {addr}: {e}").into())
 }
 
+/// The router every server builds: its services behind the RPC metrics layer.
+pub type Router = tonic::transport::server::Router<
+    tower::layer::util::Stack<crate::metrics::RpcMetricsLayer, tower::layer::util::Identity>,
+>;
+
 /// The health service a liveness probe asks: SERVING from start until the process
 /// exits, whatever its dependencies do, so a Redis blip or a drain never restarts it.
 /// Readiness asks "" (or the service's name), which follows the dependencies.
@@ -100,7 +105,7 @@ pub async fn run<P, F>(
     probe: P,
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: impl Future<Output = ()> + Send + 'static,
-    add: impl FnOnce(tonic::transport::server::Router) -> tonic::transport::server::Router,
+    add: impl FnOnce(Router) -> Router,
 ) -> Result<(), crate::BoxError>
 where
     P: FnMut() -> F + Send + 'static,
@@ -136,6 +141,7 @@ where
         .http2_keepalive_interval(Some(args.keepalive_interval))
         .http2_keepalive_timeout(Some(args.keepalive_timeout))
         .trace_fn(rpc_span)
+        .layer(crate::metrics::RpcMetricsLayer)
         .add_service(health_service)
         .add_optional_service((!args.no_reflection).then_some(reflection_v1))
         .add_optional_service((!args.no_reflection).then_some(reflection_v1alpha));
@@ -146,11 +152,7 @@ where
 
 /// Adds `service` to `router`, behind `policy` when there is one (health and reflection
 /// are added unguarded by [`run`]).
-pub fn add_guarded<S>(
-    router: tonic::transport::server::Router,
-    service: S,
-    policy: Option<std::sync::Arc<dyn crate::auth::Authorize>>,
-) -> tonic::transport::server::Router
+pub fn add_guarded<S>(router: Router, service: S, policy: Option<std::sync::Arc<dyn crate::auth::Authorize>>) -> Router
 where
     S: tower::Service<
             http::Request<tonic::body::Body>,

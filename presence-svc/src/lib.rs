@@ -56,9 +56,15 @@ pub async fn serve(
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                match store.sweep_all().await {
+                let outcome = store.sweep_all().await;
+                let result = if outcome.is_ok() { "ok" } else { "failed" };
+                metrics::counter!("presence_sweeps_total", "result" => result).increment(1);
+                match outcome {
                     Ok(0) => {}
-                    Ok(n) => tracing::debug!(swept = n, "expired users swept"),
+                    Ok(n) => {
+                        metrics::counter!("presence_swept_users_total").increment(n as u64);
+                        tracing::debug!(swept = n, "expired users swept")
+                    }
                     Err(e) => tracing::debug!(error = %e, "sweep skipped"),
                 }
             }

@@ -54,6 +54,7 @@ pub fn run(config: Config) -> Result<(), BoxError> {
         runtime.worker_threads(config.worker_threads);
     }
     runtime.enable_all().build()?.block_on(async {
+        push_common::metrics::install(config.serve.metrics_listen)?;
         let listener = server::listen(config.listen, "push-gateway (--listen / GATEWAY_LISTEN)").await?;
         serve(listener, config, push_common::shutdown::signal()).await
     })

@@ -117,6 +117,12 @@ impl Content<'_> {
     }
 }
 
+/// Counts `n` stored and published pushes of `kind` (all, users, group, targeted,
+/// batch: one per pushed item of a PushBatch).
+fn pushed(kind: &'static str, n: u64) {
+    metrics::counter!("push_gateway_pushes_total", "kind" => kind).increment(n);
+}
+
 impl Pusher {
     /// `caller` is the API key's name ('' without authentication): idempotency keys are
     /// per caller, so two backends cannot collide on one.
@@ -127,6 +133,7 @@ impl Pusher {
         v.check()?;
         let push = self.prepare(caller, &c, key, target::Route::All, "")?;
         let message_id = self.store.push(&push).await?;
+        pushed("all", 1);
         Ok(pb::PushToAllResponse { message_id })
     }
 
@@ -138,6 +145,7 @@ impl Pusher {
         v.check()?;
         let push = self.prepare(caller, &c, key, target::Route::Users(users), "")?;
         let message_id = self.store.push(&push).await?;
+        pushed("users", 1);
         Ok(pb::PushToUsersResponse { message_id })
     }
 
@@ -149,6 +157,7 @@ impl Pusher {
         let group = v.check_with(group)?;
         let push = self.prepare(caller, &c, key, target::Route::Group(group), "")?;
         let message_id = self.store.push(&push).await?;
+        pushed("group", 1);
         Ok(pb::PushToGroupResponse { message_id })
     }
 
@@ -157,6 +166,7 @@ impl Pusher {
         let (push, mut response) = self.resolve(caller, &r).await?;
         if !push.targets.is_empty() {
             response.message_id = self.store.push(&push).await?;
+            pushed("targeted", 1);
         }
         Ok(response)
     }
@@ -197,6 +207,7 @@ impl Pusher {
             ));
         }
         let answers = self.store.push_many(&pushes).await?;
+        pushed("batch", answers.iter().filter(|a| a.is_ok()).count() as u64);
         for ((i, mut response), answer) in ready.into_iter().zip(answers) {
             results[i] = Some(match answer {
                 Ok(id) => {

@@ -212,6 +212,7 @@ impl Shared {
             ));
         }
         live.insert(s);
+        metrics::gauge!("push_gateway_streams").set(live.streams.len() as f64);
         Ok(())
     }
 
@@ -231,6 +232,7 @@ impl Shared {
         let (registered, survivor) = {
             let mut live = self.live();
             let registered = live.remove(&s).is_some();
+            metrics::gauge!("push_gateway_streams").set(live.streams.len() as f64);
             (registered, live.newest(&s.user, &s.device))
         };
         let mut channels = self.base_channels(&s);

@@ -40,6 +40,9 @@ pub(super) async fn establish(
     let page = shared.store.replay(&stream, cursor, 0, &s.user).await?;
     let pos = Pos { epoch: page.epoch, id: page.point };
     let continuity = Continuity::try_from(page.continuity).unwrap_or(Continuity::Gap);
+    if let (Some(_), Continuity::Gap) = (cursor, continuity) {
+        metrics::counter!("push_gateway_resume_gaps_total").increment(1);
+    }
     if let (true, Some(from), Continuity::Gap) = (strict, cursor, continuity) {
         return Err(unhonoured(source, from));
     }
@@ -138,6 +141,7 @@ pub(super) async fn replay_until(
             return Ok(());
         }
         let full = page.entries.len() == want;
+        metrics::counter!("push_gateway_replayed_total").increment(page.entries.len() as u64);
         let mut last = page.point;
         for (id, message) in page.entries {
             if until.is_some_and(|u| id > u) {

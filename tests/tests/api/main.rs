@@ -6,6 +6,7 @@ mod gateway;
 mod health;
 mod hostile;
 mod inbox;
+mod metrics;
 mod presence;
 mod profile;
 mod push;

@@ -10,6 +10,9 @@ use std::{
 
 use clap::CommandFactory;
 
+/// The port every pod serves its metrics on (the monitoring component scrapes `metrics`).
+const METRICS: u16 = 9090;
+
 /// Variables the binaries read outside their flags (common/src/telemetry.rs).
 const LOGGING: [&str; 2] = ["RUST_LOG", "LOG_FORMAT"];
 
@@ -142,7 +145,7 @@ fn ports_and_health_services_match_the_binaries() {
     let docs = docs();
     for (bin, cmd, port, _) in binaries() {
         let reads = env_of(&cmd);
-        let listen_var = reads.keys().find(|k| k.ends_with("_LISTEN")).unwrap().clone();
+        let listen_var = reads.keys().find(|k| k.ends_with("_LISTEN") && *k != "METRICS_LISTEN").unwrap().clone();
         let default = reads[&listen_var].clone().unwrap();
         assert!(default.ends_with(&format!(":{port}")), "{bin} listens on {default} by default");
         let find = |kind: &str| {
@@ -155,7 +158,9 @@ fn ports_and_health_services_match_the_binaries() {
         assert_eq!(listen, Some(format!("0.0.0.0:{port}")), "{bin}'s ConfigMap sets {listen_var}");
 
         let deployment = find("Deployment");
-        assert_eq!(deployment.all("containerPort"), [port.to_string()], "{bin}'s container port");
+        assert_eq!(deployment.all("containerPort"), [port.to_string(), METRICS.to_string()], "{bin}'s container ports");
+        let metrics = config.iter().find(|(k, _)| k == "METRICS_LISTEN").map(|(_, v)| v.clone());
+        assert_eq!(metrics, Some(format!("0.0.0.0:{METRICS}")), "{bin}'s ConfigMap serves metrics");
         assert!(deployment.all("command").iter().any(|c| c.contains(&format!("/{bin}\""))), "{bin}'s command");
         // Every probe asks the container's port; liveness and startup the name that
         // stays SERVING while the process lives, readiness the dependency-driven one.
@@ -171,8 +176,13 @@ fn ports_and_health_services_match_the_binaries() {
             }
         }
         let service = find("Service");
-        assert_eq!(service.all("port"), [port.to_string()], "{bin}'s Service port");
-        assert!(service.lines.iter().any(|l| l.trim() == "- name: grpc"), "{bin}'s Service port is named grpc");
+        assert_eq!(service.all("port"), [port.to_string(), METRICS.to_string()], "{bin}'s Service ports");
+        for name in ["grpc", "metrics"] {
+            assert!(
+                service.lines.iter().any(|l| l.trim() == format!("- name: {name}")),
+                "{bin}'s Service has port {name}"
+            );
+        }
     }
     // The gateway reaches the internal services at their Services' ports.
     let gw =
@@ -214,4 +224,40 @@ fn the_operations_guide_documents_every_environment_variable() {
         }
     }
     assert!(missing.is_empty(), "docs/OPERATIONS.md does not document: {missing:?}");
+}
+
+/// Every metric an alert uses is one the code records (a histogram's `_bucket`,
+/// `_count` and `_sum` count as the histogram).
+#[test]
+fn every_metric_an_alert_uses_is_recorded_by_the_code() {
+    let alerts = std::fs::read_to_string(root().join("deploy/components/monitoring/alerts.yaml")).unwrap();
+    let mut source = String::new();
+    let mut dirs: Vec<PathBuf> = ["common/src", "push-gateway/src", "presence-svc/src", "profile-svc/src"]
+        .iter()
+        .map(|d| root().join(d))
+        .collect();
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                source.push_str(&std::fs::read_to_string(&p).unwrap());
+            }
+        }
+    }
+    let mut used = BTreeSet::new();
+    for line in alerts.lines().filter(|l| l.contains("expr") || l.starts_with("            ")) {
+        for word in line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if ["rpc_", "redis_", "push_gateway_", "presence_"].iter().any(|p| word.starts_with(p)) {
+                used.insert(
+                    word.trim_end_matches("_bucket").trim_end_matches("_count").trim_end_matches("_sum").to_owned(),
+                );
+            }
+        }
+    }
+    assert!(used.len() >= 6, "alerts use {used:?}");
+    for m in &used {
+        assert!(source.contains(&format!("\"{m}\"")), "an alert uses {m}, which no code records");
+    }
 }

@@ -40,6 +40,7 @@ impl Task {
                 Err(why) => {
                     if self.state.healthy.swap(false, Ordering::Relaxed) {
                         tracing::warn!(%why, "push hub lost its Redis connection; reconnecting");
+                        metrics::counter!("push_gateway_hub_reconnects_total").increment(1);
                     } else {
                         tracing::debug!(%why, ?backoff, "push hub cannot connect yet");
                     }

@@ -143,6 +143,7 @@ impl Hub {
                 }
             }
             if !new.is_empty() {
+                metrics::gauge!("push_gateway_hub_channels").set(reg.len() as f64);
                 let _ = self.state.cmds.send(Cmd::Subscribe(new));
             }
             let _ = self.state.cmds.send(Cmd::Barrier(ack));
@@ -169,6 +170,7 @@ impl Hub {
             }
         }
         if !gone.is_empty() {
+            metrics::gauge!("push_gateway_hub_channels").set(reg.len() as f64);
             let _ = self.state.cmds.send(Cmd::Unsubscribe(gone));
         }
     }

@@ -383,6 +383,8 @@ impl Queue {
 
     fn check_limits(&self, s: &mut State) {
         if s.items.len() + s.held.len() > self.limits.messages || s.bytes > self.limits.bytes {
+            metrics::counter!("push_gateway_slow_consumer_cutoffs_total").increment(1);
+            metrics::counter!("push_gateway_queue_dropped_total").increment((s.items.len() + s.held.len()) as u64);
             s.items = VecDeque::new();
             s.held = Vec::new();
             s.bytes = 0;
@@ -411,6 +413,7 @@ impl Queue {
             let mut encoded = Vec::with_capacity(s.items.len().min(BATCH_MESSAGES));
             let mut size = 0;
             let mut has_message = false;
+            let mut messages = 0u64;
             while let Some(front) = s.items.front() {
                 if !encoded.is_empty() && (encoded.len() == BATCH_MESSAGES || size + front.len() > BATCH_BYTES) {
                     break;
@@ -422,10 +425,13 @@ impl Queue {
                     break;
                 }
                 has_message |= !is_state;
+                messages += u64::from(!is_state);
                 size += front.len();
                 encoded.extend(s.items.pop_front());
             }
             s.bytes -= size;
+            // Handed to the transport: a delivery per message (live or replayed).
+            metrics::counter!("push_gateway_deliveries_total").increment(messages);
             if s.items.is_empty() {
                 // Give the memory back: an idle stream should cost next to nothing (one
                 // allocation per batch is noise next to the write that sends it).

@@ -1,0 +1,144 @@
+//! Prometheus metrics through the `metrics` facade, exported by
+//! `metrics-exporter-prometheus` on a separate HTTP port (`--metrics-listen`).
+//!
+//! The binaries install the exporter ([`install`]); `serve` never does, so services
+//! run in-process by the tests record into nothing and share no global state. Every
+//! server counts its RPCs ([`RpcMetricsLayer`]) and every pooled Redis command
+//! (`crate::redis::Connection`); the services add their own (docs/OPERATIONS.md,
+//! "Metrics").
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use tonic::{Code, codegen::http};
+
+use crate::Error;
+
+/// Latency buckets (seconds) of every `*_seconds` histogram: 100 µs to 10 s.
+const BUCKETS: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Serves `/metrics` on `addr` (any path answers) from now on; nothing when `None`.
+/// Call it inside the process's tokio runtime.
+pub fn install(addr: Option<SocketAddr>) -> Result<(), Error> {
+    let Some(addr) = addr else { return Ok(()) };
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
+        .and_then(|b| b.install())
+        .map_err(|e| Error::Config(format!("--metrics-listen {addr}: {e}")))?;
+    tracing::info!(%addr, "serving Prometheus metrics");
+    Ok(())
+}
+
+/// Counts every RPC by method and status code (`rpc_requests_total`) and times it to
+/// its response headers (`rpc_duration_seconds`): a unary call's whole latency, a
+/// stream's opening. The code is the `grpc-status` of a trailers-only answer (every
+/// error we return) or OK. Paths the server does not serve count as method "unknown",
+/// so a caller cannot grow the label set.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RpcMetricsLayer;
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+    fn layer(&self, inner: S) -> RpcMetrics<S> {
+        RpcMetrics { inner }
+    }
+}
+
+/// See [`RpcMetricsLayer`].
+#[derive(Clone, Debug)]
+pub struct RpcMetrics<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for RpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = req.uri().path().to_owned();
+        let start = Instant::now();
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let res = answer.await;
+            let code = match &res {
+                Ok(r) => r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok()?.parse::<i32>().ok())
+                    .map_or(Code::Ok, Code::from_i32),
+                Err(_) => Code::Unknown,
+            };
+            let method = if code == Code::Unimplemented { "unknown".to_owned() } else { method };
+            let labels = [("method", method), ("code", format!("{code:?}"))];
+            metrics::counter!("rpc_requests_total", &labels).increment(1);
+            metrics::histogram!("rpc_duration_seconds", &labels).record(start.elapsed().as_secs_f64());
+            res
+        })
+    }
+}
+
+/// Records one Redis command (or pipeline) that took `took`: `redis_commands_total`,
+/// `redis_command_duration_seconds` and, when it failed, `redis_command_errors_total`,
+/// by command name.
+pub fn redis_command(command: &'static str, took: Duration, failed: bool) {
+    let labels = [("command", command)];
+    metrics::counter!("redis_commands_total", &labels).increment(1);
+    metrics::histogram!("redis_command_duration_seconds", &labels).record(took.as_secs_f64());
+    if failed {
+        metrics::counter!("redis_command_errors_total", &labels).increment(1);
+    }
+}
+
+/// A command's name as a label: one of a fixed set, so no argument can become one.
+pub fn redis_command_name(first_arg: Option<&[u8]>) -> &'static str {
+    const KNOWN: [&str; 30] = [
+        "EVALSHA",
+        "EVAL",
+        "SCRIPT",
+        "GET",
+        "SET",
+        "DEL",
+        "EXISTS",
+        "EXPIRE",
+        "PEXPIRE",
+        "HGET",
+        "HSET",
+        "HGETALL",
+        "HMGET",
+        "HDEL",
+        "SADD",
+        "SREM",
+        "SMEMBERS",
+        "SCARD",
+        "ZADD",
+        "ZREM",
+        "ZRANGE",
+        "ZCARD",
+        "ZMSCORE",
+        "ZSCORE",
+        "XADD",
+        "XRANGE",
+        "XREVRANGE",
+        "XREAD",
+        "PUBLISH",
+        "PING",
+    ];
+    let Some(arg) = first_arg else { return "other" };
+    KNOWN.iter().find(|k| k.as_bytes().eq_ignore_ascii_case(arg)).copied().unwrap_or("other")
+}
