@@ -89,7 +89,8 @@ if ! have "$redis_image"; then
   chroot "$rr" apt-get install -y -qq --no-install-recommends redis-server >/dev/null
   chroot "$rr" apt-get clean
   echo "importing $redis_image" >&2
-  tar -C "$rr" -c . | podman import --change 'CMD ["redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no"]' \
+  tar -C "$rr" -c . | podman import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'CMD ["redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no"]' \
     --change 'WORKDIR /tmp' - "$redis_image" >/dev/null
 fi
 podman image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E 'rust|distroless|redis' >&2
