@@ -4,7 +4,7 @@
 # scenarios right after it, and prints every result. See docs/BENCHMARKS.md.
 #
 #   ./scripts/bench.sh                 # everything (~15 minutes)
-#   ./scripts/bench.sh broadcast       # one scenario: baseline floor broadcast users latency memory
+#   ./scripts/bench.sh broadcast       # one scenario: baseline floor broadcast users latency memory sizing
 #   ./scripts/bench.sh peer            # the peer's shapes alone (Socket.IO, loadgen/peer/socketio)
 #   ./scripts/bench.sh compare         # each of those shapes, the peer then ours, and a summary
 #
@@ -261,6 +261,36 @@ if want memory; then
     idle_memory gateway "$gw_pid" "$1" loadgen --streams "$1" --connections "$2" --hold 20s --duration 0s --drain 0s --prefix "mem$2"
     stop_gateway
   done
+fi
+
+if want sizing; then
+  # Redis memory for sizing (docs/OPERATIONS.md, "Sizing"): per online user (its
+  # presence lease, session and index entries, with one stream each) and per message
+  # retained in inboxes (stream entry, meta, with 132-byte payloads).
+  redis_mem() { redis-cli -p "$REDIS_PORT" info memory | awk -F: '/^used_memory:/ {print $2+0}'; }
+  hr "sizing: Redis memory per online user, 5,000 users with a stream each"
+  start_gateway
+  redis-cli -p "$REDIS_PORT" flushall >/dev/null
+  sleep 1
+  m0=$(redis_mem)
+  "$bin/push-loadgen" --target "http://127.0.0.1:$GW_PORT" --streams 5000 --hold 15s --duration 0s --drain 0s --prefix size >/dev/null 2>&1 &
+  lg=$!
+  sleep 12
+  m1=$(redis_mem)
+  wait "$lg" || true
+  echo "online users 5000: used_memory $m0 -> $m1 B: $(( (m1 - m0) / 5000 )) B per online user"
+  stop_gateway
+  hr "sizing: Redis memory per retained inbox message, 1,000 users, 100 messages each"
+  start_gateway
+  redis-cli -p "$REDIS_PORT" flushall >/dev/null
+  sleep 1
+  m0=$(redis_mem)
+  out=$("$bin/push-loadgen" --target "http://127.0.0.1:$GW_PORT" --streams 0 --offline-users 1000 --mode users --batch 100 --pushers 4 --rate 0 --duration 3s --max-pushes 100000 --prefix size 2>/dev/null)
+  pushed=$(awk '/^pushes / {print $2}' <<<"$out")
+  m1=$(redis_mem)
+  entries=$(for k in $(redis-cli -p "$REDIS_PORT" --scan --pattern '*:inbox:*' | grep -v ':meta$'); do redis-cli -p "$REDIS_PORT" xlen "$k"; done | awk '{s += $1} END {print s + 0}')
+  echo "pushed $pushed to 1000 users; $entries entries retained (inbox max length 100): used_memory $m0 -> $m1 B: $(( (m1 - m0) / (entries > 0 ? entries : 1) )) B per retained message"
+  stop_gateway
 fi
 
 # The peer's shapes alone. `all` runs them inside compare, next to ours.
