@@ -213,13 +213,19 @@ fn the_termination_grace_covers_the_drain() {
 }
 
 #[test]
-fn the_operations_guide_documents_every_environment_variable() {
+fn the_operations_guide_documents_every_flag_and_environment_variable() {
     let guide = std::fs::read_to_string(root().join("docs/OPERATIONS.md")).unwrap();
     let mut missing = BTreeSet::new();
     for (bin, cmd, _, _) in binaries() {
         for var in env_of(&cmd).keys() {
             if !guide.contains(&format!("`{var}`")) {
                 missing.insert(format!("{var} ({bin})"));
+            }
+        }
+        // And every flag, by its long name.
+        for flag in cmd.get_arguments().filter_map(|a| a.get_long()).filter(|l| !["help", "version"].contains(l)) {
+            if !guide.contains(&format!("`--{flag}`")) && !guide.contains(&format!("`--{flag}`,")) {
+                missing.insert(format!("--{flag} ({bin})"));
             }
         }
     }
