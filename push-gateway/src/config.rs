@@ -79,6 +79,11 @@ pub struct Config {
     #[arg(long = "jwt-key", env = "GATEWAY_JWT_KEYS", value_delimiter = ';')]
     pub jwt_keys: Vec<String>,
 
+    /// How often the API key file and the device-token key files are checked for
+    /// changes; changed files are loaded without a restart (0: never).
+    #[arg(long, env = "GATEWAY_CREDENTIALS_RELOAD_INTERVAL", default_value = "10s", value_parser = duration)]
+    pub credentials_reload_interval: std::time::Duration,
+
     /// Required `iss` of device tokens, if set.
     #[arg(long, env = "GATEWAY_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,

@@ -115,6 +115,15 @@ pub async fn serve(
     let gateway = service::Gateway::new(internal(&s.presence), internal(&s.profile), parts);
     let service = PushGatewayServer::new(gateway).max_decoding_message_size(s.max_request_bytes);
     let policy = s.policy;
+    let reloader = match (&s.reloading, config.credentials_reload_interval.is_zero()) {
+        (Some(r), false) => {
+            let c = config.clone();
+            Some(r.watch(config.credentials_reload_interval, settings::credential_files(&config), move || {
+                settings::auth_settings(&c)
+            }))
+        }
+        _ => None,
+    };
     let (closing, window) = (hub.clone(), config.stream_drain_window);
     let drain = async move {
         closing
@@ -127,5 +136,8 @@ pub async fn serve(
     .await;
     hub_task.abort();
     maintenance_task.abort();
+    if let Some(r) = reloader {
+        r.abort();
+    }
     result
 }

@@ -17,6 +17,8 @@ pub struct Settings {
     pub internal_token: SendBearer,
     /// Who may call what; None only with --insecure-no-auth.
     pub policy: Option<Arc<dyn Authorize>>,
+    /// The same policy, for reloading its credential files.
+    pub reloading: Option<Arc<auth::Reloading>>,
     pub pool: redis::Pool,
     pub keys: Keys,
     pub retention: Retention,
@@ -44,6 +46,7 @@ impl Settings {
                         development"
                 .into());
         }
+        let reloading = policy.map(auth::Reloading::new);
         if config.history_meta_ttl < config.history_max_age {
             return Err("--history-meta-ttl must be at least --history-max-age".into());
         }
@@ -54,7 +57,8 @@ impl Settings {
             presence,
             profile,
             internal_token: SendBearer::new(token.as_deref())?,
-            policy: policy.map(|p| Arc::new(p) as Arc<dyn Authorize>),
+            policy: reloading.clone().map(|p| p as Arc<dyn Authorize>),
+            reloading,
             pool: redis::pool(&config.redis)?,
             keys: Keys::new(&config.redis.key_prefix),
             retention: Retention {
@@ -96,8 +100,14 @@ impl Settings {
     }
 }
 
+/// The files the policy reads: the API key file and each device-token key's file.
+pub fn credential_files(config: &Config) -> Vec<std::path::PathBuf> {
+    let jwt = config.jwt_keys.iter().filter_map(|k| k.trim().splitn(3, ':').nth(2)).map(std::path::PathBuf::from);
+    config.api_keys_file.iter().cloned().chain(jwt).collect()
+}
+
 /// The policy's settings: the flags plus the keys file.
-fn auth_settings(config: &Config) -> Result<auth::AuthSettings, push_common::Error> {
+pub fn auth_settings(config: &Config) -> Result<auth::AuthSettings, push_common::Error> {
     let mut api_keys: Vec<String> = config.api_keys.iter().filter(|k| !k.trim().is_empty()).cloned().collect();
     if let Some(path) = &config.api_keys_file {
         let text = std::fs::read_to_string(path)

@@ -69,6 +69,12 @@ impl Credentials {
         Credentials { dir, internal_token_file, gateway }
     }
 
+    /// A file of the credentials' directory (e.g. "hs1", the secret of key hs1), to
+    /// change what a running gateway reads.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
     /// The flags of presence-svc and profile-svc: the internal token they accept.
     pub fn internal_flags(&self) -> [&str; 2] {
         ["--internal-token-file", &self.internal_token_file]

@@ -450,5 +450,8 @@ pub fn device_user(identity: Option<&Identity>, requested: &str) -> Result<Strin
     }
 }
 
+mod reload;
+pub use reload::Reloading;
+
 #[cfg(test)]
 mod tests;

@@ -334,3 +334,44 @@ async fn idempotency_keys_belong_to_their_api_key() {
     let topics = [d.next().await.topic, d.next().await.topic];
     assert_eq!(topics, ["billing", "ops"]);
 }
+
+/// Rotation without a restart: the device-token secret and the API key file change on
+/// disk and are in force within the reload interval, the old secret refused; a file
+/// that no longer parses leaves the keys in force as they were.
+#[tokio::test]
+async fn credential_files_reload_without_a_restart() {
+    let keys = std::env::temp_dir().join(format!("push-keys-{}", std::process::id()));
+    let line = |name: &str, key: &str, scope: &str| {
+        format!("{name}:{}:{scope}\n", push_tests::credentials::hex(&push_common::auth::digest(key.as_bytes())))
+    };
+    std::fs::write(&keys, line("first", "k-first", "publish")).unwrap();
+    let keys_flag = keys.display().to_string();
+    let (app, creds) = secure_app(&["--api-keys-file", &keys_flag, "--credentials-reload-interval", "100ms"]).await;
+    let addr = app.gateway.addr;
+    let push = async |key: &str| authorized(addr, key).await.push_to_users(to_users(&["ann"], "t")).await.map(drop);
+    let subscribe = async |token: &str| Device::options().bearer(token).connect(addr, "ann", "phone").await.map(drop);
+    push("k-first").await.unwrap();
+    assert_eq!(push("k-second").await.unwrap_err().code(), Code::Unauthenticated);
+    subscribe(&device_token("ann")).await.unwrap();
+
+    // A new line in the key file, and a new secret for device-token key hs1.
+    std::fs::write(&keys, line("first", "k-first", "publish") + &line("second", "k-second", "publish")).unwrap();
+    let new_secret = "the-rotated-hmac-secret-of-32-bytes-or-more";
+    std::fs::write(creds.path("hs1"), new_secret).unwrap();
+    let claims = Claims { sub: "ann", exp: now() + 600, aud: "push", iss: "auth.example" };
+    let header = Header { kid: Some("hs1".into()), ..Header::new(Algorithm::HS256) };
+    let rotated = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(new_secret.as_bytes())).unwrap();
+    eventually(Duration::from_secs(10), "the new key and secret are in force", async || {
+        push("k-second").await.is_ok() && subscribe(&rotated).await.is_ok()
+    })
+    .await;
+    assert_eq!(subscribe(&device_token("ann")).await.unwrap_err().code(), Code::Unauthenticated, "the old secret");
+    push("k-first").await.unwrap();
+
+    // A broken file changes nothing.
+    std::fs::write(&keys, "this is not a key line\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    push("k-second").await.unwrap();
+    subscribe(&rotated).await.unwrap();
+    let _ = std::fs::remove_file(&keys);
+}
