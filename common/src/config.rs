@@ -83,6 +83,11 @@ pub struct ServeArgs {
     #[arg(long = "no-reflection", env = "NO_REFLECTION")]
     pub no_reflection: bool,
 
+    /// How often --tls-cert and --tls-key are read again; a renewed certificate is
+    /// used for new connections without a restart (0: never).
+    #[arg(long = "tls-reload-interval", env = "TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = duration)]
+    pub tls_reload_interval: Duration,
+
     /// PEM certificate chain to serve TLS with (with --tls-key); plaintext without it.
     #[arg(long = "tls-cert", env = "TLS_CERT_FILE", requires = "tls_key")]
     pub tls_cert: Option<std::path::PathBuf>,
@@ -103,15 +108,9 @@ pub fn read_file(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, crate::E
 
 impl ServeArgs {
     /// The server's TLS settings, if TLS is configured.
-    pub fn tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, crate::Error> {
-        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    pub fn tls(&self) -> Result<Option<crate::tls::ServerTls>, crate::Error> {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
-        let identity = Identity::from_pem(read_file("--tls-cert", cert)?, read_file("--tls-key", key)?);
-        let mut tls = ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &self.tls_client_ca {
-            tls = tls.client_ca_root(Certificate::from_pem(read_file("--tls-client-ca", ca)?));
-        }
-        Ok(Some(tls))
+        crate::tls::server(cert.clone(), key.clone(), self.tls_client_ca.as_deref()).map(Some)
     }
 }
 

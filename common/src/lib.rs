@@ -18,6 +18,7 @@
 //! - [`shutdown`]: SIGTERM / SIGINT as a future.
 //! - [`size_limit`]: RESOURCE_EXHAUSTED (not tonic's OUT_OF_RANGE) for oversized requests.
 //! - [`token`]: hex encoding of opaque page tokens.
+//! - [`tls`]: serving TLS with certificates that reload from their files.
 //! - [`time`]: conversions between Redis millisecond clocks and protobuf types.
 
 pub mod auth;
@@ -34,6 +35,7 @@ pub mod shutdown;
 pub mod size_limit;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod token;
 pub mod validate;
 

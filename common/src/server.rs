@@ -131,12 +131,8 @@ where
         let _ = started_tx.send(());
     };
     tracing::info!(addr = %listener.local_addr()?, service = name, "listening");
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = args.tls()? {
-        builder = builder.tls_config(tls).map_err(|e| crate::Error::Config(format!("TLS: {e}")))?;
-        tracing::info!(mutual = args.tls_client_ca.is_some(), "serving TLS");
-    }
-    let router = builder
+    let tls = args.tls()?;
+    let router = tonic::transport::Server::builder()
         .max_concurrent_streams(args.max_concurrent_streams)
         .http2_keepalive_interval(Some(args.keepalive_interval))
         .http2_keepalive_timeout(Some(args.keepalive_timeout))
@@ -145,8 +141,27 @@ where
         .add_service(health_service)
         .add_optional_service((!args.no_reflection).then_some(reflection_v1))
         .add_optional_service((!args.no_reflection).then_some(reflection_v1alpha));
-    let running = add(router).serve_with_incoming_shutdown(incoming(listener), signal);
-    drain_with_grace(running, started_rx, args.shutdown_grace).await?;
+    let router = add(router);
+    match tls {
+        Some(tls) => {
+            tracing::info!(mutual = args.tls_client_ca.is_some(), "serving TLS");
+            let reloader = crate::tls::watch(tls.cert, args.tls_reload_interval);
+            let running = router.serve_with_incoming_shutdown(crate::tls::incoming(listener, tls.acceptor), signal);
+            let result = drain_with_grace(running, started_rx, args.shutdown_grace).await;
+            if let Some(r) = reloader {
+                r.abort();
+            }
+            result?;
+        }
+        None => {
+            drain_with_grace(
+                router.serve_with_incoming_shutdown(incoming(listener), signal),
+                started_rx,
+                args.shutdown_grace,
+            )
+            .await?
+        }
+    }
     Ok(())
 }
 

@@ -375,3 +375,37 @@ async fn credential_files_reload_without_a_restart() {
     subscribe(&rotated).await.unwrap();
     let _ = std::fs::remove_file(&keys);
 }
+
+/// A renewed certificate needs no restart: the server's certificate files change on
+/// disk and new connections get the new certificate within the reload interval. It
+/// starts with a certificate a client rejects for localhost (the client certificate:
+/// CN=push-gateway, no localhost name) and moves to the right one.
+#[tokio::test]
+async fn a_renewed_server_certificate_is_used_without_a_restart() {
+    let dir = std::env::temp_dir().join(format!("push-tls-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::copy(fixture("client-test.pem"), &cert).unwrap();
+    std::fs::copy(fixture("client-test.key"), &key).unwrap();
+    let (cert_flag, key_flag) = (cert.display().to_string(), key.display().to_string());
+    let flags = ["--tls-cert", &cert_flag, "--tls-key", &key_flag, "--tls-reload-interval", "100ms"];
+    let redis = RedisServer::start();
+    let presence = services::presence(&redis.url(), &flags).await;
+    let ca_pem = std::fs::read(fixture("ca-test.pem")).unwrap();
+    assert!(tls_channel(presence.addr, &ca_pem, None).await.is_err(), "the first certificate is not for localhost");
+
+    // Renewed in place, as a mounted Secret is: a half-written key first, then the pair.
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\ntruncated").unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(tls_channel(presence.addr, &ca_pem, None).await.is_err(), "a broken file changes nothing");
+    std::fs::copy(fixture("server-test.pem"), &cert).unwrap();
+    std::fs::copy(fixture("server-test.key"), &key).unwrap();
+    eventually(Duration::from_secs(10), "new connections get the renewed certificate", async || {
+        match tls_channel(presence.addr, &ca_pem, None).await {
+            Ok(ch) => health_on(ch, "").await.is_some(),
+            Err(_) => false,
+        }
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,171 @@
+//! Serving TLS with certificates that reload: the server's certificate chain and key
+//! are read again every `--tls-reload-interval` and, when the files changed and still
+//! load, used for every new connection from then on (a renewed certificate, e.g. by
+//! cert-manager into a mounted Secret, needs no restart). Files that do not load are
+//! logged and the certificate in force is kept. The client CA of mTLS is read at start.
+use std::{
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{
+        self, RootCertStore, ServerConfig,
+        crypto::CryptoProvider,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+        server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
+        sign::CertifiedKey,
+    },
+    server::TlsStream,
+};
+
+use crate::{Error, config::read_file};
+
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server certificate in force, and where it comes from.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<(Vec<u8>, Arc<CertifiedKey>)>,
+}
+
+impl ReloadingCert {
+    fn read(&self) -> Result<(Vec<u8>, Vec<u8>), Error> {
+        Ok((read_file("--tls-cert", &self.cert)?, read_file("--tls-key", &self.key)?))
+    }
+
+    /// Reads the files again; swaps the certificate in when they changed and load.
+    /// Returns whether it changed.
+    pub fn reload(&self) -> Result<bool, Error> {
+        let (cert, key) = self.read()?;
+        let seen: Vec<u8> = [cert.as_slice(), key.as_slice()].concat();
+        if self.current.read().unwrap_or_else(|e| e.into_inner()).0 == seen {
+            return Ok(false);
+        }
+        let certified = Arc::new(certified(&cert, &key, &self.provider)?);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (seen, certified);
+        Ok(true)
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).1.clone())
+    }
+}
+
+fn certified(cert: &[u8], key: &[u8], provider: &CryptoProvider) -> Result<CertifiedKey, Error> {
+    let chain = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Config(format!("--tls-cert: {e}")))?;
+    if chain.is_empty() {
+        return Err(Error::Config("--tls-cert: no certificate in the file".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| Error::Config(format!("--tls-key: {e}")))?;
+    CertifiedKey::from_der(chain, key, provider)
+        .map_err(|e| Error::Config(format!("--tls-cert / --tls-key do not make a usable certificate: {e}")))
+}
+
+/// A server's TLS: the acceptor, and the certificate to reload.
+pub struct ServerTls {
+    pub acceptor: TlsAcceptor,
+    pub cert: Arc<ReloadingCert>,
+}
+
+/// The TLS of a server serving `cert`/`key`, requiring client certificates from
+/// `client_ca` when given; HTTP/2 only (ALPN h2), as gRPC needs.
+pub fn server(cert: PathBuf, key: PathBuf, client_ca: Option<&std::path::Path>) -> Result<ServerTls, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (c, k) = (read_file("--tls-cert", &cert)?, read_file("--tls-key", &key)?);
+    let first = Arc::new(certified(&c, &k, &provider)?);
+    let seen = [c.as_slice(), k.as_slice()].concat();
+    let resolver =
+        Arc::new(ReloadingCert { cert, key, provider: provider.clone(), current: RwLock::new((seen, first)) });
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("TLS: {e}")))?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(&read_file("--tls-client-ca", ca)?) {
+                let c = c.map_err(|e| Error::Config(format!("--tls-client-ca: {e}")))?;
+                roots.add(c).map_err(|e| Error::Config(format!("--tls-client-ca: {e}")))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| Error::Config(format!("--tls-client-ca: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver.clone());
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(ServerTls { acceptor: TlsAcceptor::from(Arc::new(config)), cert: resolver })
+}
+
+/// Reloads `cert` every `every` (never when zero); runs until aborted.
+pub fn watch(cert: Arc<ReloadingCert>, every: Duration) -> Option<tokio::task::JoinHandle<()>> {
+    if every.is_zero() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match cert.reload() {
+                Ok(true) => tracing::info!("TLS certificate files changed: new connections use the new certificate"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS certificate files do not load; keeping the certificate in force")
+                }
+            }
+        }
+    }))
+}
+
+/// The TLS connections of `listener`: each accepted TCP connection (TCP_NODELAY) is
+/// handshaken on a task of its own, so a slow or failing client holds up nobody; failed
+/// handshakes are dropped and logged at debug. Ends when the server stops taking them.
+pub fn incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let tcp = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = tx.closed() => return,
+            };
+            let tcp = match tcp {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
