@@ -40,6 +40,12 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_CONNECT_TIMEOUT", default_value = "1s", value_parser = duration)]
     pub connect_timeout: Duration,
 
+    /// How often the host names of --presence-url and --profile-url are resolved again;
+    /// calls are balanced over every address that answers (a headless Service: every
+    /// ready pod). 0: one connection to the URL as given.
+    #[arg(long, env = "GATEWAY_INTERNAL_RESOLVE_INTERVAL", default_value = "5s", value_parser = duration)]
+    pub internal_resolve_interval: Duration,
+
     /// Redis of the push hub (Pub/Sub), group membership and publishing.
     #[command(flatten)]
     pub redis: RedisArgs,

@@ -1,12 +1,12 @@
 //! Channels to the internal services and the forwarding of one call.
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use prost::Message;
 use push_common::auth::SendBearer;
 use tonic::{
     Request, Response, Status,
     service::interceptor::InterceptedService,
-    transport::{Channel, Endpoint},
+    transport::{Channel, Endpoint, channel::Change},
 };
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
@@ -17,7 +17,85 @@ pub type Internal = InterceptedService<Channel, SendBearer>;
 
 /// A lazily connected channel: the gateway starts (NOT_SERVING) before its
 /// dependencies and reconnects by itself when they come back.
+///
+/// When the URL names a host (not an IP address) and `--internal-resolve-interval` is
+/// not zero, the channel is balanced over every address the name resolves to (a
+/// Kubernetes headless Service: every ready pod), resolved again at that interval:
+/// each address that accepts a TCP connection is in, one that stops resolving or
+/// accepting is taken out. Calls spread over the pods (power of two choices), instead
+/// of all riding the one connection a ClusterIP Service pins to one pod. TLS still
+/// verifies the certificate against the host name.
 pub fn channel(url: &str, config: &Config) -> Result<Channel, String> {
+    let uri: tonic::codegen::http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_owned();
+    if config.internal_resolve_interval.is_zero() || host.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(endpoint(url, &host, config)?.connect_lazy());
+    }
+    let scheme = uri.scheme_str().unwrap_or("http").to_owned();
+    let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+    // An endpoint is made now, so a bad setting fails at start.
+    endpoint(url, &host, config)?;
+    let name = host.clone();
+    let resolve = move || {
+        let name = name.clone();
+        async move { tokio::net::lookup_host((name.as_str(), port)).await.map(|a| a.collect()).unwrap_or_default() }
+    };
+    Ok(balanced(scheme, host, config, resolve))
+}
+
+/// A channel balanced over the addresses `resolve` finds (every
+/// `--internal-resolve-interval`) that accept a TCP connection within the connect
+/// timeout; addresses are added and taken out as that changes.
+pub fn balanced<R, F>(scheme: String, host: String, config: &Config, mut resolve: R) -> Channel
+where
+    R: FnMut() -> F + Send + 'static,
+    F: Future<Output = std::collections::BTreeSet<SocketAddr>> + Send,
+{
+    let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
+    let (config, every) = (config.clone(), config.internal_resolve_interval);
+    tokio::spawn(async move {
+        let mut current = std::collections::BTreeSet::new();
+        loop {
+            let reachable = reachable(resolve().await, config.connect_timeout).await;
+            for addr in reachable.difference(&current) {
+                let Ok(e) = endpoint(&format!("{scheme}://{addr}"), &host, &config) else { continue };
+                tracing::info!(service = %host, %addr, "internal service address in");
+                if changes.send(Change::Insert(*addr, e)).await.is_err() {
+                    return; // the channel is gone
+                }
+            }
+            for addr in current.difference(&reachable) {
+                tracing::info!(service = %host, %addr, "internal service address out");
+                if changes.send(Change::Remove(*addr)).await.is_err() {
+                    return;
+                }
+            }
+            current = reachable;
+            tokio::time::sleep(every).await;
+            if changes.is_closed() {
+                return;
+            }
+        }
+    });
+    channel
+}
+
+/// The addresses of `candidates` that accept a TCP connection within `timeout`.
+async fn reachable(
+    candidates: std::collections::BTreeSet<SocketAddr>,
+    timeout: Duration,
+) -> std::collections::BTreeSet<SocketAddr> {
+    let mut probes = tokio::task::JoinSet::new();
+    for a in candidates {
+        probes.spawn(async move {
+            matches!(tokio::time::timeout(timeout, tokio::net::TcpStream::connect(a)).await, Ok(Ok(_))).then_some(a)
+        });
+    }
+    probes.join_all().await.into_iter().flatten().collect()
+}
+
+/// One endpoint at `url`, with the gateway's timeouts and TLS (verifying `host`).
+fn endpoint(url: &str, host: &str, config: &Config) -> Result<Endpoint, String> {
     let endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| format!("{url}: {e}"))?
         .connect_timeout(config.connect_timeout)
@@ -31,7 +109,7 @@ pub fn channel(url: &str, config: &Config) -> Result<Channel, String> {
             use push_common::config::read_file;
             use tonic::transport::{Certificate, ClientTlsConfig, Identity};
             let ca = read_file("--internal-tls-ca", ca).map_err(|e| e.to_string())?;
-            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name(host);
             if let (Some(cert), Some(key)) = (&config.internal_tls_cert, &config.internal_tls_key) {
                 let cert = read_file("--internal-tls-cert", cert).map_err(|e| e.to_string())?;
                 let key = read_file("--internal-tls-key", key).map_err(|e| e.to_string())?;
@@ -40,7 +118,7 @@ pub fn channel(url: &str, config: &Config) -> Result<Channel, String> {
             endpoint.tls_config(tls).map_err(|e| format!("{url}: TLS: {e}"))?
         }
     };
-    Ok(endpoint.connect_lazy())
+    Ok(endpoint)
 }
 
 /// True when `service` on `channel` reports SERVING within `timeout`.

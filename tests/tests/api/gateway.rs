@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use push_proto::{profile::v1::UserProfile, push::v1 as pb};
 use push_tests::{
-    App,
+    App, eventually,
     fixtures::{assert_invalid, online_count, presence_of, ttl},
     gateway_client, services, wait_health,
 };
@@ -101,4 +101,74 @@ async fn a_down_internal_service_is_unavailable_and_the_other_still_works() {
     let late = services::gateway(&redis.url(), "http://127.0.0.1:9", &profile.url(), &[]).await;
     wait_health(late.addr, "", ServingStatus::NotServing).await;
     drop((redis, profile, gw));
+}
+
+/// A health server on loopback whose service "probe" reports `status`.
+async fn health_server(status: tonic_health::ServingStatus) -> std::net::SocketAddr {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter.set_service_status("probe", status).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _keep = reporter;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await.unwrap();
+    });
+    addr
+}
+
+/// The gateway's channel to an internal service spreads its calls over every address
+/// the service's name resolves to that accepts connections, never sends one to an
+/// address that does not, and stops using an address once it no longer resolves (a
+/// pod gone from a headless Service).
+#[tokio::test]
+async fn internal_calls_spread_over_every_address_and_leave_one_that_goes() {
+    use std::{
+        collections::{BTreeMap, BTreeSet},
+        sync::{Arc, Mutex},
+    };
+    use tonic_health::ServingStatus as Set;
+    let (a, b) = (health_server(Set::Serving).await, health_server(Set::NotServing).await);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap(); // closed on drop
+    let resolved = Arc::new(Mutex::new(BTreeSet::from([a, b, dead])));
+    let config = <push_gateway::Config as clap::Parser>::try_parse_from([
+        "push-gateway",
+        "--insecure-no-auth",
+        "--internal-resolve-interval",
+        "100ms",
+    ])
+    .unwrap();
+    let names = resolved.clone();
+    let ch = push_gateway::downstream::balanced("http".into(), "presence-svc".into(), &config, move || {
+        let now = names.lock().unwrap().clone();
+        async move { now }
+    });
+    // The answers of `n` health checks: SERVING (a), NOT_SERVING (b), or an error.
+    let ask = async |n: usize| {
+        let mut seen = BTreeMap::new();
+        for _ in 0..n {
+            let mut c = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+            let req = tonic_health::pb::HealthCheckRequest { service: "probe".into() };
+            let got = match c.check(req).await {
+                Ok(r) => format!("{:?}", ServingStatus::try_from(r.into_inner().status).unwrap()),
+                Err(s) => format!("{:?}", s.code()),
+            };
+            *seen.entry(got).or_insert(0) += 1;
+        }
+        seen
+    };
+    eventually(Duration::from_secs(10), "calls reach both live addresses", async || {
+        let seen = ask(40).await;
+        (seen.contains_key("Serving") && seen.contains_key("NotServing"), seen)
+    })
+    .await;
+    let seen = ask(100).await;
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["NotServing", "Serving"], "no call failed: {seen:?}");
+
+    resolved.lock().unwrap().remove(&b);
+    eventually(Duration::from_secs(10), "the address that went is no longer called", async || {
+        let seen = ask(30).await;
+        (seen.keys().collect::<Vec<_>>() == ["Serving"], seen)
+    })
+    .await;
 }
