@@ -106,6 +106,8 @@ impl SendBearer {
 
 impl tonic::service::Interceptor for SendBearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        // The trace goes on with the call (W3C traceparent), credentials or not.
+        crate::telemetry::inject(req.metadata_mut());
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
         }

@@ -37,9 +37,9 @@ pub fn reflection(
     Ok((v1, v1alpha))
 }
 
-/// The span of one RPC, named by its method path.
+/// The span of one RPC (see `crate::telemetry::rpc_span`).
 pub fn rpc_span(req: &http::Request<()>) -> tracing::Span {
-    tracing::info_span!("rpc", method = %req.uri().path())
+    crate::telemetry::rpc_span(req)
 }
 
 /// Runs `server` (which stops accepting when its shutdown future completes and then

@@ -140,10 +140,19 @@ impl GatewayProcess {
     /// Starts `bin` (the test crate's `gateway-process`, from `env!("CARGO_BIN_EXE_…")`)
     /// in front of `app`'s Redis and internal services; returns once it is SERVING.
     pub async fn start(bin: &str, app: &App, extra: &[&str]) -> GatewayProcess {
+        Self::start_on(bin, [&app.redis.url(), &app.presence.url(), &app.profile.url()], extra, &[]).await
+    }
+
+    /// As [`GatewayProcess::start`], in front of the given Redis, presence-svc and
+    /// profile-svc URLs, with more environment variables.
+    pub async fn start_on(bin: &str, urls: [&str; 3], extra: &[&str], env: &[(&str, &str)]) -> GatewayProcess {
         let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let args = gateway_args(&addr.to_string(), &app.redis.url(), &app.presence.url(), &app.profile.url(), extra);
+        let args = gateway_args(&addr.to_string(), urls[0], urls[1], urls[2], extra);
+        let log = if std::env::var_os("TEST_LOG").is_some() { "info" } else { "off" };
         let child = Command::new(bin)
             .args(&args[1..])
+            .env("RUST_LOG", log)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));

@@ -2,8 +2,6 @@
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
-    if std::env::var_os("TEST_LOG").is_some() {
-        push_common::telemetry::init();
-    }
+    // Logs are on only with TEST_LOG (tests/src/services.rs sets RUST_LOG=off otherwise).
     push_gateway::run(push_gateway::Config::parse()).map_err(|e| anyhow::anyhow!(e))
 }

@@ -172,3 +172,134 @@ async fn internal_calls_spread_over_every_address_and_leave_one_that_goes() {
     })
     .await;
 }
+
+/// A stand-in for an internal service: SERVING health, and every other call answered
+/// UNIMPLEMENTED after noting its `traceparent` header.
+#[derive(Clone)]
+struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl tonic::server::NamedService for Recorder {
+    const NAME: &'static str = "presence.v1.Presence";
+}
+
+impl tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for Recorder {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let tp = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        self.0.lock().unwrap().push(tp);
+        std::future::ready(Ok(tonic::Status::unimplemented("a recorder").into_http()))
+    }
+}
+
+/// The gateway continues a backend's W3C trace and hands it on to the internal service
+/// it calls: the internal call carries the same trace id, under a span of its own.
+#[tokio::test]
+async fn a_backends_trace_goes_on_to_the_internal_services() {
+    let redis = push_tests::RedisServer::start();
+    let seen = Recorder(Default::default());
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for s in ["", "presence.v1.Presence", "profile.v1.Profile"] {
+        reporter.set_service_status(s, tonic_health::ServingStatus::Serving).await;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let internal = format!("http://{}", listener.local_addr().unwrap());
+    let recorder = seen.clone();
+    tokio::spawn(async move {
+        let _keep = reporter;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(recorder)
+            .serve_with_incoming(incoming)
+            .await
+            .unwrap();
+    });
+    let bin = env!("CARGO_BIN_EXE_gateway-process");
+    let gw = push_tests::GatewayProcess::start_on(bin, [&redis.url(), &internal, &internal], &[], &[]).await;
+
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut req = tonic::Request::new(pb::GetPresenceRequest { user_ids: vec!["ann".into()] });
+    req.metadata_mut().insert("traceparent", format!("00-{trace}-00f067aa0ba902b7-01").parse().unwrap());
+    let _ = gateway_client(gw.addr).await.get_presence(req).await; // the recorder answers UNIMPLEMENTED
+    let got = seen.0.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "one internal call: {got:?}");
+    let parts: Vec<&str> = got[0].split('-').collect();
+    assert_eq!(parts.len(), 4, "a W3C traceparent: {got:?}");
+    assert_eq!(parts[1], trace, "the same trace");
+    assert_ne!(parts[2], "00f067aa0ba902b7", "under the gateway's own span");
+}
+
+/// A stand-in OTLP collector: the trace id and name of every span exported to it.
+#[derive(Clone, Default)]
+struct Collector(std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService for Collector {
+    async fn export(
+        &self,
+        req: tonic::Request<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
+    ) -> Result<
+        tonic::Response<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse>,
+        tonic::Status,
+    > {
+        for rs in req.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value.as_ref())
+                .map(|v| format!("{:?}", v.value))
+                .unwrap_or_default();
+            for span in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
+                let id: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                self.0.lock().unwrap().push((service.clone(), id, span.name));
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// With an OTLP endpoint configured, the gateway exports its spans there, in the
+/// caller's trace and under its service name; without one it exports nothing (the
+/// other tests).
+#[tokio::test]
+async fn spans_are_exported_over_otlp_when_an_endpoint_is_configured() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+    let app = App::start().await;
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let c = collector.clone();
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tonic::transport::Server::builder().add_service(TraceServiceServer::new(c)).serve_with_incoming(incoming).await
+    });
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_SERVICE_NAME", "push-gateway"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let bin = env!("CARGO_BIN_EXE_gateway-process");
+    let urls = [app.redis.url(), app.presence.url(), app.profile.url()];
+    let gw = push_tests::GatewayProcess::start_on(bin, [&urls[0], &urls[1], &urls[2]], &[], &env).await;
+
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let mut req = tonic::Request::new(pb::GetPresenceRequest { user_ids: vec!["ann".into()] });
+    req.metadata_mut().insert("traceparent", format!("00-{trace}-b7ad6b7169203331-01").parse().unwrap());
+    gateway_client(gw.addr).await.get_presence(req).await.unwrap();
+    eventually(Duration::from_secs(10), "the gateway's RPC span reaches the collector", async || {
+        let spans = collector.0.lock().unwrap().clone();
+        let found =
+            spans.iter().any(|(service, id, name)| id == trace && name == "rpc" && service.contains("push-gateway"));
+        (found, spans.len())
+    })
+    .await;
+}

@@ -14,7 +14,7 @@ use clap::CommandFactory;
 const METRICS: u16 = 9090;
 
 /// Variables the binaries read outside their flags (common/src/telemetry.rs).
-const LOGGING: [&str; 2] = ["RUST_LOG", "LOG_FORMAT"];
+const LOGGING: [&str; 4] = ["RUST_LOG", "LOG_FORMAT", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
