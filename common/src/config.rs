@@ -73,6 +73,11 @@ pub struct ServeArgs {
     #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
     pub shutdown_grace: Duration,
 
+    /// Also answer `grpc.health.v1` in plaintext on this address, and nothing else:
+    /// Kubernetes' gRPC probes cannot speak TLS, so a server with --tls-cert needs it.
+    #[arg(long = "health-listen", env = "HEALTH_LISTEN")]
+    pub health_listen: Option<std::net::SocketAddr>,
+
     /// Serve Prometheus metrics over HTTP on this address (e.g. `0.0.0.0:9090`);
     /// none without it.
     #[arg(long = "metrics-listen", env = "METRICS_LISTEN")]

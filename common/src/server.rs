@@ -115,6 +115,16 @@ where
     use crate::health;
 
     let (reporter, health_service) = health::health_reporter();
+    // The plaintext health port (for probes of a TLS server): the same statuses.
+    let health_only = match args.health_listen {
+        Some(addr) => {
+            let l = listen(addr, &format!("{name} (--health-listen / HEALTH_LISTEN)")).await?;
+            tracing::info!(addr = %addr, "health checks in plaintext");
+            let svc = health_service.clone();
+            Some(tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming(l))))
+        }
+        None => None,
+    };
     reporter.set_service_status(LIVENESS, health::ServingStatus::Serving).await;
     let watcher = health::spawn_watcher(reporter.clone(), vec![name], args.health_interval, probe);
     let (reflection_v1, reflection_v1alpha) = reflection(name)?;
@@ -161,6 +171,9 @@ where
             )
             .await?
         }
+    }
+    if let Some(h) = health_only {
+        h.abort();
     }
     Ok(())
 }

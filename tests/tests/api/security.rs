@@ -409,3 +409,23 @@ async fn a_renewed_server_certificate_is_used_without_a_restart() {
     .await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A TLS server can still be probed by Kubernetes (whose gRPC probes speak plaintext):
+/// `--health-listen` answers health, and only health, in plaintext, with the same
+/// statuses as the TLS port.
+#[tokio::test]
+async fn a_tls_server_answers_health_in_plaintext_on_its_health_port_and_nothing_else() {
+    let (cert, key) = (fixture("server-test.pem"), fixture("server-test.key"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let health_addr = port.to_string();
+    let redis = RedisServer::start();
+    let flags = ["--tls-cert", &cert, "--tls-key", &key, "--health-listen", &health_addr];
+    let presence = services::presence(&redis.url(), &flags).await;
+    wait_health(port, "", ServingStatus::Serving).await;
+    assert_eq!(health(port, "presence.v1.Presence").await, Some(ServingStatus::Serving));
+    assert_eq!(health(port, push_common::server::LIVENESS).await, Some(ServingStatus::Serving));
+    assert_eq!(health(presence.addr, "").await, None, "the service port speaks TLS only");
+    let mut p = push_proto::presence::v1::presence_client::PresenceClient::new(channel(port).await);
+    let req = push_proto::presence::v1::GetPresenceRequest { user_ids: vec!["ann".into()] };
+    assert_eq!(p.get_presence(req).await.unwrap_err().code(), Code::Unimplemented, "health only");
+}

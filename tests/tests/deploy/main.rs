@@ -145,7 +145,11 @@ fn ports_and_health_services_match_the_binaries() {
     let docs = docs();
     for (bin, cmd, port, _) in binaries() {
         let reads = env_of(&cmd);
-        let listen_var = reads.keys().find(|k| k.ends_with("_LISTEN") && *k != "METRICS_LISTEN").unwrap().clone();
+        let listen_var = reads
+            .keys()
+            .find(|k| k.ends_with("_LISTEN") && !["METRICS_LISTEN", "HEALTH_LISTEN"].contains(&k.as_str()))
+            .unwrap()
+            .clone();
         let default = reads[&listen_var].clone().unwrap();
         assert!(default.ends_with(&format!(":{port}")), "{bin} listens on {default} by default");
         let find = |kind: &str| {
@@ -265,5 +269,25 @@ fn every_metric_an_alert_uses_is_recorded_by_the_code() {
     assert!(used.len() >= 6, "alerts use {used:?}");
     for m in &used {
         assert!(source.contains(&format!("\"{m}\"")), "an alert uses {m}, which no code records");
+    }
+}
+
+/// With the TLS component the probes ask the plaintext health port the same patch
+/// opens (Kubernetes' gRPC probes cannot speak TLS), and every server gets a
+/// certificate.
+#[test]
+fn the_tls_component_probes_the_plaintext_health_port() {
+    let docs = docs();
+    for (bin, _, _, _) in binaries() {
+        let patch = docs
+            .iter()
+            .find(|d| d.file.contains("components/tls/") && d.kind() == Some("Deployment") && d.name() == Some(bin))
+            .unwrap_or_else(|| panic!("the TLS component patches {bin}"));
+        let values = patch.all("value");
+        let listen = values.iter().find(|v| v.contains(":8081")).unwrap_or_else(|| panic!("{bin}: HEALTH_LISTEN"));
+        let port = listen.trim_matches('"').rsplit(':').next().unwrap().to_owned();
+        assert!(patch.all("name").iter().any(|n| n == "HEALTH_LISTEN"), "{bin} sets HEALTH_LISTEN");
+        assert!(patch.all("name").iter().any(|n| n == "TLS_CERT_FILE"), "{bin} gets a certificate");
+        assert_eq!(patch.all("port"), [port.clone(), port.clone(), port], "{bin}'s three probes ask the health port");
     }
 }
