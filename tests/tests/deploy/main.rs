@@ -77,20 +77,26 @@ impl Doc {
     }
 }
 
-fn docs() -> Vec<Doc> {
+/// Every file with extension `ext` below the repository's folders `dirs`, sorted.
+fn files(dirs: &[&str], ext: &str) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    let mut dirs = vec![root().join("deploy")];
+    let mut dirs: Vec<PathBuf> = dirs.iter().map(|d| root().join(d)).collect();
     while let Some(d) = dirs.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
             if p.is_dir() {
                 dirs.push(p);
-            } else if p.extension().is_some_and(|x| x == "yaml") {
+            } else if p.extension().is_some_and(|x| x == ext) {
                 files.push(p);
             }
         }
     }
     files.sort();
+    files
+}
+
+fn docs() -> Vec<Doc> {
+    let files = files(&["deploy"], "yaml");
     assert!(files.len() >= 6, "deploy/ has its manifests: {files:?}");
     let mut out = Vec::new();
     for f in files {
@@ -241,21 +247,8 @@ fn the_operations_guide_documents_every_flag_and_environment_variable() {
 #[test]
 fn every_metric_an_alert_uses_is_recorded_by_the_code() {
     let alerts = std::fs::read_to_string(root().join("deploy/components/monitoring/alerts.yaml")).unwrap();
-    let mut source = String::new();
-    let mut dirs: Vec<PathBuf> = ["common/src", "push-gateway/src", "presence-svc/src", "profile-svc/src"]
-        .iter()
-        .map(|d| root().join(d))
-        .collect();
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                source.push_str(&std::fs::read_to_string(&p).unwrap());
-            }
-        }
-    }
+    let code = files(&["common/src", "push-gateway/src", "presence-svc/src", "profile-svc/src"], "rs");
+    let source: String = code.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
     let mut used = BTreeSet::new();
     for line in alerts.lines().filter(|l| l.contains("expr") || l.starts_with("            ")) {
         for word in line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
