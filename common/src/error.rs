@@ -69,7 +69,8 @@ impl From<Error> for Status {
             Error::Redis(e) => {
                 let code = redis_code(&e);
                 tracing::warn!(error = %e, ?code, "redis command failed");
-                Status::new(code, redis_message(code))
+                let message = if is_oom(&e) { "storage is full; retry later" } else { redis_message(code) };
+                Status::new(code, message)
             }
             Error::Protocol(m) | Error::Config(m) => {
                 tracing::error!(error = %m, "internal error");
@@ -82,8 +83,11 @@ impl From<Error> for Status {
 /// A Redis that does not answer in time is UNAVAILABLE, like one that is down: the
 /// caller should retry (elsewhere), which DEADLINE_EXCEEDED ("your deadline was too
 /// short") would not tell it.
+/// A Redis out of memory (`maxmemory` with `noeviction`) refuses writes: the caller
+/// retries later, as for any storage outage; nothing was written.
 fn redis_code(e: &redis::RedisError) -> Code {
-    if e.is_timeout()
+    if is_oom(e)
+        || e.is_timeout()
         || e.is_io_error()
         || e.is_connection_refusal()
         || e.is_connection_dropped()
@@ -93,6 +97,10 @@ fn redis_code(e: &redis::RedisError) -> Code {
     } else {
         Code::Internal
     }
+}
+
+fn is_oom(e: &redis::RedisError) -> bool {
+    e.code() == Some("OOM") || e.to_string().contains("OOM command not allowed")
 }
 
 fn redis_message(code: Code) -> &'static str {

@@ -360,3 +360,31 @@ async fn a_group_message_pushed_while_a_member_reaches_it_after_it_left() {
     assert_eq!(d.next().await.topic, "marker");
     assert_eq!(d.topics(), ["while-member", "marker"]);
 }
+
+/// A full Redis (`maxmemory` reached, `noeviction`) refuses writes: a backend is told
+/// UNAVAILABLE, "storage is full; retry", the same as for any storage outage it should
+/// retry, not INTERNAL (which reads as a bug of ours); reads still answer.
+#[tokio::test]
+async fn a_full_redis_answers_writes_unavailable_and_reads_still_work() {
+    let app = App::start().await;
+    let mut c = app.gateway_client().await;
+    let mut redis = app.redis.client().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("1").query_async(&mut redis).await.unwrap();
+
+    let refused = c.push_to_users(to_users(&["ann"], "t")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("full"), "{refused:?}");
+    let refused = c.join_group(pb::JoinGroupRequest { group_id: "g".into(), user_ids: vec!["ann".into()] }).await;
+    assert_eq!(refused.unwrap_err().code(), Code::Unavailable);
+    // Reads go on.
+    c.list_user_groups(pb::ListUserGroupsRequest { user_id: "ann".into() }).await.unwrap();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("0").query_async(&mut redis).await.unwrap();
+    c.push_to_users(to_users(&["ann"], "t")).await.unwrap();
+}
