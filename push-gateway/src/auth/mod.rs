@@ -126,6 +126,7 @@ impl Limit {
 }
 
 /// A token bucket: `tokens` refill at a limit's rate up to its burst.
+#[derive(Clone, Copy)]
 struct Bucket {
     tokens: f64,
     at: Instant,
@@ -312,6 +313,24 @@ impl GatewayPolicy {
             leeway: s.jwt_leeway,
             devices: DeviceLimit { limit: Limit::per_second(s.device_rate), buckets: Mutex::default() },
         }))
+    }
+
+    /// Takes over `old`'s rate-limit budgets where the limit is the same (a key of the
+    /// same name, digest and limit; the device limit), so reloading the credential files
+    /// neither refills nor empties anybody's budget.
+    pub fn carry_over(&self, old: &GatewayPolicy) {
+        for k in &self.keys {
+            if let Some(o) =
+                old.keys.iter().find(|o| o.name == k.name && same(&o.digest, &k.digest) && o.limit == k.limit)
+            {
+                *k.bucket.lock().unwrap_or_else(|e| e.into_inner()) =
+                    *o.bucket.lock().unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        if self.devices.limit == old.devices.limit {
+            let buckets = old.devices.buckets.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            *self.devices.buckets.lock().unwrap_or_else(|e| e.into_inner()) = buckets;
+        }
     }
 
     /// The key whose digest matches; every configured digest is compared.

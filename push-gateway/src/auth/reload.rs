@@ -46,6 +46,7 @@ impl Reloading {
                 }
                 match settings().and_then(|s| GatewayPolicy::new(&s)) {
                     Ok(Some(policy)) => {
+                        policy.carry_over(&this.current());
                         *this.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
                         tracing::info!("credential files changed: API keys and device-token keys reloaded");
                         seen = now;

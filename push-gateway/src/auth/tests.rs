@@ -233,3 +233,22 @@ fn device_calls_act_only_for_the_token_user() {
     assert_eq!(device_user(Some(&admin), "bob").unwrap(), "bob");
     assert_eq!(device_user(None, "bob").unwrap(), "bob");
 }
+
+/// Reloading the credential files keeps a key's spent budget (it neither refills nor
+/// empties), unless the key's limit changed.
+#[test]
+fn a_reloaded_policy_keeps_the_budgets_of_unchanged_keys() {
+    let old = policy(1000.0);
+    let call = |p: &GatewayPolicy, key: &str| p.authorize("/push.v1.PushGateway/PushToAll", &headers(key));
+    while call(&old, "k-batch").is_ok() {} // the burst of 3 spent
+    let reloaded = policy(1000.0);
+    reloaded.carry_over(&old);
+    assert!(call(&reloaded, "k-batch").is_err(), "the spent budget came along");
+    assert!(call(&reloaded, "k-pub").is_ok(), "other keys as they were");
+    // A key whose limit changed starts afresh with its new limit.
+    let mut settings_keys = vec![format!("batcher:{}:publish:2/5", hex(digest(b"k-batch")))];
+    settings_keys.push(format!("pusher:{}:publish", hex(digest(b"k-pub"))));
+    let bigger = GatewayPolicy::new(&AuthSettings { api_keys: settings_keys, ..Default::default() }).unwrap().unwrap();
+    bigger.carry_over(&old);
+    assert!(call(&bigger, "k-batch").is_ok(), "a new limit, a new budget");
+}
