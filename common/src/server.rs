@@ -155,7 +155,7 @@ where
     match tls {
         Some(tls) => {
             tracing::info!(mutual = args.tls_client_ca.is_some(), "serving TLS");
-            let reloader = crate::tls::watch(tls.cert, args.tls_reload_interval);
+            let reloader = crate::tls::watch(tls.cert, tls.clients, args.tls_reload_interval);
             let running = router.serve_with_incoming_shutdown(crate::tls::incoming(listener, tls.acceptor), signal);
             let result = drain_with_grace(running, started_rx, args.shutdown_grace).await;
             if let Some(r) = reloader {

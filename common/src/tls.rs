@@ -2,7 +2,8 @@
 //! are read again every `--tls-reload-interval` and, when the files changed and still
 //! load, used for every new connection from then on (a renewed certificate, e.g. by
 //! cert-manager into a mounted Secret, needs no restart). Files that do not load are
-//! logged and the certificate in force is kept. The client CA of mTLS is read at start.
+//! logged and the certificate in force is kept. The client CA of mTLS (`--tls-client-ca`)
+//! reloads the same way.
 use std::{
     path::PathBuf,
     sync::{Arc, RwLock},
@@ -13,10 +14,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{
     TlsAcceptor,
     rustls::{
-        self, RootCertStore, ServerConfig,
+        self, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+        client::danger::HandshakeSignatureValid,
         crypto::CryptoProvider,
-        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-        server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
+        pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject},
+        server::{
+            ClientHello, ResolvesServerCert, WebPkiClientVerifier,
+            danger::{ClientCertVerified, ClientCertVerifier},
+        },
         sign::CertifiedKey,
     },
     server::TlsStream,
@@ -73,10 +78,82 @@ fn certified(cert: &[u8], key: &[u8], provider: &CryptoProvider) -> Result<Certi
         .map_err(|e| Error::Config(format!("--tls-cert / --tls-key do not make a usable certificate: {e}")))
 }
 
-/// A server's TLS: the acceptor, and the certificate to reload.
+/// The client CA of mTLS in force, and where it comes from.
+#[derive(Debug)]
+pub struct ReloadingClients {
+    ca: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<(Vec<u8>, Arc<dyn ClientCertVerifier>)>,
+}
+
+impl ReloadingClients {
+    fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).1.clone()
+    }
+
+    /// Reads the CA file again; swaps the verifier when it changed and loads.
+    pub fn reload(&self) -> Result<bool, Error> {
+        let pem = read_file("--tls-client-ca", &self.ca)?;
+        if self.current.read().unwrap_or_else(|e| e.into_inner()).0 == pem {
+            return Ok(false);
+        }
+        let verifier = client_verifier(&pem, &self.provider)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (pem, verifier);
+        Ok(true)
+    }
+}
+
+fn client_verifier(pem: &[u8], provider: &Arc<CryptoProvider>) -> Result<Arc<dyn ClientCertVerifier>, Error> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pem) {
+        let c = c.map_err(|e| Error::Config(format!("--tls-client-ca: {e}")))?;
+        roots.add(c).map_err(|e| Error::Config(format!("--tls-client-ca: {e}")))?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| Error::Config(format!("--tls-client-ca: {e}")))
+}
+
+/// Every client certificate is checked by the verifier in force. No CA names are sent
+/// as hints (they would have to outlive a reload); clients send their one certificate.
+impl ClientCertVerifier for ReloadingClients {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.verifier().verify_client_cert(end_entity, intermediates, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.verifier().supported_verify_schemes()
+    }
+}
+
+/// A server's TLS: the acceptor, and the files to reload.
 pub struct ServerTls {
     pub acceptor: TlsAcceptor,
     pub cert: Arc<ReloadingCert>,
+    pub clients: Option<Arc<ReloadingClients>>,
 }
 
 /// The TLS of a server serving `cert`/`key`, requiring client certificates from
@@ -91,27 +168,29 @@ pub fn server(cert: PathBuf, key: PathBuf, client_ca: Option<&std::path::Path>) 
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Config(format!("TLS: {e}")))?;
-    let builder = match client_ca {
+    let clients = match client_ca {
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in CertificateDer::pem_slice_iter(&read_file("--tls-client-ca", ca)?) {
-                let c = c.map_err(|e| Error::Config(format!("--tls-client-ca: {e}")))?;
-                roots.add(c).map_err(|e| Error::Config(format!("--tls-client-ca: {e}")))?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| Error::Config(format!("--tls-client-ca: {e}")))?;
-            builder.with_client_cert_verifier(verifier)
+            let pem = read_file("--tls-client-ca", ca)?;
+            let verifier = client_verifier(&pem, &provider)?;
+            Some(Arc::new(ReloadingClients { ca: ca.to_owned(), provider, current: RwLock::new((pem, verifier)) }))
         }
+        None => None,
+    };
+    let builder = match &clients {
+        Some(c) => builder.with_client_cert_verifier(c.clone()),
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(ServerTls { acceptor: TlsAcceptor::from(Arc::new(config)), cert: resolver })
+    Ok(ServerTls { acceptor: TlsAcceptor::from(Arc::new(config)), cert: resolver, clients })
 }
 
-/// Reloads `cert` every `every` (never when zero); runs until aborted.
-pub fn watch(cert: Arc<ReloadingCert>, every: Duration) -> Option<tokio::task::JoinHandle<()>> {
+/// Reloads `cert` and `clients` every `every` (never when zero); runs until aborted.
+pub fn watch(
+    cert: Arc<ReloadingCert>,
+    clients: Option<Arc<ReloadingClients>>,
+    every: Duration,
+) -> Option<tokio::task::JoinHandle<()>> {
     if every.is_zero() {
         return None;
     }
@@ -126,6 +205,11 @@ pub fn watch(cert: Arc<ReloadingCert>, every: Duration) -> Option<tokio::task::J
                 Err(e) => {
                     tracing::warn!(error = %e, "TLS certificate files do not load; keeping the certificate in force")
                 }
+            }
+            match clients.as_ref().map(|c| c.reload()) {
+                Some(Ok(true)) => tracing::info!("client CA file changed: new connections are verified against it"),
+                Some(Err(e)) => tracing::warn!(error = %e, "the client CA file does not load; keeping the CA in force"),
+                _ => {}
             }
         }
     }))

@@ -429,3 +429,30 @@ async fn a_tls_server_answers_health_in_plaintext_on_its_health_port_and_nothing
     let req = push_proto::presence::v1::GetPresenceRequest { user_ids: vec!["ann".into()] };
     assert_eq!(p.get_presence(req).await.unwrap_err().code(), Code::Unimplemented, "health only");
 }
+
+/// The client CA of mTLS reloads like the certificate: a client whose certificate the
+/// CA in force did not sign is refused, and accepted once the CA file is replaced by
+/// the one that signed it, without a restart.
+#[tokio::test]
+async fn a_replaced_client_ca_is_used_without_a_restart() {
+    let dir = std::env::temp_dir().join(format!("push-ca-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.crt");
+    // A certificate that signed nothing of ours, as the first trust anchor.
+    std::fs::copy(fixture("server-test.pem"), &ca_file).unwrap();
+    let (cert, key, ca) = (fixture("server-test.pem"), fixture("server-test.key"), ca_file.display().to_string());
+    let flags = ["--tls-cert", &cert, "--tls-key", &key, "--tls-client-ca", &ca, "--tls-reload-interval", "100ms"];
+    let redis = RedisServer::start();
+    let presence = services::presence(&redis.url(), &flags).await;
+    let ca_pem = std::fs::read(fixture("ca-test.pem")).unwrap();
+    let identity =
+        (std::fs::read(fixture("client-test.pem")).unwrap(), std::fs::read(fixture("client-test.key")).unwrap());
+    let answers = async || match tls_channel(presence.addr, &ca_pem, Some((&identity.0, &identity.1))).await {
+        Ok(ch) => health_on(ch, "").await.is_some(),
+        Err(_) => false,
+    };
+    assert!(!answers().await, "a client certificate the CA in force did not sign");
+    std::fs::copy(fixture("ca-test.pem"), &ca_file).unwrap();
+    eventually(Duration::from_secs(10), "the replaced CA accepts the client", async || answers().await).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
