@@ -39,8 +39,9 @@ pub fn install(addr: Option<SocketAddr>) -> Result<(), Error> {
 /// Counts every RPC by method and status code (`rpc_requests_total`) and times it to
 /// its response headers (`rpc_duration_seconds`): a unary call's whole latency, a
 /// stream's opening. The code is the `grpc-status` of a trailers-only answer (every
-/// error we return) or OK. Paths the server does not serve count as method "unknown",
-/// so a caller cannot grow the label set.
+/// error we return) or OK. A path that is not a method of the system's contracts
+/// (or health, reflection) counts as method "unknown", whatever it was answered, so no
+/// caller can grow the label set.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RpcMetricsLayer;
 
@@ -84,13 +85,42 @@ where
                     .map_or(Code::Ok, Code::from_i32),
                 Err(_) => Code::Unknown,
             };
-            let method = if code == Code::Unimplemented { "unknown".to_owned() } else { method };
+            let method = if known_method(&method) { method } else { "unknown".to_owned() };
             let labels = [("method", method), ("code", format!("{code:?}"))];
             metrics::counter!("rpc_requests_total", &labels).increment(1);
             metrics::histogram!("rpc_duration_seconds", &labels).record(start.elapsed().as_secs_f64());
             res
         })
     }
+}
+
+/// True for `/package.Service/Method` of a method in the descriptor sets the servers
+/// describe (the system's contracts, health, reflection).
+fn known_method(path: &str) -> bool {
+    static KNOWN: std::sync::LazyLock<std::collections::HashSet<String>> = std::sync::LazyLock::new(|| {
+        use prost::Message;
+        let sets = [
+            push_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        let mut known = std::collections::HashSet::new();
+        for bytes in sets {
+            let Ok(set) = prost_types::FileDescriptorSet::decode(bytes) else { continue };
+            for file in set.file {
+                let package = file.package.unwrap_or_default();
+                for service in file.service {
+                    let name = service.name.unwrap_or_default();
+                    for m in service.method {
+                        known.insert(format!("/{package}.{name}/{}", m.name.unwrap_or_default()));
+                    }
+                }
+            }
+        }
+        known
+    });
+    KNOWN.contains(path)
 }
 
 /// Records one Redis command (or pipeline) that took `took`: `redis_commands_total`,
@@ -141,4 +171,17 @@ pub fn redis_command_name(first_arg: Option<&[u8]>) -> &'static str {
     ];
     let Some(arg) = first_arg else { return "other" };
     KNOWN.iter().find(|k| k.as_bytes().eq_ignore_ascii_case(arg)).copied().unwrap_or("other")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_methods_of_the_contracts_are_labels() {
+        assert!(super::known_method("/push.v1.PushGateway/PushToUsers"));
+        assert!(super::known_method("/presence.v1.Presence/Heartbeat"));
+        assert!(super::known_method("/grpc.health.v1.Health/Check"));
+        assert!(super::known_method("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"));
+        assert!(!super::known_method("/push.v1.PushGateway/Anything-1234"));
+        assert!(!super::known_method("/x"));
+    }
 }

@@ -133,6 +133,8 @@ where
     let signal = async move {
         shutdown.await;
         watcher.abort();
+        // A probe running on another thread could still report SERVING after us.
+        let _ = watcher.await;
         health::set_all(&reporter, &[name], health::ServingStatus::NotServing).await;
         tracing::info!(?drain_delay, "NOT_SERVING; serving on while load balancers catch up");
         tokio::time::sleep(drain_delay).await;

@@ -96,10 +96,12 @@ where
     }
 }
 
-/// Sends the spans still buffered (at exit).
-pub fn shutdown() {
+/// Sends the spans still buffered (at exit, inside the runtime: the exporter's
+/// connection lives on it; the flush blocks, so it runs on a blocking thread).
+pub async fn shutdown() {
     if let Some(p) = PROVIDER.get() {
-        let _ = p.shutdown();
+        let p = p.clone();
+        let _ = tokio::task::spawn_blocking(move || p.shutdown()).await;
     }
 }
 

@@ -31,6 +31,9 @@ use crate::{Error, config::read_file};
 
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; more connections wait to be accepted, so a flood of
+/// silent connections costs a bounded number of tasks.
+const HANDSHAKES: usize = 1024;
 
 /// The server certificate in force, and where it comes from.
 #[derive(Debug)]
@@ -182,6 +185,13 @@ pub fn server(cert: PathBuf, key: PathBuf, client_ca: Option<&std::path::Path>) 
     };
     let mut config = builder.with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"h2".to_vec()];
+    if clients.is_some() {
+        // A resumed session skips the client certificate check: after a reload removed
+        // a CA, its clients could resume. gRPC connections live long; full handshakes
+        // cost nothing that matters.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(ServerTls { acceptor: TlsAcceptor::from(Arc::new(config)), cert: resolver, clients })
 }
 
@@ -223,8 +233,13 @@ pub fn incoming(
     acceptor: TlsAcceptor,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
     tokio::spawn(async move {
         loop {
+            let permit = tokio::select! {
+                p = handshakes.clone().acquire_owned() => p.expect("never closed"),
+                _ = tx.closed() => return,
+            };
             let tcp = tokio::select! {
                 accepted = listener.accept() => accepted,
                 _ = tx.closed() => return,
@@ -241,6 +256,7 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(tls)).await;

@@ -12,6 +12,6 @@ async fn main() -> anyhow::Result<()> {
     push_common::metrics::install(config.serve.metrics_listen).map_err(|e| anyhow::anyhow!(e))?;
     let listener = profile_svc::listen(config.listen).await.map_err(|e| anyhow::anyhow!(e))?;
     let result = profile_svc::serve(listener, config, push_common::shutdown::signal()).await;
-    push_common::telemetry::shutdown();
+    push_common::telemetry::shutdown().await;
     result.map_err(|e| anyhow::anyhow!(e))
 }

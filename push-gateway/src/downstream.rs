@@ -40,37 +40,59 @@ pub fn channel(url: &str, config: &Config) -> Result<Channel, String> {
         let name = name.clone();
         async move { tokio::net::lookup_host((name.as_str(), port)).await.map(|a| a.collect()).unwrap_or_default() }
     };
-    Ok(balanced(scheme, host, config, resolve))
+    Ok(balanced(url.to_owned(), scheme, host, config, resolve))
 }
 
 /// A channel balanced over the addresses `resolve` finds (every
 /// `--internal-resolve-interval`) that accept a TCP connection within the connect
-/// timeout; addresses are added and taken out as that changes.
-pub fn balanced<R, F>(scheme: String, host: String, config: &Config, mut resolve: R) -> Channel
+/// timeout; addresses are added and taken out as that changes. A round that finds
+/// none (a DNS failure, a network blip) changes nothing; while no address has ever
+/// answered, the channel holds one endpoint at `url` itself, so calls fail within the
+/// endpoint's timeouts instead of waiting in the balancer for an address.
+pub fn balanced<R, F>(url: String, scheme: String, host: String, config: &Config, mut resolve: R) -> Channel
 where
     R: FnMut() -> F + Send + 'static,
     F: Future<Output = std::collections::BTreeSet<SocketAddr>> + Send,
 {
-    let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
+    let (channel, changes) = Channel::balance_channel::<String>(64);
     let (config, every) = (config.clone(), config.internal_resolve_interval);
     tokio::spawn(async move {
-        let mut current = std::collections::BTreeSet::new();
+        // The addresses in the balancer; the fallback endpoint is keyed by the URL.
+        let mut current = std::collections::BTreeSet::<SocketAddr>::new();
+        let mut fallback = false;
         loop {
             let reachable = reachable(resolve().await, config.connect_timeout).await;
-            for addr in reachable.difference(&current) {
-                let Ok(e) = endpoint(&format!("{scheme}://{addr}"), &host, &config) else { continue };
-                tracing::info!(service = %host, %addr, "internal service address in");
-                if changes.send(Change::Insert(*addr, e)).await.is_err() {
+            let mut sends = Vec::new();
+            if reachable.is_empty() {
+                if current.is_empty()
+                    && !fallback
+                    && let Ok(e) = endpoint(&url, &host, &config)
+                {
+                    sends.push(Change::Insert(url.clone(), e));
+                    fallback = true;
+                }
+            } else {
+                for addr in reachable.difference(&current).copied().collect::<Vec<_>>() {
+                    let Ok(e) = endpoint(&format!("{scheme}://{addr}"), &host, &config) else { continue };
+                    tracing::info!(service = %host, %addr, "internal service address in");
+                    sends.push(Change::Insert(addr.to_string(), e));
+                    current.insert(addr);
+                }
+                for addr in current.difference(&reachable).copied().collect::<Vec<_>>() {
+                    tracing::info!(service = %host, %addr, "internal service address out");
+                    sends.push(Change::Remove(addr.to_string()));
+                    current.remove(&addr);
+                }
+                if fallback && !current.is_empty() {
+                    sends.push(Change::Remove(url.clone()));
+                    fallback = false;
+                }
+            }
+            for change in sends {
+                if changes.send(change).await.is_err() {
                     return; // the channel is gone
                 }
             }
-            for addr in current.difference(&reachable) {
-                tracing::info!(service = %host, %addr, "internal service address out");
-                if changes.send(Change::Remove(*addr)).await.is_err() {
-                    return;
-                }
-            }
-            current = reachable;
             tokio::time::sleep(every).await;
             if changes.is_closed() {
                 return;

@@ -53,14 +53,14 @@ pub fn run(config: Config) -> Result<(), BoxError> {
     if config.worker_threads > 0 {
         runtime.worker_threads(config.worker_threads);
     }
-    let result = runtime.enable_all().build()?.block_on(async {
+    runtime.enable_all().build()?.block_on(async {
         push_common::telemetry::init();
         push_common::metrics::install(config.serve.metrics_listen)?;
         let listener = server::listen(config.listen, "push-gateway (--listen / GATEWAY_LISTEN)").await?;
-        serve(listener, config, push_common::shutdown::signal()).await
-    });
-    push_common::telemetry::shutdown();
-    result
+        let result = serve(listener, config, push_common::shutdown::signal()).await;
+        push_common::telemetry::shutdown().await;
+        result
+    })
 }
 
 /// Serves the gateway on `listener` until `shutdown` completes. Health is SERVING only

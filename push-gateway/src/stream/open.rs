@@ -98,7 +98,9 @@ impl Streams {
             _ => 0,
         };
         let serial = shared.serials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let retire_at = shared.settings.max_age.map(|age| std::time::Instant::now() + jittered(age, serial));
+        // An age too large to add to now is no age limit.
+        let retire_at =
+            shared.settings.max_age.and_then(|age| std::time::Instant::now().checked_add(jittered(age, serial)));
         let stream = Stream::new(shared.settings.limits, user, device, until, retire_at, serial);
         // Live messages wait until the broadcast history and the inbox are replayed.
         let pause = Pause::new(&stream, &shared.events);

@@ -139,7 +139,8 @@ async fn internal_calls_spread_over_every_address_and_leave_one_that_goes() {
     ])
     .unwrap();
     let names = resolved.clone();
-    let ch = push_gateway::downstream::balanced("http".into(), "presence-svc".into(), &config, move || {
+    let url = format!("http://{a}");
+    let ch = push_gateway::downstream::balanced(url, "http".into(), "presence-svc".into(), &config, move || {
         let now = names.lock().unwrap().clone();
         async move { now }
     });
@@ -164,6 +165,17 @@ async fn internal_calls_spread_over_every_address_and_leave_one_that_goes() {
     .await;
     let seen = ask(100).await;
     assert_eq!(seen.keys().collect::<Vec<_>>(), ["NotServing", "Serving"], "no call failed: {seen:?}");
+
+    // A name that never resolves to a live address: calls fail within the timeouts
+    // instead of waiting in the balancer.
+    let url = format!("http://{dead}");
+    let nowhere = push_gateway::downstream::balanced(url, "http".into(), "gone".into(), &config, move || async move {
+        BTreeSet::from([dead])
+    });
+    let mut c = tonic_health::pb::health_client::HealthClient::new(nowhere);
+    let call = c.check(tonic_health::pb::HealthCheckRequest { service: "probe".into() });
+    let failed = tokio::time::timeout(Duration::from_secs(10), call).await.expect("an answer, not a wait");
+    assert!(failed.is_err(), "{failed:?}");
 
     resolved.lock().unwrap().remove(&b);
     eventually(Duration::from_secs(10), "the address that went is no longer called", async || {

@@ -123,15 +123,17 @@ impl Hub {
     /// Registers `stream` for `channels` and returns once the hub is subscribed to all
     /// of them, so anything published after this returns reaches the stream.
     pub async fn attach(&self, stream: &Arc<Stream>, channels: &[String]) -> Result<(), Error> {
-        if self.state.closing.load(Ordering::Relaxed) {
-            return Err(Error::Unavailable("the gateway is shutting down; reconnect to another replica".into()));
-        }
         if channels.is_empty() {
             return Ok(()); // most streams have no groups: no trip through the hub task
         }
         let (ack, acked) = oneshot::channel();
         {
             let mut reg = self.registry();
+            // Under the registry's lock: `close_paced` sets the flag before it takes the
+            // lock to list the streams, so no stream attaches after that list unseen.
+            if self.state.closing.load(Ordering::Relaxed) {
+                return Err(Error::Unavailable("the gateway is shutting down; reconnect to another replica".into()));
+            }
             let mut new = Vec::new();
             for ch in channels {
                 let list = reg.entry(ch.clone()).or_default();
