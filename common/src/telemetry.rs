@@ -46,10 +46,15 @@ pub fn init() {
     }
     // Without an exporter spans are not recorded, but still carry the trace context.
     let sampled = exporting && exporter_error.is_none();
-    let sampler = if sampled { Sampler::ParentBased(Box::new(Sampler::AlwaysOn)) } else { Sampler::AlwaysOff };
+    // Exporting, the sampler is the SDK's from OTEL_TRACES_SAMPLER / _ARG (default
+    // parentbased_always_on: a caller's decision is honoured). At a public edge set,
+    // e.g., `traceidratio` so callers cannot have every request traced.
     let name = std::env::var("OTEL_SERVICE_NAME").ok().unwrap_or_else(binary_name);
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(name.clone()).build();
-    let provider = provider.with_sampler(sampler).with_resource(resource).build();
+    if !sampled {
+        provider = provider.with_sampler(Sampler::AlwaysOff);
+    }
+    let provider = provider.with_resource(resource).build();
     let logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let installed =
