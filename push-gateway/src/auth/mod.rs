@@ -27,6 +27,10 @@ use push_common::{
 };
 use tonic::{Status, codegen::http};
 
+mod limits;
+pub use limits::Limit;
+use limits::{Bucket, DeviceLimit, over_limit};
+
 /// What a backend key may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
@@ -92,78 +96,6 @@ struct ApiKey {
     /// Where the limit came from, for the refusal's `QuotaFailure`.
     limit_source: &'static str,
     bucket: Mutex<Bucket>,
-}
-
-/// A rate: `rate` per second with bursts of up to `burst`; a rate of 0 is no limit.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Limit {
-    pub rate: f64,
-    pub burst: f64,
-}
-
-impl Limit {
-    /// A rate whose burst is one second's worth.
-    pub fn per_second(rate: f64) -> Limit {
-        Limit { rate, burst: rate.max(1.0) }
-    }
-
-    /// Parses `RATE` or `RATE/BURST` (requests per second, and most at once).
-    fn parse(s: &str) -> Option<Limit> {
-        let (rate, burst) = match s.split_once('/') {
-            Some((r, b)) => (r.trim().parse::<f64>().ok()?, Some(b.trim().parse::<f64>().ok()?)),
-            None => (s.trim().parse::<f64>().ok()?, None),
-        };
-        let ok = |x: f64| x.is_finite() && x >= 0.0;
-        if !ok(rate) || !burst.is_none_or(|b| ok(b) && b >= 1.0) {
-            return None;
-        }
-        Some(burst.map_or(Limit::per_second(rate), |burst| Limit { rate, burst }))
-    }
-
-    fn describe(&self) -> String {
-        format!("{} requests/s with bursts of {}", self.rate, self.burst)
-    }
-}
-
-/// A token bucket: `tokens` refill at a limit's rate up to its burst.
-#[derive(Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn full(limit: Limit, now: Instant) -> Bucket {
-        Bucket { tokens: limit.burst, at: now }
-    }
-
-    fn refilled(&self, limit: Limit, now: Instant) -> f64 {
-        (self.tokens + now.duration_since(self.at).as_secs_f64() * limit.rate).min(limit.burst)
-    }
-
-    /// Takes one token, or says how long until one is there.
-    fn take(&mut self, limit: Limit, now: Instant) -> Result<(), Duration> {
-        if limit.rate <= 0.0 {
-            return Ok(());
-        }
-        self.tokens = self.refilled(limit, now);
-        self.at = now;
-        if self.tokens < 1.0 {
-            return Err(Duration::from_secs_f64((1.0 - self.tokens) / limit.rate));
-        }
-        self.tokens -= 1.0;
-        Ok(())
-    }
-}
-
-/// RESOURCE_EXHAUSTED saying which limit and when to retry (`RetryInfo`, `QuotaFailure`).
-fn over_limit(message: String, subject: String, description: String, retry: Duration) -> Status {
-    use tonic_types::{ErrorDetails, StatusExt};
-    // Whole milliseconds, rounded up: retrying sooner would be refused again.
-    let retry = Duration::from_millis(retry.as_millis() as u64 + 1);
-    let mut details = ErrorDetails::with_retry_info(Some(retry));
-    details.add_quota_failure_violation(subject, description);
-    Status::with_error_details(tonic::Code::ResourceExhausted, message, details)
 }
 
 /// Parses `NAME:SHA256HEX:SCOPE[,SCOPE…][:RATE[/BURST]]`; without a rate, `default`.
@@ -255,37 +187,6 @@ pub struct GatewayPolicy {
     devices: DeviceLimit,
 }
 
-/// Device calls per user: one token bucket per user who called lately. Buckets that
-/// have refilled are dropped when the map grows, so idle users cost nothing.
-struct DeviceLimit {
-    limit: Limit,
-    buckets: Mutex<std::collections::HashMap<String, Bucket>>,
-}
-
-/// Users with a bucket before the full ones are dropped.
-const DEVICE_BUCKETS_BEFORE_PRUNING: usize = 10_000;
-
-impl DeviceLimit {
-    fn spend(&self, user: &str) -> Result<(), Status> {
-        let (limit, now) = (self.limit, Instant::now());
-        if limit.rate <= 0.0 {
-            return Ok(());
-        }
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= DEVICE_BUCKETS_BEFORE_PRUNING && !buckets.contains_key(user) {
-            buckets.retain(|_, b| b.refilled(limit, now) < limit.burst);
-        }
-        let b = buckets.entry(user.to_owned()).or_insert_with(|| Bucket::full(limit, now));
-        b.take(limit, now).map_err(|retry| {
-            let message = format!(
-                "user {user:?} is over the device call rate limit of {} requests/s (--device-rate)",
-                limit.rate
-            );
-            over_limit(message, format!("user:{user}"), format!("{} (--device-rate)", limit.describe()), retry)
-        })
-    }
-}
-
 #[derive(serde::Deserialize)]
 struct Claims {
     sub: String,
@@ -311,7 +212,7 @@ impl GatewayPolicy {
             issuer: s.jwt_issuer.clone(),
             audience: s.jwt_audience.clone(),
             leeway: s.jwt_leeway,
-            devices: DeviceLimit { limit: Limit::per_second(s.device_rate), buckets: Mutex::default() },
+            devices: DeviceLimit::new(Limit::per_second(s.device_rate)),
         }))
     }
 
@@ -327,10 +228,7 @@ impl GatewayPolicy {
                     *o.bucket.lock().unwrap_or_else(|e| e.into_inner());
             }
         }
-        if self.devices.limit == old.devices.limit {
-            let buckets = old.devices.buckets.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            *self.devices.buckets.lock().unwrap_or_else(|e| e.into_inner()) = buckets;
-        }
+        self.devices.carry_over(&old.devices);
     }
 
     /// The key whose digest matches; every configured digest is compared.

@@ -36,6 +36,9 @@ use tonic::Status;
 use crate::history::{Pos, Source, StreamId};
 use push_common::ids::GroupId;
 
+mod positions;
+use positions::{Order, Positions};
+
 /// Most messages in one stream item.
 const BATCH_MESSAGES: usize = 64;
 /// Most bytes in one stream item (a single larger message still goes alone).
@@ -92,74 +95,6 @@ struct Held {
     prev: Option<StreamId>,
     id: StreamId,
     entry: Bytes,
-}
-
-/// Where a live message stands against the stream's position.
-#[derive(Debug, PartialEq, Eq)]
-enum Order {
-    Next,
-    /// At or before the position, or of a history the stream does not follow.
-    Stale,
-    Missing,
-}
-
-/// The last id queued per history.
-#[derive(Debug, Default)]
-struct Positions {
-    all: Option<Pos>,
-    inbox: Option<Pos>,
-    groups: Vec<(GroupId, Pos)>,
-}
-
-impl Positions {
-    fn get(&self, source: &Source) -> Option<Pos> {
-        match source {
-            Source::All => self.all,
-            Source::Inbox => self.inbox,
-            Source::Group(g) => self.groups.iter().find(|(h, _)| h == g).map(|(_, p)| *p),
-        }
-    }
-
-    fn get_mut(&mut self, source: &Source) -> Option<&mut Pos> {
-        match source {
-            Source::All => self.all.as_mut(),
-            Source::Inbox => self.inbox.as_mut(),
-            Source::Group(g) => self.groups.iter_mut().find(|(h, _)| h == g).map(|(_, p)| p),
-        }
-    }
-
-    fn set(&mut self, source: &Source, pos: Pos) {
-        match self.get_mut(source) {
-            Some(p) => *p = pos,
-            None => match source {
-                Source::All => self.all = Some(pos),
-                Source::Inbox => self.inbox = Some(pos),
-                Source::Group(g) => self.groups.push((g.clone(), pos)),
-            },
-        }
-    }
-
-    fn order(&self, source: &Source, prev: Option<StreamId>, id: StreamId) -> Order {
-        match self.get(source) {
-            Some(p) if id > p.id => match prev {
-                Some(prev) if prev > p.id => Order::Missing,
-                _ => Order::Next,
-            },
-            _ => Order::Stale,
-        }
-    }
-
-    /// Moves past `id` if it is new; false for a message already queued (or from a
-    /// history the stream does not follow).
-    fn advance(&mut self, source: &Source, id: StreamId) -> bool {
-        match self.get_mut(source) {
-            Some(p) if id > p.id => {
-                p.id = id;
-                true
-            }
-            _ => false,
-        }
-    }
 }
 
 /// Wakes the stream's task, outside the lock.
@@ -278,7 +213,7 @@ impl Queue {
                 return;
             }
             if let Source::Group(g) = source {
-                s.positions.groups.retain(|(h, _)| h != g);
+                s.positions.forget(std::slice::from_ref(g));
             }
             self.enqueue(&mut s, SubscribeResponse::state_entry(&state));
             s.waker.take()
@@ -288,7 +223,7 @@ impl Queue {
 
     /// Stops following groups' histories (the user left them).
     pub fn forget(&self, groups: &[GroupId]) {
-        self.state().positions.groups.retain(|(g, _)| !groups.contains(g));
+        self.state().positions.forget(groups);
     }
 
     /// The stream's position in `source`, if it follows it.
@@ -298,11 +233,7 @@ impl Queue {
 
     /// The stream's position in every history it follows.
     pub fn positions(&self) -> Vec<(Source, Pos)> {
-        let s = self.state();
-        let p = &s.positions;
-        let fixed = [(Source::All, p.all), (Source::Inbox, p.inbox)];
-        let fixed = fixed.into_iter().filter_map(|(src, pos)| Some((src, pos?)));
-        fixed.chain(p.groups.iter().map(|(g, pos)| (Source::Group(g.clone()), *pos))).collect()
+        self.state().positions.list()
     }
 
     /// Takes one pause (see [`super::Pause`]).

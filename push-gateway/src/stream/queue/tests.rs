@@ -15,7 +15,7 @@ fn poll(q: &Queue) -> Poll<Option<Result<SubscribeResponse, Status>>> {
 /// A queue that follows the broadcast history from its start.
 fn queue(messages: usize, bytes: usize) -> Queue {
     let q = Queue::new(Limits { messages, bytes });
-    q.state().positions.all = Some(Pos { epoch: 1, id: StreamId::default() });
+    q.state().positions.set(&Source::All, Pos { epoch: 1, id: StreamId::default() });
     q
 }
 
