@@ -159,3 +159,46 @@ pub async fn dedicated(args: &RedisArgs, reply_timeout: Duration) -> Result<redi
         .set_response_timeout(Some(reply_timeout));
     Ok(client.get_multiplexed_async_connection_with_config(&config).await?)
 }
+
+/// A Lua script that also runs many times in one pipeline (a batch of pushes, a round
+/// of renewals), each run its own atomic step with its own answer.
+#[derive(Clone)]
+pub struct PipelinedScript {
+    script: redis::Script,
+    code: Arc<str>,
+}
+
+impl PipelinedScript {
+    pub fn new(code: &str) -> Self {
+        Self { script: redis::Script::new(code), code: code.into() }
+    }
+
+    /// The script, for one run (`EVALSHA`, loading it on NOSCRIPT).
+    pub fn script(&self) -> &redis::Script {
+        &self.script
+    }
+
+    /// Runs the script once per `(keys, args)` in one pipeline; one answer each, in order.
+    /// The pipeline loads the script first (a no-op when cached): a NOSCRIPT halfway
+    /// could not be retried safely once some runs had happened.
+    pub async fn run_many<K, S, A, T>(
+        &self,
+        conn: &mut Connection,
+        runs: &[(K, A)],
+    ) -> redis::RedisResult<Vec<redis::RedisResult<T>>>
+    where
+        K: AsRef<[S]>,
+        S: redis::ToRedisArgs,
+        A: redis::ToRedisArgs,
+        T: redis::FromRedisValue,
+    {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SCRIPT").arg("LOAD").arg(&*self.code).ignore();
+        for (keys, args) in runs {
+            let keys = keys.as_ref();
+            pipe.cmd("EVALSHA").arg(self.script.get_hash()).arg(keys.len()).arg(keys).arg(args);
+        }
+        pipe.ignore_errors();
+        pipe.query_async(conn).await
+    }
+}

@@ -37,11 +37,6 @@ pub fn reflection(
     Ok((v1, v1alpha))
 }
 
-/// The span of one RPC (see `crate::telemetry::rpc_span`).
-pub fn rpc_span(req: &http::Request<()>) -> tracing::Span {
-    crate::telemetry::rpc_span(req)
-}
-
 /// Runs `server` (which stops accepting when its shutdown future completes and then
 /// drains in-flight calls), but gives up draining `grace` after `started` fires, so a
 /// stuck call cannot keep a terminating pod alive forever.
@@ -148,7 +143,7 @@ where
         .max_concurrent_streams(args.max_concurrent_streams)
         .http2_keepalive_interval(Some(args.keepalive_interval))
         .http2_keepalive_timeout(Some(args.keepalive_timeout))
-        .trace_fn(rpc_span)
+        .trace_fn(crate::telemetry::rpc_span)
         .layer(crate::metrics::RpcMetricsLayer)
         .add_service(health_service)
         .add_optional_service((!args.no_reflection).then_some(reflection_v1))
@@ -157,7 +152,7 @@ where
     match tls {
         Some(tls) => {
             tracing::info!(mutual = args.tls_client_ca.is_some(), "serving TLS");
-            let reloader = crate::tls::watch(tls.cert, tls.clients, args.tls_reload_interval);
+            let reloader = tls.watch(args.tls_reload_interval);
             let running = router.serve_with_incoming_shutdown(crate::tls::incoming(listener, tls.acceptor), signal);
             let result = drain_with_grace(running, started_rx, args.shutdown_grace).await;
             if let Some(r) = reloader {

@@ -152,11 +152,11 @@ impl ClientCertVerifier for ReloadingClients {
     }
 }
 
-/// A server's TLS: the acceptor, and the files to reload.
+/// A server's TLS: the acceptor, and the files it reloads ([`ServerTls::watch`]).
 pub struct ServerTls {
     pub acceptor: TlsAcceptor,
-    pub cert: Arc<ReloadingCert>,
-    pub clients: Option<Arc<ReloadingClients>>,
+    cert: Arc<ReloadingCert>,
+    clients: Option<Arc<ReloadingClients>>,
 }
 
 /// The TLS of a server serving `cert`/`key`, requiring client certificates from
@@ -195,34 +195,36 @@ pub fn server(cert: PathBuf, key: PathBuf, client_ca: Option<&std::path::Path>) 
     Ok(ServerTls { acceptor: TlsAcceptor::from(Arc::new(config)), cert: resolver, clients })
 }
 
-/// Reloads `cert` and `clients` every `every` (never when zero); runs until aborted.
-pub fn watch(
-    cert: Arc<ReloadingCert>,
-    clients: Option<Arc<ReloadingClients>>,
-    every: Duration,
-) -> Option<tokio::task::JoinHandle<()>> {
-    if every.is_zero() {
-        return None;
+impl ServerTls {
+    /// Reloads the certificate and the client CA every `every` (never when zero), until
+    /// the returned task is aborted.
+    pub fn watch(&self, every: Duration) -> Option<tokio::task::JoinHandle<()>> {
+        if every.is_zero() {
+            return None;
+        }
+        let (cert, clients) = (self.cert.clone(), self.clients.clone());
+        Some(tokio::spawn(watch(cert, clients, every)))
     }
-    Some(tokio::spawn(async move {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            match cert.reload() {
-                Ok(true) => tracing::info!("TLS certificate files changed: new connections use the new certificate"),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "TLS certificate files do not load; keeping the certificate in force")
-                }
-            }
-            match clients.as_ref().map(|c| c.reload()) {
-                Some(Ok(true)) => tracing::info!("client CA file changed: new connections are verified against it"),
-                Some(Err(e)) => tracing::warn!(error = %e, "the client CA file does not load; keeping the CA in force"),
-                _ => {}
+}
+
+async fn watch(cert: Arc<ReloadingCert>, clients: Option<Arc<ReloadingClients>>, every: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match cert.reload() {
+            Ok(true) => tracing::info!("TLS certificate files changed: new connections use the new certificate"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS certificate files do not load; keeping the certificate in force")
             }
         }
-    }))
+        match clients.as_ref().map(|c| c.reload()) {
+            Some(Ok(true)) => tracing::info!("client CA file changed: new connections are verified against it"),
+            Some(Err(e)) => tracing::warn!(error = %e, "the client CA file does not load; keeping the CA in force"),
+            _ => {}
+        }
+    }
 }
 
 /// The TLS connections of `listener`: each accepted TCP connection (TCP_NODELAY) is

@@ -16,7 +16,7 @@
 //! files in `lua/`.
 use std::time::Duration;
 
-use push_common::redis::Pool;
+use push_common::redis::{PipelinedScript, Pool};
 use push_common::{
     Error,
     ids::{DeviceId, UserId},
@@ -38,6 +38,11 @@ mod scripts {
 
     pub fn script(body: &str) -> redis::Script {
         redis::Script::new(&text(body))
+    }
+
+    /// The same, to run many times in one pipeline as well.
+    pub fn pipelined(body: &str) -> push_common::redis::PipelinedScript {
+        push_common::redis::PipelinedScript::new(&text(body))
     }
 
     pub const TOUCH: &str = include_str!("lua/touch.lua");
@@ -122,9 +127,7 @@ pub struct Store {
     keys: Keys,
     buckets: u32,
     events_max_len: u64,
-    touch: Script,
-    /// The touch script's text, for SCRIPT LOAD ahead of a pipeline.
-    touch_code: std::sync::Arc<str>,
+    touch: PipelinedScript,
     logout: Script,
     sweep: Script,
     page: Script,
@@ -138,8 +141,7 @@ impl Store {
             keys,
             buckets: buckets.max(1),
             events_max_len,
-            touch: scripts::script(scripts::TOUCH),
-            touch_code: scripts::text(scripts::TOUCH).into(),
+            touch: scripts::pipelined(scripts::TOUCH),
             logout: scripts::script(scripts::LOGOUT),
             sweep: scripts::script(scripts::SWEEP),
             page: scripts::script(scripts::PAGE),
@@ -166,7 +168,7 @@ impl Store {
     /// Creates (`login`) or renews a session's lease.
     #[tracing::instrument(skip(self), err)]
     pub async fn touch(&self, user: &UserId, session: &DeviceId, t: Touch<'_>) -> Result<TouchOutcome, Error> {
-        let mut inv = self.touch.prepare_invoke();
+        let mut inv = self.touch.script().prepare_invoke();
         inv.key(&self.user_keys(user)[..]);
         for a in touch_args(user, session, &t, self.events_max_len) {
             inv.arg(a);
@@ -185,17 +187,12 @@ impl Store {
         if touches.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        // Loading first (a no-op when cached) spares the pipeline a NOSCRIPT.
-        pipe.cmd("SCRIPT").arg("LOAD").arg(&*self.touch_code).ignore();
-        for (user, session, t) in touches {
-            let keys = self.user_keys(user);
-            pipe.cmd("EVALSHA").arg(self.touch.get_hash()).arg(keys.len()).arg(&keys[..]);
-            pipe.arg(touch_args(user, session, t, self.events_max_len));
-        }
-        pipe.ignore_errors();
+        let runs: Vec<_> = touches
+            .iter()
+            .map(|(user, session, t)| (self.user_keys(user), touch_args(user, session, t, self.events_max_len)))
+            .collect();
         let mut c = self.pool.get();
-        let replies: Vec<redis::RedisResult<Vec<i64>>> = pipe.query_async(&mut c).await?;
+        let replies: Vec<redis::RedisResult<Vec<i64>>> = self.touch.run_many(&mut c, &runs).await?;
         Ok(replies.into_iter().map(|r| r.map_err(Error::from).and_then(|r| touch_outcome(&r))).collect())
     }
 

@@ -74,6 +74,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
     let s = settings::Settings::resolve(&config)?;
+    let reloader = s.watch_credentials(&config);
     let internal = |c: &tonic::transport::Channel| downstream::Internal::new(c.clone(), s.internal_token.clone());
     let store = store::Store::new(s.pool.clone(), s.keys.clone(), s.retention);
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -118,15 +119,6 @@ pub async fn serve(
     let gateway = service::Gateway::new(internal(&s.presence), internal(&s.profile), parts);
     let service = PushGatewayServer::new(gateway).max_decoding_message_size(s.max_request_bytes);
     let policy = s.policy;
-    let reloader = match (&s.reloading, config.credentials_reload_interval.is_zero()) {
-        (Some(r), false) => {
-            let c = config.clone();
-            Some(r.watch(config.credentials_reload_interval, settings::credential_files(&config), move || {
-                settings::auth_settings(&c)
-            }))
-        }
-        _ => None,
-    };
     let (closing, window) = (hub.clone(), config.stream_drain_window);
     let drain = async move {
         closing

@@ -17,8 +17,8 @@ pub struct Settings {
     pub internal_token: SendBearer,
     /// Who may call what; None only with --insecure-no-auth.
     pub policy: Option<Arc<dyn Authorize>>,
-    /// The same policy, for reloading its credential files.
-    pub reloading: Option<Arc<auth::Reloading>>,
+    /// The same policy, for reloading its credential files ([`Settings::watch_credentials`]).
+    reloading: Option<Arc<auth::Reloading>>,
     pub pool: redis::Pool,
     pub keys: Keys,
     pub retention: Retention,
@@ -100,14 +100,24 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// Reloads the policy from its files every `--credentials-reload-interval` (none
+    /// without a policy or with 0), until the returned task is aborted.
+    pub fn watch_credentials(&self, config: &Config) -> Option<tokio::task::JoinHandle<()>> {
+        let reloading = self.reloading.as_ref().filter(|_| !config.credentials_reload_interval.is_zero())?;
+        let c = config.clone();
+        Some(reloading.watch(config.credentials_reload_interval, credential_files(config), move || auth_settings(&c)))
+    }
+}
+
 /// The files the policy reads: the API key file and each device-token key's file.
-pub fn credential_files(config: &Config) -> Vec<std::path::PathBuf> {
+fn credential_files(config: &Config) -> Vec<std::path::PathBuf> {
     let jwt = config.jwt_keys.iter().filter_map(|k| k.trim().splitn(3, ':').nth(2)).map(std::path::PathBuf::from);
     config.api_keys_file.iter().cloned().chain(jwt).collect()
 }
 
 /// The policy's settings: the flags plus the keys file.
-pub fn auth_settings(config: &Config) -> Result<auth::AuthSettings, push_common::Error> {
+fn auth_settings(config: &Config) -> Result<auth::AuthSettings, push_common::Error> {
     let mut api_keys: Vec<String> = config.api_keys.iter().filter(|k| !k.trim().is_empty()).cloned().collect();
     if let Some(path) = &config.api_keys_file {
         let text = std::fs::read_to_string(path)

@@ -4,7 +4,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use prost::bytes::Bytes;
-use push_common::redis::Pool;
+use push_common::redis::{PipelinedScript, Pool};
 use push_common::{
     Error,
     ids::{DeviceId, IdemKey, UserId},
@@ -34,6 +34,11 @@ pub mod scripts {
 
     pub fn script(body: &str) -> redis::Script {
         redis::Script::new(&text(body))
+    }
+
+    /// The same, to run many times in one pipeline as well.
+    pub fn pipelined(body: &str) -> push_common::redis::PipelinedScript {
+        push_common::redis::PipelinedScript::new(&text(body))
     }
 }
 
@@ -102,9 +107,7 @@ pub struct Store {
     pub retention: Retention,
     join: Script,
     leave: Script,
-    push: Script,
-    /// The push script's text, for SCRIPT LOAD ahead of a pipeline.
-    push_code: std::sync::Arc<str>,
+    push: PipelinedScript,
     replay: Script,
     ack: Script,
     acked: Script,
@@ -118,8 +121,7 @@ impl Store {
             retention,
             join: scripts::script(scripts::JOIN),
             leave: scripts::script(scripts::LEAVE),
-            push: scripts::script(scripts::PUSH),
-            push_code: scripts::text(scripts::PUSH).into(),
+            push: scripts::pipelined(scripts::PUSH),
             replay: scripts::script(scripts::REPLAY),
             ack: scripts::script(scripts::ACK),
             acked: scripts::script(scripts::ACKED),
@@ -149,7 +151,7 @@ impl Store {
     #[tracing::instrument(skip_all, fields(targets = p.targets.len()), err)]
     pub async fn push(&self, p: &Push) -> Result<String, Error> {
         let (keys, args) = self.push_args(p);
-        let mut inv = self.push.prepare_invoke();
+        let mut inv = self.push.script().prepare_invoke();
         for k in &keys {
             inv.key(k);
         }
@@ -168,17 +170,9 @@ impl Store {
         if pushes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        // Loading first (a no-op when cached) spares the pipeline a NOSCRIPT, which could
-        // not be retried safely once some pushes of it had run.
-        pipe.cmd("SCRIPT").arg("LOAD").arg(&*self.push_code).ignore();
-        for p in pushes {
-            let (keys, args) = self.push_args(p);
-            pipe.cmd("EVALSHA").arg(self.push.get_hash()).arg(keys.len()).arg(keys).arg(args);
-        }
-        pipe.ignore_errors();
+        let runs: Vec<_> = pushes.iter().map(|p| self.push_args(p)).collect();
         let mut c = self.pool.get();
-        let replies: Vec<redis::RedisResult<String>> = pipe.query_async(&mut c).await?;
+        let replies: Vec<redis::RedisResult<String>> = self.push.run_many(&mut c, &runs).await?;
         Ok(replies.into_iter().map(|r| r.map_err(Error::from)).collect())
     }
 

@@ -121,11 +121,13 @@ impl Live {
         self.streams.insert(s.serial, s.clone());
         self.devices.entry((s.user.clone(), s.device.clone())).or_default().push(s.serial);
         *self.users.entry(s.user.clone()).or_default() += 1;
+        metrics::gauge!("push_gateway_streams").set(self.streams.len() as f64);
     }
 
     /// Removes a stream; None when it was not there (removed already, as a replaced one).
     fn remove(&mut self, s: &Stream) -> Option<Arc<Stream>> {
         let removed = self.streams.remove(&s.serial)?;
+        metrics::gauge!("push_gateway_streams").set(self.streams.len() as f64);
         let device = (s.user.clone(), s.device.clone());
         if let Some(serials) = self.devices.get_mut(&device) {
             serials.retain(|n| *n != s.serial);
@@ -212,7 +214,6 @@ impl Shared {
             ));
         }
         live.insert(s);
-        metrics::gauge!("push_gateway_streams").set(live.streams.len() as f64);
         Ok(())
     }
 
@@ -232,7 +233,6 @@ impl Shared {
         let (registered, survivor) = {
             let mut live = self.live();
             let registered = live.remove(&s).is_some();
-            metrics::gauge!("push_gateway_streams").set(live.streams.len() as f64);
             (registered, live.newest(&s.user, &s.device))
         };
         let mut channels = self.base_channels(&s);

@@ -169,3 +169,18 @@ fn jittered(age: std::time::Duration, serial: u64) -> std::time::Duration {
     let draw = RandomState::new().hash_one(serial) % 1_000_000;
     age.mul_f64(0.8 + 0.2 * draw as f64 / 1_000_000.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// Ages spread over 80-100% of the maximum, never past it.
+    #[test]
+    fn maximum_ages_are_spread_below_the_maximum() {
+        let age = Duration::from_secs(1800);
+        let ages: Vec<Duration> = (0..1000).map(|n| super::jittered(age, n)).collect();
+        assert!(ages.iter().all(|a| *a >= age.mul_f64(0.8) && *a <= age), "all within 80-100%");
+        let (lo, hi) = (ages.iter().min().unwrap(), ages.iter().max().unwrap());
+        assert!(*hi - *lo > age.mul_f64(0.15), "spread over the range: {lo:?}..{hi:?}");
+    }
+}

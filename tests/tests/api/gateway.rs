@@ -271,7 +271,7 @@ impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::Tra
                 .map(|v| format!("{:?}", v.value))
                 .unwrap_or_default();
             for span in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
-                let id: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                let id = push_tests::credentials::hex(&span.trace_id);
                 self.0.lock().unwrap().push((service.clone(), id, span.name));
             }
         }

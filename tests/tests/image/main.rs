@@ -89,7 +89,7 @@ async fn the_image_runs_the_system_and_a_push_reaches_a_device() {
     std::fs::write(creds.join("internal.token"), INTERNAL_TOKEN).unwrap();
     run(Command::new("chmod").args(["-R", "a+rX"]).arg(&creds));
     let volume = format!("{}:/creds:ro", creds.display());
-    let digest: String = push_common::auth::digest(ADMIN_KEY.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let digest = push_tests::credentials::hex(&push_common::auth::digest(ADMIN_KEY.as_bytes()));
     let api_keys = format!("admin:{digest}:admin");
 
     // In a pod the containers share loopback: each reaches the others on 127.0.0.1.
