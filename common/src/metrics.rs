@@ -72,7 +72,8 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req.uri().path().to_owned();
+        // A label borrowed from the static set: no allocation per call.
+        let method = known_method(req.uri().path()).unwrap_or("unknown");
         let start = Instant::now();
         let answer = self.inner.call(req);
         Box::pin(async move {
@@ -85,8 +86,7 @@ where
                     .map_or(Code::Ok, Code::from_i32),
                 Err(_) => Code::Unknown,
             };
-            let method = if known_method(&method) { method } else { "unknown".to_owned() };
-            let labels = [("method", method), ("code", format!("{code:?}"))];
+            let labels = [("method", method), ("code", code_name(code))];
             metrics::counter!("rpc_requests_total", &labels).increment(1);
             metrics::histogram!("rpc_duration_seconds", &labels).record(start.elapsed().as_secs_f64());
             res
@@ -94,9 +94,32 @@ where
     }
 }
 
-/// True for `/package.Service/Method` of a method in the descriptor sets the servers
-/// describe (the system's contracts, health, reflection).
-fn known_method(path: &str) -> bool {
+/// A status code's name as a label (as `Debug` spells it), without allocating.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "Ok",
+        Code::Cancelled => "Cancelled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// `/package.Service/Method` of a method in the descriptor sets the servers describe
+/// (the system's contracts, health, reflection); None for any other path.
+fn known_method(path: &str) -> Option<&'static str> {
     static KNOWN: std::sync::LazyLock<std::collections::HashSet<String>> = std::sync::LazyLock::new(|| {
         use prost::Message;
         let sets = [
@@ -120,7 +143,7 @@ fn known_method(path: &str) -> bool {
         }
         known
     });
-    KNOWN.contains(path)
+    KNOWN.get(path).map(String::as_str)
 }
 
 /// Records one Redis command (or pipeline) that took `took`: `redis_commands_total`,
@@ -177,11 +200,16 @@ pub fn redis_command_name(first_arg: Option<&[u8]>) -> &'static str {
 mod tests {
     #[test]
     fn only_methods_of_the_contracts_are_labels() {
-        assert!(super::known_method("/push.v1.PushGateway/PushToUsers"));
-        assert!(super::known_method("/presence.v1.Presence/Heartbeat"));
-        assert!(super::known_method("/grpc.health.v1.Health/Check"));
-        assert!(super::known_method("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"));
-        assert!(!super::known_method("/push.v1.PushGateway/Anything-1234"));
-        assert!(!super::known_method("/x"));
+        let known = |p: &str| super::known_method(p).is_some();
+        assert!(known("/push.v1.PushGateway/PushToUsers"));
+        assert!(known("/presence.v1.Presence/Heartbeat"));
+        assert!(known("/grpc.health.v1.Health/Check"));
+        assert!(known("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"));
+        assert!(!known("/push.v1.PushGateway/Anything-1234"));
+        assert!(!known("/x"));
+        for n in 0..17 {
+            let code = tonic::Code::from_i32(n);
+            assert_eq!(super::code_name(code), format!("{code:?}"));
+        }
     }
 }
