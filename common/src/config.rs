@@ -14,6 +14,29 @@ pub struct RedisArgs {
     #[arg(long = "redis-url", env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub url: String,
 
+    /// Redis Cluster: seed nodes, comma-separated (`redis://HOST:PORT,...`, `rediss://`
+    /// for TLS). The rest of the cluster is discovered from them, and slot moves and
+    /// failovers are followed. --redis-url is then unused.
+    #[arg(
+        long = "redis-cluster-nodes",
+        env = "REDIS_CLUSTER_NODES",
+        value_delimiter = ',',
+        conflicts_with = "sentinels"
+    )]
+    pub cluster_nodes: Vec<String>,
+
+    /// Redis Sentinel: the sentinels, comma-separated (`redis://HOST:PORT,...`). The
+    /// master of --redis-sentinel-master is asked of them at start and every second
+    /// after, and connections move to a new master after a failover. --redis-url still
+    /// gives the master's scheme (`rediss://` for TLS), user, password and DB; its host
+    /// is unused.
+    #[arg(long = "redis-sentinels", env = "REDIS_SENTINELS", value_delimiter = ',', requires = "sentinel_master")]
+    pub sentinels: Vec<String>,
+
+    /// The master's name in Sentinel (`sentinel monitor NAME ...`), with --redis-sentinels.
+    #[arg(long = "redis-sentinel-master", env = "REDIS_SENTINEL_MASTER", requires = "sentinels")]
+    pub sentinel_master: Option<String>,
+
     /// Shared connections per process; each is multiplexed, so a few carry any load.
     #[arg(long = "redis-pool-size", env = "REDIS_POOL_SIZE", default_value_t = 4)]
     pub pool_size: usize,

@@ -92,11 +92,19 @@ fn redis_code(e: &redis::RedisError) -> Code {
         || e.is_connection_refusal()
         || e.is_connection_dropped()
         || e.is_unrecoverable_error()
+        || failing_over(e)
     {
         Code::Unavailable
     } else {
         Code::Internal
     }
+}
+
+/// Errors of a failover or a slot move in progress: a demoted master (READONLY), a
+/// cluster without a master for a slot (CLUSTERDOWN), a slot migrating (TRYAGAIN), a
+/// replica without its master (MASTERDOWN), a server loading its data (LOADING).
+fn failing_over(e: &redis::RedisError) -> bool {
+    matches!(e.code(), Some("READONLY" | "CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "LOADING" | "MOVED" | "ASK"))
 }
 
 fn is_oom(e: &redis::RedisError) -> bool {

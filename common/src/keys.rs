@@ -2,22 +2,22 @@
 //!
 //! | key                                  | type   | TTL                         | owner        |
 //! |--------------------------------------|--------|-----------------------------|--------------|
-//! | `P:presence:{u:UID}`                 | ZSET   | until the last lease ends   | presence-svc |
-//! | `P:owners:{u:UID}`                 | HASH   | as the sessions             | presence-svc |
-//! | `P:seen:{u:UID}`                     | STRING | last-seen retention (30 d)  | presence-svc |
+//! | `P:presence:{b:N}:UID`               | ZSET   | until the last lease ends   | presence-svc |
+//! | `P:owners:{b:N}:UID`                 | HASH   | as the sessions             | presence-svc |
+//! | `P:seen:{b:N}:UID`                   | STRING | last-seen retention (30 d)  | presence-svc |
 //! | `P:online:{b:N}`                     | ZSET   | none                        | presence-svc |
 //! | `P:online:{b:N}:ids`                 | ZSET   | none                        | presence-svc |
-//! | `P:presence:events`                  | STREAM | capped (MAXLEN ~)           | presence-svc |
+//! | `P:presence:events:{b:N}`            | STREAM | capped (MAXLEN ~)           | presence-svc |
 //! | `P:profile:{u:UID}`                  | HASH   | none                        | profile-svc  |
 //! | `P:group:{g:GID}:members`           | ZSET   | none (gone with last member) | push-gateway |
 //! | `P:groups:{u:UID}`                  | HASH   | none (gone with last group) | push-gateway |
-//! | `P:idem:[CALLER|]KEY`               | STRING | idempotency window (24 h)   | push-gateway |
-//! | `P:inbox:{u:UID}`, `P:history:{g:GID}`, `P:history:all` | STREAM | capped by count and age | push-gateway |
+//! | `P:idem:{TAG}:[CALLER|]KEY`         | STRING | idempotency window (24 h)   | push-gateway |
+//! | `P:inbox:{u:UID}`, `P:history:{g:GID}`, `P:history:{all}` | STREAM | capped by count and age | push-gateway |
 //! | the same + `:meta`                  | HASH   | meta TTL (7 d), renewed      | push-gateway |
 //! | `P:acks:{u:UID}`                    | HASH   | meta TTL, renewed by acks    | push-gateway |
 //! | `P:ackdevs:{u:UID}`                 | ZSET   | meta TTL, renewed by acks    | push-gateway |
 //! | `P:left:{u:UID}`                    | HASH   | meta TTL, renewed by leaves  | push-gateway |
-//! | `P:ch:all`, `P:ch:{u:UID}`, `P:ch:{g:GID}`, `P:ch:probe:R` | channels | — | push-gateway |
+//! | `P:ch:all`, `P:ch:{u:UID}`, `P:ch:{g:GID}`, `P:ch:probe:{R}` | channels | — | push-gateway |
 //!
 //! `P` is the configurable prefix (default `push`). `presence` holds the user's sessions
 //! (member = session id, score = lease expiry in ms). `online:{b:N}` is bucket N of the
@@ -37,9 +37,17 @@
 //! with `ZRANGE BYLEX` (a SET's SSCAN cursor may repeat members). The probe channel is
 //! each gateway replica's own, to check its Pub/Sub connection end to end.
 //!
-//! Per-user keys carry the `{u:UID}` hash tag so everything of one user shares a Redis
-//! Cluster slot; a bucket's two keys share the `{b:N}` tag. Ids are validated to contain
-//! no `{`, `}` or whitespace, so they cannot break a tag.
+//! Hash tags put everything one script touches in one Redis Cluster slot:
+//! - presence: a user's sessions, owners and last-seen carry the tag of the user's
+//!   bucket `{b:N}`, with the bucket's online index and its own events stream, so a login,
+//!   heartbeat, logout or sweep is one slot, and presence writes spread over the buckets
+//!   (no key is hot);
+//! - the gateway's per-user keys carry `{u:UID}`, a group's `{g:GID}`, the broadcast
+//!   history `{all}`, each with its history's meta and its channel;
+//! - an idempotency record carries the tag of the history it guards (the first of the
+//!   push's targets in that slot), so it is written in the same step as the message.
+//!
+//! Ids are validated to contain no `{`, `}` or whitespace, so they cannot break a tag.
 
 use crate::ids::{GroupId, IdemKey, UserId};
 
@@ -58,19 +66,19 @@ impl Keys {
         &self.prefix
     }
 
-    /// A user's sessions (ZSET session id → lease expiry ms).
-    pub fn sessions(&self, user_id: &UserId) -> String {
-        format!("{}:presence:{{u:{user_id}}}", self.prefix)
+    /// A user's sessions (ZSET session id → lease expiry ms), in the user's bucket.
+    pub fn sessions(&self, bucket: u32, user_id: &UserId) -> String {
+        format!("{}:presence:{{b:{bucket}}}:{user_id}", self.prefix)
     }
 
     /// Who holds each of a user's sessions (HASH session id → owner), if anyone.
-    pub fn session_owners(&self, user_id: &UserId) -> String {
-        format!("{}:owners:{{u:{user_id}}}", self.prefix)
+    pub fn session_owners(&self, bucket: u32, user_id: &UserId) -> String {
+        format!("{}:owners:{{b:{bucket}}}:{user_id}", self.prefix)
     }
 
     /// When the user was last seen (STRING, ms since the epoch).
-    pub fn last_seen(&self, user_id: &UserId) -> String {
-        format!("{}:seen:{{u:{user_id}}}", self.prefix)
+    pub fn last_seen(&self, bucket: u32, user_id: &UserId) -> String {
+        format!("{}:seen:{{b:{bucket}}}:{user_id}", self.prefix)
     }
 
     /// Online-index bucket `n` by expiry (ZSET user id → latest lease expiry ms).
@@ -83,9 +91,9 @@ impl Keys {
         format!("{}:online:{{b:{bucket}}}:ids", self.prefix)
     }
 
-    /// Users going online and offline (STREAM).
-    pub fn presence_events(&self) -> String {
-        format!("{}:presence:events", self.prefix)
+    /// Users of bucket `n` going online and offline (STREAM).
+    pub fn presence_events(&self, bucket: u32) -> String {
+        format!("{}:presence:events:{{b:{bucket}}}", self.prefix)
     }
 
     /// A user's profile (HASH).
@@ -103,13 +111,15 @@ impl Keys {
         format!("{}:groups:{{u:{user_id}}}", self.prefix)
     }
 
-    /// The message id of the push made with an idempotency key (STRING, expiring).
-    /// `caller` is the API key's name (None without authentication).
-    pub fn idempotency(&self, caller: Option<&IdemKey>, key: &IdemKey) -> String {
+    /// The message id of the push made with an idempotency key (STRING, expiring), in
+    /// the slot of `history` (the history key it is written with). `caller` is the API
+    /// key's name (None without authentication).
+    pub fn idempotency(&self, history: &str, caller: Option<&IdemKey>, key: &IdemKey) -> String {
+        let tag = hash_tag(history).unwrap_or(history);
         match caller {
-            None => format!("{}:idem:{key}", self.prefix),
+            None => format!("{}:idem:{{{tag}}}:{key}", self.prefix),
             // '|' cannot occur in an id, so callers cannot alias through their names.
-            Some(caller) => format!("{}:idem:{caller}|{key}", self.prefix),
+            Some(caller) => format!("{}:idem:{{{tag}}}:{caller}|{key}", self.prefix),
         }
     }
 
@@ -125,7 +135,7 @@ impl Keys {
 
     /// The broadcast history (STREAM); its meta HASH is this key + `:meta`.
     pub fn all_history(&self) -> String {
-        format!("{}:history:all", self.prefix)
+        format!("{}:history:{{all}}", self.prefix)
     }
 
     /// The meta HASH of a history stream (an inbox, a group's or the broadcast history):
@@ -176,9 +186,18 @@ impl Keys {
         format!("{}:ch:{{g:{group_id}}}", self.prefix)
     }
 
+    /// How a message is published on `channel`: on a Cluster the per-user, per-group and
+    /// probe channels are shard channels (`SPUBLISH`, carried only by the shard that owns
+    /// the slot); the broadcast channel is a classic one, which every node forwards to
+    /// every other (each gateway replica needs it anyway). On one Redis everything is
+    /// classic.
+    pub fn publish_command(&self, channel: &str, cluster: bool) -> &'static str {
+        if cluster && channel != self.channel_all() { "SPUBLISH" } else { "PUBLISH" }
+    }
+
     /// A gateway replica's own probe channel.
     pub fn channel_probe(&self, replica: &str) -> String {
-        format!("{}:ch:probe:{replica}", self.prefix)
+        format!("{}:ch:probe:{{{replica}}}", self.prefix)
     }
 }
 
@@ -188,6 +207,13 @@ pub enum ChannelOf<'a> {
     All,
     User(&'a str),
     Group(&'a str),
+}
+
+/// The hash tag of a key (between its first `{` and the next `}`), if it has one.
+pub fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let len = key[open + 1..].find('}')?;
+    (len > 0).then(|| &key[open + 1..open + 1 + len])
 }
 
 /// The online-index bucket of a user: FNV-1a of the id, stable across processes,
@@ -221,10 +247,10 @@ mod tests {
     #[test]
     fn user_keys_share_one_hash_tag() {
         let k = Keys::new("push");
-        assert_eq!(k.sessions(&u("alice")), "push:presence:{u:alice}");
-        assert_eq!(k.session_owners(&u("alice")), "push:owners:{u:alice}");
-        assert_eq!(k.presence_events(), "push:presence:events");
-        assert_eq!(k.last_seen(&u("alice")), "push:seen:{u:alice}");
+        assert_eq!(k.sessions(7, &u("alice")), "push:presence:{b:7}:alice");
+        assert_eq!(k.session_owners(7, &u("alice")), "push:owners:{b:7}:alice");
+        assert_eq!(k.presence_events(7), "push:presence:events:{b:7}");
+        assert_eq!(k.last_seen(7, &u("alice")), "push:seen:{b:7}:alice");
         assert_eq!(k.profile(&u("alice")), "push:profile:{u:alice}");
         assert_eq!(k.online_by_expiry(3), "push:online:{b:3}");
         assert_eq!(k.online_by_id(3), "push:online:{b:3}:ids");
@@ -237,11 +263,20 @@ mod tests {
         assert_eq!(k.acks(&u("alice")), "push:acks:{u:alice}");
         assert_eq!(k.ack_devices(&u("alice")), "push:ackdevs:{u:alice}");
         assert_eq!(k.left_groups(&u("alice")), "push:left:{u:alice}");
-        assert_eq!(k.channel_probe("r1"), "push:ch:probe:r1");
-        assert_eq!(k.idempotency(None, &i("k1")), "push:idem:k1");
-        assert_eq!(k.idempotency(Some(&i("billing")), &i("k1")), "push:idem:billing|k1");
+        assert_eq!(k.channel_probe("r1"), "push:ch:probe:{r1}");
+        assert_eq!(k.publish_command(&k.channel_all(), true), "PUBLISH");
+        assert_eq!(k.publish_command(&k.channel_user(&u("a")), true), "SPUBLISH");
+        assert_eq!(k.publish_command(&k.channel_user(&u("a")), false), "PUBLISH");
+        let inbox = k.inbox(&u("alice"));
+        assert_eq!(k.idempotency(&inbox, None, &i("k1")), "push:idem:{u:alice}:k1");
+        assert_eq!(k.idempotency(&inbox, Some(&i("billing")), &i("k1")), "push:idem:{u:alice}:billing|k1");
+        assert_eq!(k.idempotency(&k.all_history(), None, &i("k1")), "push:idem:{all}:k1");
         assert_eq!(k.group_history(&g("g1")), "push:history:{g:g1}");
-        assert_eq!(k.all_history(), "push:history:all");
+        assert_eq!(k.all_history(), "push:history:{all}");
+        assert_eq!(Keys::history_meta(&k.all_history()), "push:history:{all}:meta");
+        assert_eq!(hash_tag("a{b}c{d}"), Some("b"));
+        assert_eq!(hash_tag("a{}c"), None);
+        assert_eq!(hash_tag("abc"), None);
         assert_eq!(Keys::history_meta(&k.inbox(&u("alice"))), "push:inbox:{u:alice}:meta");
         assert_eq!(Keys::history_meta(&k.group_history(&g("g1"))), "push:history:{g:g1}:meta");
         assert_eq!(k.parse_channel(&k.channel_all()), Some(ChannelOf::All));

@@ -115,7 +115,8 @@ fn renewal(result: Result<(pb::Session, Touched), Error>) -> pb::SessionRenewal 
     }
 }
 
-pub(crate) fn to_pb(e: Event) -> pb::PresenceEvent {
+/// An event as sent, with `event_id` the watch position past it.
+pub(crate) fn to_pb(e: Event, event_id: String) -> pb::PresenceEvent {
     use pb::presence_event::{Kind, Reason};
     let reason = match (e.online, e.expired) {
         (true, _) => Reason::Unspecified,
@@ -123,7 +124,7 @@ pub(crate) fn to_pb(e: Event) -> pb::PresenceEvent {
         (false, false) => Reason::Logout,
     };
     pb::PresenceEvent {
-        event_id: e.id,
+        event_id,
         user_id: e.user,
         kind: if e.online { Kind::Online } else { Kind::Offline } as i32,
         time: Some(ms_to_timestamp(e.time_ms)),

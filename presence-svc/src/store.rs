@@ -10,13 +10,13 @@
 //! - Readers never trust that sweeping happened: a user is online only if their score
 //!   is later than now. The sweeper merely keeps the index small.
 //!
-//! In Redis Cluster the session scripts touch the user's slot and a bucket's slot;
-//! running them there needs the bucket chosen from the user's slot (noted in
-//! docs/ARCHITECTURE.md). Each bucket's two keys already share a slot. The scripts are
-//! files in `lua/`.
+//! Every key of a user and of their bucket (its online index and its events stream)
+//! carries the bucket's hash tag, so each script touches one Redis Cluster slot and the
+//! presence writes spread over the buckets. Reads over many users or buckets go as one
+//! pipeline per slot ([`push_common::redis::Batch`]). The scripts are files in `lua/`.
 use std::time::Duration;
 
-use push_common::redis::{PipelinedScript, Pool};
+use push_common::redis::{Batch, PipelinedScript, Pool};
 use push_common::{
     Error,
     ids::{DeviceId, UserId},
@@ -25,7 +25,7 @@ use push_common::{
 use redis::Script;
 
 mod events;
-pub use events::{Event, parse_event_id};
+pub use events::{Event, Position, parse_event_id};
 
 /// The Lua scripts (`lua/`), each with the shared helpers (`lua/lib.lua`) in front.
 mod scripts {
@@ -131,7 +131,7 @@ pub struct Store {
     logout: Script,
     sweep: Script,
     page: Script,
-    count: Script,
+    count: PipelinedScript,
 }
 
 impl Store {
@@ -145,7 +145,7 @@ impl Store {
             logout: scripts::script(scripts::LOGOUT),
             sweep: scripts::script(scripts::SWEEP),
             page: scripts::script(scripts::PAGE),
-            count: scripts::script(scripts::COUNT),
+            count: scripts::pipelined(scripts::COUNT),
         }
     }
 
@@ -153,15 +153,20 @@ impl Store {
         self.buckets
     }
 
+    /// The bucket of a user.
+    pub fn bucket(&self, user: &str) -> u32 {
+        bucket_of(user, self.buckets)
+    }
+
     fn user_keys(&self, user: &UserId) -> [String; 6] {
-        let b = bucket_of(user, self.buckets);
+        let b = self.bucket(user);
         [
-            self.keys.sessions(user),
-            self.keys.last_seen(user),
+            self.keys.sessions(b, user),
+            self.keys.last_seen(b, user),
             self.keys.online_by_expiry(b),
             self.keys.online_by_id(b),
-            self.keys.presence_events(),
-            self.keys.session_owners(user),
+            self.keys.presence_events(b),
+            self.keys.session_owners(b, user),
         ]
     }
 
@@ -191,8 +196,7 @@ impl Store {
             .iter()
             .map(|(user, session, t)| (self.user_keys(user), touch_args(user, session, t, self.events_max_len)))
             .collect();
-        let mut c = self.pool.get();
-        let replies: Vec<redis::RedisResult<Vec<i64>>> = self.touch.run_many(&mut c, &runs).await?;
+        let replies: Vec<redis::RedisResult<Vec<i64>>> = self.touch.run_many(&self.pool, &runs).await?;
         Ok(replies.into_iter().map(|r| r.map_err(Error::from).and_then(|r| touch_outcome(&r))).collect())
     }
 
@@ -219,18 +223,24 @@ impl Store {
         Ok((removed == 1, left))
     }
 
-    /// Sessions and last-seen of many users in one round trip (a read-only pipeline
-    /// whose first command reads the server clock the filter uses).
+    /// Sessions and last-seen of many users in one round trip (read-only pipelines, one
+    /// per slot on a Cluster; the first command reads the server clock the filter uses).
     #[tracing::instrument(skip(self, users), fields(users = users.len()), err)]
     pub async fn get(&self, users: &[UserId]) -> Result<Vec<UserState>, Error> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("TIME");
-        for u in users {
-            pipe.cmd("ZRANGE").arg(self.keys.sessions(u)).arg(0).arg(-1).arg("WITHSCORES");
-            pipe.cmd("GET").arg(self.keys.last_seen(u));
+        let mut batch = Batch::new();
+        for (i, u) in users.iter().enumerate() {
+            let b = self.bucket(u);
+            let sessions = self.keys.sessions(b, u);
+            if i == 0 {
+                batch.add(&sessions, redis::cmd("TIME"));
+            }
+            batch.add(&sessions, redis::cmd("ZRANGE").arg(&sessions).arg(0).arg(-1).arg("WITHSCORES").to_owned());
+            batch.add(&sessions, redis::cmd("GET").arg(self.keys.last_seen(b, u)).to_owned());
         }
-        let mut c = self.pool.get();
-        let mut replies: Vec<redis::Value> = pipe.query_async(&mut c).await?;
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut replies = batch.run(&self.pool).await?;
         if replies.len() != 1 + 2 * users.len() {
             return Err(Error::Protocol("pipeline reply has the wrong length".into()));
         }
@@ -265,12 +275,14 @@ impl Store {
         Ok((last, scanned, online))
     }
 
-    /// Users online now.
+    /// Users online now: each bucket counted by its own script (one pipeline, or one
+    /// per slot on a Cluster), summed.
     #[tracing::instrument(skip(self), err)]
     pub async fn count(&self) -> Result<i64, Error> {
-        let keys: Vec<String> = (0..self.buckets).map(|b| self.keys.online_by_expiry(b)).collect();
-        let mut c = self.pool.get();
-        Ok(self.count.key(keys).invoke_async(&mut c).await?)
+        let runs: Vec<([String; 1], Vec<String>)> =
+            (0..self.buckets).map(|b| ([self.keys.online_by_expiry(b)], Vec::new())).collect();
+        let counts: Vec<redis::RedisResult<i64>> = self.count.run_many(&self.pool, &runs).await?;
+        counts.into_iter().try_fold(0, |sum, n| Ok(sum + n?))
     }
 
     /// Removes up to `limit` expired users from one bucket; returns how many.
@@ -280,7 +292,7 @@ impl Store {
             .sweep
             .key(self.keys.online_by_expiry(bucket))
             .key(self.keys.online_by_id(bucket))
-            .key(self.keys.presence_events())
+            .key(self.keys.presence_events(bucket))
             .arg(limit)
             .arg(self.events_max_len)
             .invoke_async(&mut c)

@@ -1,7 +1,10 @@
 //! WatchPresence: every watcher of a replica is served by one reader.
 //!
-//! One task per replica reads the presence events with `XREAD BLOCK` on its one
-//! dedicated connection and broadcasts each batch. A watcher subscribes to the
+//! One task per replica reads the presence events of every bucket (see
+//! [`crate::store::Position`]) and broadcasts each batch, merged in id order: on one
+//! Redis (or a Sentinel master) with one `XREAD BLOCK` over all the buckets' streams on
+//! its one dedicated connection; on a Cluster, where the streams are in different slots,
+//! by reading every bucket (one pipeline per slot) every [`POLL`] while idle. A watcher subscribes to the
 //! broadcast first, then catches up from its cursor with `XRANGE` reads on the shared
 //! pool until there is nothing more, then follows the broadcast, dropping what it
 //! already has by id: whatever is appended after it subscribed reaches it through the
@@ -16,15 +19,21 @@
 //! FAILED_PRECONDITION and resyncs from ListOnlineUsers.
 use std::{sync::Arc, time::Duration};
 
-use push_common::{Error, config::RedisArgs};
+use push_common::{
+    Error,
+    config::RedisArgs,
+    redis::{Topology, dedicated},
+};
 use push_proto::presence::v1 as pb;
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tonic::Status;
 
-use crate::store::{Event, Store, parse_event_id};
+use crate::store::{Event, Position, Store};
 
 /// How long the reader's XREAD blocks before it reads again.
 const BLOCK: Duration = Duration::from_secs(5);
+/// How often a reader on a Cluster reads the buckets while there is nothing new.
+const POLL: Duration = Duration::from_millis(100);
 /// Most events in one read and one WatchPresence item.
 const BATCH: usize = 500;
 /// Batches the broadcast keeps for a slow watcher before it must catch up from Redis.
@@ -68,12 +77,12 @@ impl Watchers {
         &self,
         cursor: &str,
     ) -> Result<mpsc::Receiver<Result<pb::WatchPresenceResponse, Status>>, Status> {
+        let buckets = self.store.buckets();
         let start = match cursor {
             "" => None,
-            c => Some(
-                parse_event_id(c)
-                    .ok_or_else(|| Error::invalid("cursor", "must be an event_id from this stream, \"0\" or empty"))?,
-            ),
+            c => Some(Position::parse(c, buckets).ok_or_else(|| {
+                Error::invalid("cursor", "must be an event_id of this deployment's WatchPresence, \"0\" or empty")
+            })?),
         };
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
@@ -84,9 +93,9 @@ impl Watchers {
         // Subscribed before the cursor is read: nothing appended from here on is missed.
         let live = self.live.subscribe();
         let cursor = match start {
-            None => self.store.last_event_id().await?,
-            Some(id) if id != (0, 0) && self.store.trimmed_past(id).await? => return Err(resync()),
-            Some(_) => cursor.to_owned(),
+            None => self.store.last_position().await?,
+            Some(at) if self.store.trimmed_past(&at).await? => return Err(resync()),
+            Some(at) => at,
         };
         let (tx, rx) = mpsc::channel(8);
         let watcher = Watcher { store: self.store.clone(), cursor, tx };
@@ -101,8 +110,8 @@ impl Watchers {
 /// One watcher's task.
 struct Watcher {
     store: Store,
-    /// The last event sent.
-    cursor: String,
+    /// Past the last event sent.
+    cursor: Position,
     tx: mpsc::Sender<Result<pb::WatchPresenceResponse, Status>>,
 }
 
@@ -142,9 +151,7 @@ impl Watcher {
     /// the watcher went away.
     async fn catch_up(&mut self) -> Result<bool, Status> {
         loop {
-            if let Some(c) = parse_event_id(&self.cursor).filter(|c| *c != (0, 0))
-                && self.store.trimmed_past(c).await?
-            {
+            if self.store.trimmed_past(&self.cursor).await? {
                 return Err(resync());
             }
             let events = self.store.events_after(&self.cursor, BATCH).await?;
@@ -159,15 +166,21 @@ impl Watcher {
     }
 
     fn is_new(&self, e: &Event) -> bool {
-        parse_event_id(&e.id) > parse_event_id(&self.cursor)
+        self.cursor.is_new(e)
     }
 
-    /// Sends `events` as one item (nothing for none); false when the watcher went away.
+    /// Sends `events` as one item (nothing for none), each with the position past it as
+    /// its `event_id`; false when the watcher went away.
     async fn send(&mut self, events: Vec<Event>) -> bool {
-        let Some(last) = events.last() else { return !self.tx.is_closed() };
-        self.cursor = last.id.clone();
-        let item = pb::WatchPresenceResponse { events: events.into_iter().map(crate::service::to_pb).collect() };
-        self.tx.send(Ok(item)).await.is_ok()
+        if events.is_empty() {
+            return !self.tx.is_closed();
+        }
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            self.cursor.advance(&e);
+            out.push(crate::service::to_pb(e, self.cursor.encode()));
+        }
+        self.tx.send(Ok(pb::WatchPresenceResponse { events: out })).await.is_ok()
     }
 
     async fn end(&self, status: Status) {
@@ -175,18 +188,25 @@ impl Watcher {
     }
 }
 
-/// The replica's reader: follows the events from the newest at start, on one dedicated
-/// connection, reconnecting with backoff, and broadcasts what it reads.
+/// The replica's reader: follows the events from the newest at start, reconnecting
+/// with backoff, and broadcasts what it reads.
 async fn read(store: Store, redis: RedisArgs, live: broadcast::Sender<Read>) {
-    let mut cursor: Option<String> = None;
+    let mut cursor: Option<Position> = None;
     let mut backoff = Duration::from_millis(50);
+    let topology = match Topology::from_args(&redis) {
+        Ok(t) => t,
+        Err(e) => return tracing::error!(error = %e, "presence watch reader cannot start"),
+    };
     loop {
-        let conn = push_common::redis::dedicated(&redis, BLOCK + redis.timeout).await;
+        let conn = match topology.is_cluster() {
+            true => None,
+            false => Some(dedicated(&topology, &redis, BLOCK + redis.timeout).await),
+        };
         let start = match &cursor {
             Some(c) => Ok(c.clone()),
-            None => store.last_event_id().await,
+            None => store.last_position().await,
         };
-        let (mut conn, mut at) = match (conn, start) {
+        let (mut conn, mut at) = match (conn.transpose(), start) {
             (Ok(conn), Ok(at)) => (conn, at),
             (Err(e), _) | (_, Err(e)) => {
                 tracing::debug!(error = %e, "presence watch reader cannot connect yet");
@@ -197,20 +217,28 @@ async fn read(store: Store, redis: RedisArgs, live: broadcast::Sender<Read>) {
         };
         backoff = Duration::from_millis(50);
         loop {
-            let events = match store.wait_for_events(&mut conn, &at, BLOCK, BATCH).await {
+            let read = match &mut conn {
+                Some(conn) => store.wait_for_events(conn, &at, BLOCK, BATCH).await,
+                None => store.events_after(&at, BATCH).await,
+            };
+            let events = match read {
                 Ok(events) => events,
                 Err(e) => {
                     tracing::warn!(error = %e, "presence watch reader lost its connection; reconnecting");
                     break;
                 }
             };
-            let Some(last) = events.last().map(|e| e.id.clone()) else { continue };
+            if events.is_empty() {
+                if conn.is_none() {
+                    tokio::time::sleep(POLL).await;
+                }
+                continue;
+            }
             // Trimming may have overtaken the reader: say so rather than skip silently.
-            let lost = match parse_event_id(&at).filter(|c| *c != (0, 0)) {
-                Some(c) => store.trimmed_past(c).await.unwrap_or(false),
-                None => false,
-            };
-            at = last;
+            let lost = store.trimmed_past(&at).await.unwrap_or(false);
+            for e in &events {
+                at.advance(e);
+            }
             let _ = live.send(if lost { Read::Lost } else { Read::Events(events.into()) });
         }
         cursor = Some(at);

@@ -35,6 +35,13 @@ pub struct StreamId {
     pub seq: u64,
 }
 
+impl StreamId {
+    /// The smallest id after this one.
+    pub fn next(self) -> StreamId {
+        StreamId { ms: self.ms, seq: self.seq + 1 }
+    }
+}
+
 impl FromStr for StreamId {
     type Err = ();
 

@@ -86,7 +86,7 @@ impl Settings {
                 max_age: (!config.max_stream_age.is_zero()).then_some(config.max_stream_age),
             },
             hub: stream::hub::HubConfig {
-                client: redis::client(&config.redis)?,
+                redis: config.redis.clone(),
                 connect_timeout: config.redis.timeout,
                 probe_interval: config.hub_probe_interval,
                 subscribe_timeout: config.redis.timeout * 2,

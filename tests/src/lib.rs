@@ -38,6 +38,6 @@ pub use client::{
 pub use credentials::secure_app;
 pub use device::{Device, DeviceOptions, Received, Target};
 pub use proxy::Proxy;
-pub use redis::RedisServer;
+pub use redis::{RedisServer, on_cluster};
 pub use services::{GatewayProcess, Running};
 pub use wait::{Outcome, always, eventually, health, health_on, wait_health};

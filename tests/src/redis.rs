@@ -1,4 +1,6 @@
-//! A `redis-server` owned by one test.
+//! The Redis of one test: a single `redis-server`, or (with `PUSH_TEST_REDIS=cluster`)
+//! a Redis Cluster of 3 masters with a replica each, so the whole end-to-end suite runs
+//! on either (`scripts/test.sh` runs it on both).
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -8,89 +10,91 @@ use std::{
 
 static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 
-/// A `redis-server` (no persistence unless flags ask for it) on a unix socket in a fresh
-/// temp dir. It can be stopped, restarted on the same socket and frozen; it is killed and
-/// its dir removed on drop.
-pub struct RedisServer {
-    dir: PathBuf,
-    child: Option<Child>,
-    /// Extra `redis-server` flags (they override the defaults).
-    flags: Vec<String>,
-    /// The URL services connect with, when not the unix socket (e.g. `rediss://`).
-    service_url: Option<String>,
+/// Which Redis the suite runs on (`PUSH_TEST_REDIS`: `single`, the default, or `cluster`).
+pub fn on_cluster() -> bool {
+    std::env::var("PUSH_TEST_REDIS").is_ok_and(|v| v == "cluster")
 }
 
-impl RedisServer {
-    /// Starts a fresh server; panics with a hint when `redis-server` is missing.
-    pub fn start() -> Self {
-        Self::start_with(&[])
+/// A fresh temp dir of this test process.
+pub(crate) fn temp_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "push-tests-{what}-{}-{}",
+        std::process::id(),
+        NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// A loopback TCP port that is free, with its cluster bus port (+10000) free too.
+pub(crate) fn free_port() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().unwrap().port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One `redis-server` process: its dir, how it listens, its flags.
+pub(crate) struct Node {
+    pub(crate) dir: PathBuf,
+    child: Option<Child>,
+    /// A TCP port on 127.0.0.1; None: the unix socket in `dir`.
+    pub(crate) port: Option<u16>,
+    flags: Vec<String>,
+}
+
+impl Node {
+    pub(crate) fn new(dir: PathBuf, port: Option<u16>, flags: Vec<String>) -> Node {
+        Node { dir, child: None, port, flags }
     }
 
-    /// Starts a fresh server with extra flags, e.g. `["--appendonly", "yes"]`; they
-    /// stay in force across restarts (which keep the data directory).
-    pub fn start_with(flags: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "push-tests-{}-{}",
-            std::process::id(),
-            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        let flags = flags.iter().map(|f| f.to_string()).collect();
-        let mut server = Self { dir, child: None, flags, service_url: None };
-        server.restart();
-        server
+    pub(crate) fn url(&self) -> String {
+        match self.port {
+            Some(p) => format!("redis://127.0.0.1:{p}"),
+            None => format!("redis+unix://{}", self.dir.join("redis.sock").display()),
+        }
     }
 
-    pub fn socket(&self) -> PathBuf {
-        self.dir.join("redis.sock")
+    pub(crate) fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("redis client")
     }
 
-    /// The URL services connect with: the unix socket unless [`RedisServer::serve_at`]
-    /// said otherwise.
-    pub fn url(&self) -> String {
-        self.service_url.clone().unwrap_or_else(|| self.socket_url())
-    }
-
-    /// Services connect with `url` (e.g. a `rediss://` one) instead of the socket.
-    pub fn serve_at(&mut self, url: &str) {
-        self.service_url = Some(url.to_owned());
-    }
-
-    fn socket_url(&self) -> String {
-        format!("redis+unix://{}", self.socket().display())
-    }
-
-    /// A plain client for assertions on the data (DBSIZE, key scans), on the socket.
-    pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.socket_url()).expect("redis client")
-    }
-
-    /// Kills the server (as a crash would).
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = std::fs::remove_file(self.socket());
+        let _ = std::fs::remove_file(self.dir.join("redis.sock"));
     }
 
-    /// (Re)starts the server on the same socket and waits until it answers.
-    pub fn restart(&mut self) {
+    /// (Re)starts the process, without waiting for it to answer.
+    pub(crate) fn spawn(&mut self) {
         self.stop();
         let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let child = Command::new(&bin)
-            .args(["--port", "0", "--unixsocket"])
-            .arg(self.socket())
-            .args(["--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--dir"])
-            .arg(&self.dir)
-            .args(&self.flags)
+        let mut cmd = Command::new(&bin);
+        match self.port {
+            Some(p) => cmd.args(["--port", &p.to_string(), "--bind", "127.0.0.1"]),
+            None => cmd
+                .args(["--port", "0", "--unixsocket"])
+                .arg(self.dir.join("redis.sock"))
+                .args(["--unixsocketperm", "700"]),
+        };
+        cmd.args(["--save", "", "--appendonly", "no", "--dir"]).arg(&self.dir).args(&self.flags);
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {bin} ({e}); run ./scripts/test.sh, which installs it"));
         self.child = Some(child);
-        // Blocking, not `eventually`: restarts also happen inside `block_in_place`.
+    }
+
+    /// Waits until it answers PING. Blocking, not `eventually`: restarts also happen
+    /// inside `block_in_place`.
+    pub(crate) fn wait_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(mut c) = self.client().get_connection()
@@ -103,57 +107,238 @@ impl RedisServer {
         }
     }
 
-    /// Freezes the server (SIGSTOP): it keeps its connections but answers nothing,
-    /// as a Redis stuck on a slow disk or a long script would.
-    pub fn freeze(&self) {
-        self.signal("-STOP");
-    }
-
-    /// Lets a frozen server go on (SIGCONT).
-    pub fn thaw(&self) {
-        self.signal("-CONT");
-    }
-
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().expect("redis-server is running").id().to_string();
         let ok = Command::new("kill").args([sig, &pid]).status().expect("kill").success();
         assert!(ok, "kill {sig} {pid} failed");
     }
 
-    /// Number of keys in the database.
+    pub(crate) fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        let mut c = self.client().get_connection()?;
+        cmd.query(&mut c)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The Redis of one test: a `redis-server` (no persistence unless flags ask for it) on a
+/// unix socket in a fresh temp dir, or a cluster of them on loopback ports. It can be
+/// stopped, restarted (same sockets and ports, same data dirs) and frozen; it is killed
+/// and its dirs removed on drop.
+pub struct RedisServer {
+    nodes: Vec<Node>,
+    cluster: bool,
+    /// The URL services connect with, when not the nodes' own (e.g. `rediss://`).
+    service_url: Option<String>,
+}
+
+impl RedisServer {
+    /// Starts a fresh server (a cluster with `PUSH_TEST_REDIS=cluster`); panics with a
+    /// hint when `redis-server` is missing.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a fresh server with extra flags, e.g. `["--appendonly", "yes"]`; they
+    /// stay in force across restarts (which keep the data directories). On a cluster
+    /// every node gets them.
+    pub fn start_with(flags: &[&str]) -> Self {
+        if on_cluster() { Self::start_cluster(flags) } else { Self::start_single(flags) }
+    }
+
+    /// One server whatever the suite runs on (for what only one server does: TLS here).
+    pub fn start_single(flags: &[&str]) -> Self {
+        let flags = flags.iter().map(|f| f.to_string()).collect();
+        let mut node = Node::new(temp_dir("redis"), None, flags);
+        node.spawn();
+        node.wait_up();
+        RedisServer { nodes: vec![node], cluster: false, service_url: None }
+    }
+
+    /// 3 masters with one replica each, from `redis-server --cluster-enabled yes`
+    /// processes and `redis-cli --cluster create`.
+    pub fn start_cluster(flags: &[&str]) -> Self {
+        let mut nodes: Vec<Node> = (0..6)
+            .map(|_| {
+                let mut f: Vec<String> = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                f.extend(flags.iter().map(|s| s.to_string()));
+                Node::new(temp_dir("cluster"), Some(free_port()), f)
+            })
+            .collect();
+        for n in &mut nodes {
+            n.spawn();
+        }
+        for n in &nodes {
+            n.wait_up();
+        }
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port.unwrap())).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        let server = RedisServer { nodes, cluster: true, service_url: None };
+        server.wait_cluster_ok();
+        server
+    }
+
+    /// Waits until every node says the cluster is ok and every replica is in sync.
+    fn wait_cluster_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = self.nodes.iter().all(|n| {
+                let info: String = n.query(&redis::cmd("CLUSTER").arg("INFO").to_owned()).unwrap_or_default();
+                let repl: String = n.query(&redis::cmd("INFO").arg("replication").to_owned()).unwrap_or_default();
+                info.contains("cluster_state:ok")
+                    && (repl.contains("role:master") || repl.contains("master_link_status:up"))
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// The URL services connect with: the unix socket, `cluster:` and the nodes for a
+    /// cluster (see `services::redis_flags`), unless [`RedisServer::serve_at`] said
+    /// otherwise.
+    pub fn url(&self) -> String {
+        if let Some(url) = &self.service_url {
+            return url.clone();
+        }
+        match self.cluster {
+            true => format!("cluster:{}", self.nodes.iter().map(Node::url).collect::<Vec<_>>().join(",")),
+            false => self.nodes[0].url(),
+        }
+    }
+
+    /// Services connect with `url` (e.g. a `rediss://` one) instead of the socket.
+    pub fn serve_at(&mut self, url: &str) {
+        self.service_url = Some(url.to_owned());
+    }
+
+    /// The unix socket of a single server.
+    pub fn socket(&self) -> PathBuf {
+        assert!(!self.cluster, "a cluster has no unix socket");
+        self.nodes[0].dir.join("redis.sock")
+    }
+
+    /// Runs a command where its key lives (a single server's, or the cluster's node).
+    pub fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        if !self.cluster {
+            return self.nodes[0].query(cmd).expect("redis command");
+        }
+        let urls: Vec<String> = self.nodes.iter().map(Node::url).collect();
+        let client = redis::cluster::ClusterClient::new(urls).expect("cluster client");
+        let mut c = client.get_connection().expect("cluster connection");
+        cmd.query(&mut c).expect("redis command")
+    }
+
+    /// Runs a server-wide command (CONFIG SET, INFO) on every master; the answers.
+    pub fn on_masters<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Vec<T> {
+        self.masters().map(|n| n.query(cmd).expect("redis command")).collect()
+    }
+
+    fn masters(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|n| {
+            let repl: String = n.query(&redis::cmd("INFO").arg("replication").to_owned()).unwrap_or_default();
+            repl.contains("role:master")
+        })
+    }
+
+    /// Kills the server(s) (as a crash would).
+    pub fn stop(&mut self) {
+        for n in &mut self.nodes {
+            n.stop();
+        }
+    }
+
+    /// (Re)starts the server(s) on the same sockets and ports and waits until they answer.
+    pub fn restart(&mut self) {
+        for n in &mut self.nodes {
+            n.spawn();
+        }
+        for n in &self.nodes {
+            n.wait_up();
+        }
+        if self.cluster {
+            self.wait_cluster_ok();
+        }
+    }
+
+    /// Freezes the server(s) (SIGSTOP): they keep their connections but answer nothing,
+    /// as a Redis stuck on a slow disk or a long script would.
+    pub fn freeze(&self) {
+        for n in &self.nodes {
+            n.signal("-STOP");
+        }
+    }
+
+    /// Lets frozen servers go on (SIGCONT).
+    pub fn thaw(&self) {
+        for n in &self.nodes {
+            n.signal("-CONT");
+        }
+    }
+
+    /// Number of keys (over every master).
     pub fn dbsize(&self) -> i64 {
-        let mut c = self.client().get_connection().expect("redis connection");
-        redis::cmd("DBSIZE").query(&mut c).expect("DBSIZE")
+        self.on_masters::<i64>(&redis::cmd("DBSIZE")).into_iter().sum()
     }
 
     /// Every key, sorted.
     pub fn keys(&self) -> Vec<String> {
-        let mut c = self.client().get_connection().expect("redis connection");
-        let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).expect("KEYS");
+        let mut keys: Vec<String> =
+            self.on_masters::<Vec<String>>(&redis::cmd("KEYS").arg("*").to_owned()).into_iter().flatten().collect();
         keys.sort();
         keys
     }
 
-    /// The Pub/Sub channels matching `pattern` that have subscribers, sorted.
+    /// The Pub/Sub channels matching `pattern` that have subscribers (classic and, on a
+    /// cluster, shard channels), sorted.
     pub fn channels(&self, pattern: &str) -> Vec<String> {
-        let mut c = self.client().get_connection().expect("redis connection");
-        let mut chs: Vec<String> = redis::cmd("PUBSUB").arg("CHANNELS").arg(pattern).query(&mut c).expect("PUBSUB");
+        let mut chs: Vec<String> = self
+            .on_masters::<Vec<String>>(&redis::cmd("PUBSUB").arg("CHANNELS").arg(pattern).to_owned())
+            .into_iter()
+            .flatten()
+            .collect();
+        if self.cluster {
+            chs.extend(
+                self.on_masters::<Vec<String>>(&redis::cmd("PUBSUB").arg("SHARDCHANNELS").arg(pattern).to_owned())
+                    .into_iter()
+                    .flatten(),
+            );
+        }
         chs.sort();
+        chs.dedup();
         chs
     }
 
     /// How many connections are subscribed to `channel` (one per gateway replica that
-    /// holds it: each replica has one Pub/Sub connection).
+    /// holds it: each replica has one subscriber link).
     pub fn subscribers(&self, channel: &str) -> i64 {
-        let mut c = self.client().get_connection().expect("redis connection");
-        let (_, n): (String, i64) = redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query(&mut c).expect("PUBSUB");
-        n
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let sub = if self.cluster && !channel.ends_with(":ch:all") { "SHARDNUMSUB" } else { "NUMSUB" };
+        let counts: Vec<(String, i64)> = self.on_masters(&redis::cmd("PUBSUB").arg(sub).arg(channel).to_owned());
+        match sub {
+            // A classic channel is counted on the node each subscriber picked.
+            "NUMSUB" => counts.iter().map(|(_, n)| n).sum(),
+            _ => counts.iter().map(|(_, n)| *n).max().unwrap_or(0),
+        }
     }
 }

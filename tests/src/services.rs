@@ -69,14 +69,28 @@ const FAST: [&str; 6] = ["--health-interval", "100ms", "--shutdown-grace", "1s",
 /// `fixed` and `extra`. Most tests run without authentication; the security tests
 /// configure credentials (an internal token file), and then nothing is insecure.
 fn args(name: &str, listen: &str, redis_url: &str, fixed: &[&str], extra: &[&str]) -> Vec<String> {
-    let mut args = vec![name, "--listen", listen, "--redis-url", redis_url];
-    args.extend(fixed);
-    args.extend(FAST);
+    let mut args = vec![name.to_owned(), "--listen".into(), listen.into()];
+    args.extend(redis_flags(redis_url));
+    args.extend(fixed.iter().chain(FAST.iter()).map(|s| s.to_string()));
     if !extra.contains(&"--internal-token-file") {
-        args.push("--insecure-no-auth");
+        args.push("--insecure-no-auth".into());
     }
-    args.extend(extra);
-    args.into_iter().map(String::from).collect()
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// The flags that reach a harness Redis URL: `--redis-url URL`, or for a cluster
+/// (`cluster:NODE,NODE,...`, see `RedisServer::url`) `--redis-cluster-nodes`, or for
+/// Sentinel (`sentinel:MASTER@SENTINEL,SENTINEL,...`) the sentinels and the master name.
+pub fn redis_flags(url: &str) -> Vec<String> {
+    let flags: Vec<&str> = if let Some(nodes) = url.strip_prefix("cluster:") {
+        vec!["--redis-cluster-nodes", nodes]
+    } else if let Some((master, sentinels)) = url.strip_prefix("sentinel:").and_then(|s| s.split_once('@')) {
+        vec!["--redis-sentinels", sentinels, "--redis-sentinel-master", master]
+    } else {
+        vec!["--redis-url", url]
+    };
+    flags.into_iter().map(String::from).collect()
 }
 
 /// The gateway's command line: a short RPC timeout and a fast hub probe besides.

@@ -1,5 +1,3 @@
--- Counts users whose latest lease is later than now over every bucket (KEYS).
-local now = now_ms()
-local n = 0
-for _, k in ipairs(KEYS) do n = n + redis.call('ZCOUNT', k, '(' .. now, '+inf') end
-return n
+-- Counts the users of one bucket (KEYS[1], by expiry) whose latest lease is later than
+-- now. store.rs sums the buckets.
+return redis.call('ZCOUNT', KEYS[1], '(' .. now_ms(), '+inf')

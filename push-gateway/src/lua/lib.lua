@@ -12,6 +12,14 @@ local function less(x, y)
   return a < c or (a == c and b < d)
 end
 
+-- Publishes on `how_channel`: a channel after how to publish on it, 'S' (SPUBLISH, a
+-- shard channel on a Cluster) or 'P' (PUBLISH).
+local function publish(how_channel, message)
+  local cmd = 'PUBLISH'
+  if string.sub(how_channel, 1, 1) == 'S' then cmd = 'SPUBLISH' end
+  return redis.call(cmd, string.sub(how_channel, 2), message)
+end
+
 -- The epoch of the history `stream` with meta hash `meta`, creating the meta when
 -- there is none: a new epoch from Redis's clock (µs). Entries that outlived their
 -- meta belong to a dead epoch: the new meta's floor and last are the stream's last
@@ -38,10 +46,4 @@ end
 local function forget_device(acks, groups, device)
   redis.call('HDEL', acks, ack_field(device, 'a'), ack_field(device, 'i'))
   for _, g in ipairs(redis.call('HKEYS', groups)) do redis.call('HDEL', acks, ack_field(device, 'g:' .. g)) end
-end
-
--- In the group scripts (join, leave): key k of user i (both from 1), after the three
--- group keys: 1 groups hash, 2 acks hash, 3 ack devices, 4 left groups.
-local function user_key(i, k)
-  return KEYS[3 + 4 * (i - 1) + k]
 end

@@ -3,11 +3,13 @@
 -- KEYS: per target its stream and meta key; then the idempotency record (if any).
 -- ARGV: [1] targets, [2] idempotency window in ms (0: no key), [3] max entries,
 -- [4] max age in ms, [5] meta TTL in ms, [6] the encoded message without its id,
--- [6 + i] target i's channel, [7 + n] the users who must not receive it, as ',a,b,'
--- ('' or absent for none).
+-- [6 + i] target i's channel after how to publish on it ('S' SPUBLISH, 'P' PUBLISH),
+-- [7 + n] the users who must not receive it, as ',a,b,' ('' for none), [8 + n] the
+-- least id to use ('' for none: Redis's clock).
 --
--- One id serves every target: at least Redis's clock now, and above each target's
--- last id, so ids grow within every history. The id is written as the message's first
+-- One id serves every target: at least Redis's clock now (or the floor given: on a
+-- Cluster, a push to several slots runs once per slot with one floor, so they agree),
+-- and above each target's last id, so ids grow within every history. The id is written as the message's first
 -- field (protobuf tag 1, '\10'). A history without meta gets a new epoch, announced on
 -- its channel ('\4' epoch). Each target's notification ('\5') carries the id that
 -- preceded the message in that history, so a stream can tell that it missed one.
@@ -23,11 +25,13 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ms, seq = now, 0
+local floor = ARGV[8 + n] or ''
+if floor ~= '' then ms, seq = split(floor) end
 local prev = {}
 for i = 1, n do
   local s, meta = KEYS[2 * i - 1], KEYS[2 * i]
   local epoch, new = epoch_of(s, meta)
-  if new then redis.call('PUBLISH', ARGV[6 + i], '\4' .. epoch) end
+  if new then publish(ARGV[6 + i], '\4' .. epoch) end
   local last = redis.call('HGET', meta, 'last')
   prev[i] = last or ''
   if last then
@@ -59,9 +63,9 @@ for i = 1, n do
   redis.call('HSET', meta, 'last', id)
   redis.call('PEXPIRE', meta, ARGV[5])
   if x == '' then
-    redis.call('PUBLISH', ARGV[6 + i], '\5' .. after .. msg)
+    publish(ARGV[6 + i], '\5' .. after .. msg)
   else
-    redis.call('PUBLISH', ARGV[6 + i], '\7' .. after .. xlen .. x .. msg)
+    publish(ARGV[6 + i], '\7' .. after .. xlen .. x .. msg)
   end
 end
 if ARGV[2] ~= '0' then redis.call('SET', KEYS[2 * n + 1], id, 'PX', ARGV[2]) end

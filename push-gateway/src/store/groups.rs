@@ -1,16 +1,16 @@
 //! Group membership: a group's members are a ZSET (score 0, paged by id) and each
-//! user's groups a HASH (group → where its history stood when the user joined); join
-//! and leave change both in one Lua script, so the two views never disagree. In Redis
-//! Cluster the group key and the user keys live in different slots (see
-//! docs/ARCHITECTURE.md).
+//! user's groups a HASH (group → where its history stood when the user joined). The
+//! group's keys and each user's keys are in different Redis Cluster slots, so a join or
+//! leave is a few steps, each within one slot, in an order that a retry completes (see
+//! [`Store::join`]).
 use std::collections::HashMap;
 
+use push_common::redis::Batch;
 use push_common::{
     Error,
     ids::{GroupId, Id, UserId},
     keys::Keys,
 };
-use redis::Script;
 
 use super::Store;
 use crate::history::{self, Pos};
@@ -23,46 +23,79 @@ pub enum Joined {
 }
 
 impl Store {
-    fn membership<'s>(
-        &self,
-        script: &'s Script,
-        group: &GroupId,
-        users: &[UserId],
-        max: usize,
-    ) -> redis::ScriptInvocation<'s> {
-        let history = self.keys.group_history(group);
-        let mut inv = script.key(self.keys.group_members(group));
-        inv.key(&history).key(Keys::history_meta(&history));
-        for u in users {
-            inv.key(self.keys.user_groups(u)).key(self.keys.acks(u)).key(self.keys.ack_devices(u));
-            inv.key(self.keys.left_groups(u));
-        }
-        inv.arg(group.as_str()).arg(max).arg(self.retention.meta_ttl.as_millis() as u64);
-        for u in users {
-            inv.arg(u.as_str());
-        }
-        inv
-    }
-
+    /// Adds `users` to `group`. First every user's number of groups is checked (the
+    /// whole call is refused when one already has the maximum), then the group's
+    /// position is read, each user records it (one step per user, in the user's slot),
+    /// and last the users join the group's members. A call that fails halfway is
+    /// completed by a retry; until then a user may have the group without being listed
+    /// in its members.
     #[tracing::instrument(skip(self, users), fields(users = users.len()), err)]
     pub async fn join(&self, group: &GroupId, users: &[UserId], max_groups: usize) -> Result<Joined, Error> {
-        let inv = self.membership(&self.join, group, users, max_groups);
-        let mut c = self.pool.get();
-        let reply: Vec<i64> = inv.invoke_async(&mut c).await?;
-        match reply.as_slice() {
-            [-1, i] => Ok(Joined::TooManyGroups(*i as usize)),
-            [n] => Ok(Joined::Added(*n)),
-            other => Err(Error::Protocol(format!("join script returned {other:?}"))),
+        let mut check = Batch::new();
+        for u in users {
+            let key = self.keys.user_groups(u);
+            check.add(&key, redis::cmd("HEXISTS").arg(&key).arg(group.as_str()).to_owned());
+            check.add(&key, redis::cmd("HLEN").arg(&key).to_owned());
         }
+        let counts: Vec<i64> = check.query(&self.pool).await?;
+        if let Some(i) = counts.chunks(2).position(|c| c[0] == 0 && c[1] >= max_groups as i64) {
+            return Ok(Joined::TooManyGroups(i));
+        }
+        let history = self.keys.group_history(group);
+        let mut c = self.pool.get();
+        let at: String = self
+            .group_at
+            .key(&history)
+            .key(Keys::history_meta(&history))
+            .arg(self.retention.meta_ttl.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await?;
+        let runs: Vec<_> = users
+            .iter()
+            .map(|u| ([self.keys.user_groups(u), self.keys.left_groups(u)], (group.as_str(), max_groups, at.as_str())))
+            .collect();
+        let joined: Vec<redis::RedisResult<i64>> = self.join.run_many(&self.pool, &runs).await?;
+        let mut members = redis::cmd("ZADD");
+        members.arg(self.keys.group_members(group));
+        for (i, (u, r)) in users.iter().zip(joined).enumerate() {
+            match r? {
+                // Another call filled the user's groups since the check.
+                -1 => return Ok(Joined::TooManyGroups(i)),
+                _ => members.arg(0).arg(u.as_str()),
+            };
+        }
+        Ok(Joined::Added(members.query_async(&mut c).await?))
     }
 
     /// Removes `users` from `group`; each keeps where the group stood when they left
-    /// (at most `max_groups` such records per user).
+    /// (at most `max_groups` such records per user). The group's members first, then
+    /// each user (one step per user, in the user's slot). Returns how many were members.
     #[tracing::instrument(skip(self, users), fields(users = users.len()), err)]
     pub async fn leave(&self, group: &GroupId, users: &[UserId], max_groups: usize) -> Result<i64, Error> {
-        let inv = self.membership(&self.leave, group, users, max_groups);
+        let history = self.keys.group_history(group);
         let mut c = self.pool.get();
-        Ok(inv.invoke_async(&mut c).await?)
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET").arg(Keys::history_meta(&history)).arg("epoch").arg("last");
+        pipe.cmd("ZREM").arg(self.keys.group_members(group));
+        for u in users {
+            pipe.arg(u.as_str());
+        }
+        // The meta and the members share the group's slot.
+        let ((epoch, last), removed): ((Option<String>, Option<String>), i64) = pipe.query_async(&mut c).await?;
+        let at = epoch.map(|e| format!("{e}/{}", last.as_deref().unwrap_or("0-0"))).unwrap_or_default();
+        let ttl = self.retention.meta_ttl.as_millis() as u64;
+        let runs: Vec<_> = users
+            .iter()
+            .map(|u| {
+                let keys =
+                    [self.keys.user_groups(u), self.keys.acks(u), self.keys.ack_devices(u), self.keys.left_groups(u)];
+                (keys, (group.as_str(), max_groups, ttl, at.as_str()))
+            })
+            .collect();
+        for r in self.leave.run_many::<_, _, _, i64>(&self.pool, &runs).await? {
+            r?;
+        }
+        Ok(removed)
     }
 
     /// A page of members after `after` (exclusive; empty to start), in id order.
@@ -88,12 +121,12 @@ impl Store {
         if groups.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::new();
         for g in groups {
-            pipe.cmd("ZCARD").arg(self.keys.group_members(g));
+            let key = self.keys.group_members(g);
+            batch.add(&key, redis::cmd("ZCARD").arg(&key).to_owned());
         }
-        let mut c = self.pool.get();
-        Ok(pipe.query_async(&mut c).await?)
+        Ok(batch.query(&self.pool).await?)
     }
 
     /// Every member of each group, in one round trip (check their sizes first).
@@ -102,26 +135,28 @@ impl Store {
         if groups.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::new();
         for g in groups {
-            pipe.cmd("ZRANGE").arg(self.keys.group_members(g)).arg(0).arg(-1);
+            let key = self.keys.group_members(g);
+            batch.add(&key, redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).to_owned());
         }
-        let mut c = self.pool.get();
-        Ok(pipe.query_async(&mut c).await?)
+        Ok(batch.query(&self.pool).await?)
     }
 
     /// Per user, whether they belong to any of `groups`, in one round trip.
     #[tracing::instrument(skip_all, fields(groups = groups.len(), users = users.len()), err)]
     pub async fn members_among(&self, groups: &[GroupId], users: &[UserId]) -> Result<Vec<bool>, Error> {
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::new();
         for g in groups {
-            pipe.cmd("ZMSCORE").arg(self.keys.group_members(g));
+            let key = self.keys.group_members(g);
+            let mut cmd = redis::cmd("ZMSCORE");
+            cmd.arg(&key);
             for u in users {
-                pipe.arg(u.as_str());
+                cmd.arg(u.as_str());
             }
+            batch.add(&key, cmd);
         }
-        let mut c = self.pool.get();
-        let scores: Vec<Vec<Option<f64>>> = pipe.query_async(&mut c).await?;
+        let scores: Vec<Vec<Option<f64>>> = batch.query(&self.pool).await?;
         let mut member = vec![false; users.len()];
         for per_group in scores {
             for (m, score) in member.iter_mut().zip(per_group) {
@@ -146,12 +181,12 @@ impl Store {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::new();
         for u in users {
-            pipe.cmd("HKEYS").arg(self.keys.user_groups(u));
+            let key = self.keys.user_groups(u);
+            batch.add(&key, redis::cmd("HKEYS").arg(&key).to_owned());
         }
-        let mut c = self.pool.get();
-        let all: Vec<Vec<String>> = pipe.query_async(&mut c).await?;
+        let all: Vec<Vec<String>> = batch.query(&self.pool).await?;
         Ok(all.into_iter().map(|groups| parse_groups(groups.iter().map(String::as_str))).collect())
     }
 

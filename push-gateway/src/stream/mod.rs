@@ -272,6 +272,9 @@ mod tests {
             redis_tls_ca: None,
             redis_tls_cert: None,
             redis_tls_key: None,
+            cluster_nodes: Vec::new(),
+            sentinels: Vec::new(),
+            sentinel_master: None,
         };
         let pool = push_common::redis::pool(&redis).unwrap();
         let keys = Keys::new("t");
@@ -280,7 +283,7 @@ mod tests {
             Retention { inbox_max_len: 10, history_max_len: 10, max_age: day, meta_ttl: day, max_ack_devices: 4 };
         let (events, rx) = mpsc::unbounded_channel();
         let config = hub::HubConfig {
-            client: push_common::redis::client(&redis).unwrap(),
+            redis: redis.clone(),
             connect_timeout: Duration::from_millis(50),
             probe_interval: Duration::from_secs(60),
             subscribe_timeout: Duration::from_millis(100),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use push_proto::push::v1::{self as pb, Audience, Continuity};
 use push_tests::{
-    App, Device, GatewayClient as Client, Proxy, always, eventually,
+    App, Device, GatewayClient as Client, Proxy, RedisServer, always, eventually,
     fixtures::{assert_invalid, join, leave, online_count, presence_of, sessions_of, to_all, to_group, to_users},
     wait_health,
 };
@@ -22,7 +22,8 @@ async fn user_groups(c: &mut Client, user: &str) -> Vec<String> {
 /// down reach the open streams once it is back.
 #[tokio::test]
 async fn membership_changes_made_while_the_hub_is_down_reach_open_streams() {
-    let app = App::start().await;
+    // The proxy stands in front of one server (see `Proxy`).
+    let app = App::builder().redis(RedisServer::start_single(&[])).start().await;
     let proxy = Proxy::start(&app.redis).await;
     let gw = app.replica(&[]).via(&proxy.url()).await;
     let mut c = app.gateway_client().await;
@@ -139,7 +140,8 @@ async fn the_surviving_stream_on_another_replica_keeps_the_device_online() {
 /// one (it does not follow what the stream delivered last) and replayed before it.
 #[tokio::test]
 async fn a_later_live_message_does_not_hide_a_lost_one() {
-    let app = App::start().await;
+    // The proxy stands in front of one server (see `Proxy`).
+    let app = App::builder().redis(RedisServer::start_single(&[])).start().await;
     let proxy = Proxy::start(&app.redis).await;
     // Neither the probe nor the audit (every third of the 60 s lease) runs in the test.
     let gw = app.replica(&["--hub-probe-interval", "60s"]).via(&proxy.url()).await;
@@ -179,8 +181,7 @@ async fn a_dead_epoch_is_not_replayed_after_a_gap() {
     let metas: Vec<String> =
         app.redis.keys().into_iter().filter(|k| k.contains("inbox") && k.ends_with(":meta")).collect();
     assert_eq!(metas.len(), 1, "{metas:?}");
-    let mut r = app.redis.client().get_connection().unwrap();
-    let _: i64 = redis::cmd("DEL").arg(&metas[0]).query(&mut r).unwrap();
+    let _: i64 = app.redis.query(redis::cmd("DEL").arg(&metas[0]));
     c.push_to_users(to_users(&["ann"], "new")).await.unwrap();
 
     let mut d = Device::options().cursors(cursors).connect(app.gateway.addr, "ann", "phone").await.unwrap();
@@ -293,8 +294,7 @@ fn cursor(audience: Audience, group: &str) -> pb::Cursor {
 /// The fields of ann's acks hash, sorted.
 fn ack_fields(app: &App) -> Vec<String> {
     let key = app.redis.keys().into_iter().find(|k| k.contains(":acks:")).unwrap_or_default();
-    let mut r = app.redis.client().get_connection().unwrap();
-    let mut fields: Vec<String> = redis::cmd("HKEYS").arg(key).query(&mut r).unwrap();
+    let mut fields: Vec<String> = app.redis.query(redis::cmd("HKEYS").arg(key));
     fields.sort();
     fields
 }
@@ -368,15 +368,11 @@ async fn a_group_message_pushed_while_a_member_reaches_it_after_it_left() {
 async fn a_full_redis_answers_writes_unavailable_and_reads_still_work() {
     let app = App::start().await;
     let mut c = app.gateway_client().await;
-    let mut redis = app.redis.client().get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory-policy")
-        .arg("noeviction")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("1").query_async(&mut redis).await.unwrap();
+    let config = |k: &str, v: &str| {
+        let _: Vec<()> = app.redis.on_masters(redis::cmd("CONFIG").arg("SET").arg(k).arg(v));
+    };
+    config("maxmemory-policy", "noeviction");
+    config("maxmemory", "1");
 
     let refused = c.push_to_users(to_users(&["ann"], "t")).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
@@ -385,6 +381,6 @@ async fn a_full_redis_answers_writes_unavailable_and_reads_still_work() {
     assert_eq!(refused.unwrap_err().code(), Code::Unavailable);
     // Reads go on.
     c.list_user_groups(pb::ListUserGroupsRequest { user_id: "ann".into() }).await.unwrap();
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("0").query_async(&mut redis).await.unwrap();
+    config("maxmemory", "0");
     c.push_to_users(to_users(&["ann"], "t")).await.unwrap();
 }

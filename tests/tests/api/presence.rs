@@ -121,7 +121,8 @@ async fn logout_of_the_last_device_takes_the_user_offline_at_once() {
     assert!(!online(&mut c, "cy").await.online);
     assert_eq!(count(&mut c).await, 0);
     // Only last-seen and the two presence events remain.
-    assert_eq!(app.redis.keys(), ["push:presence:events", "push:seen:{u:cy}"]);
+    let b = push_common::keys::bucket_of("cy", 16);
+    assert_eq!(app.redis.keys(), [format!("push:presence:events:{{b:{b}}}"), format!("push:seen:{{b:{b}}}:cy")]);
 }
 
 #[tokio::test]
@@ -251,9 +252,8 @@ async fn a_page_of_the_largest_page_size_allowed_works() {
     // minutes); the first one shows the layout is the one Login writes.
     let keys = push_common::keys::Keys::new("push");
     let (by_expiry, by_id) = (keys.online_by_expiry(0), keys.online_by_id(0));
-    let mut r = app.redis.client().get_connection().unwrap();
-    let expiry: i64 = redis::cmd("ZSCORE").arg(&by_expiry).arg("user-000000").query(&mut r).unwrap();
-    let by_id_score: i64 = redis::cmd("ZSCORE").arg(&by_id).arg("user-000000").query(&mut r).unwrap();
+    let expiry: i64 = app.redis.query(redis::cmd("ZSCORE").arg(&by_expiry).arg("user-000000"));
+    let by_id_score: i64 = app.redis.query(redis::cmd("ZSCORE").arg(&by_id).arg("user-000000"));
     assert_eq!(by_id_score, 0);
     for chunk in (1..N).collect::<Vec<_>>().chunks(10_000) {
         let (mut e, mut i) = (redis::cmd("ZADD"), redis::cmd("ZADD"));
@@ -264,8 +264,8 @@ async fn a_page_of_the_largest_page_size_allowed_works() {
             e.arg(expiry).arg(&u);
             i.arg(0).arg(&u);
         }
-        let _: () = e.query(&mut r).unwrap();
-        let _: () = i.query(&mut r).unwrap();
+        let _: () = app.redis.query(&e);
+        let _: () = app.redis.query(&i);
     }
     assert_eq!(count(&mut c).await, N as i64);
 

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use push_common::server::LIVENESS;
 use push_proto::push::v1::{self as pb, Audience};
 use push_tests::{
-    App, Device, Proxy, always, eventually,
+    App, Device, Proxy, RedisServer, always, eventually,
     fixtures::{
         assert_invalid, join, leave, presence_of, sessions_of, subscribed, to_all, to_group, to_users,
         topics_until_sentinel,
@@ -448,7 +448,8 @@ async fn an_open_stream_keeps_its_presence_alive_by_renewing_it() {
 /// reconnects, and the same open stream receives again.
 #[tokio::test]
 async fn a_silent_subscription_is_detected_and_replaced() {
-    let app = App::start().await;
+    // The proxy stands in front of one server (see `Proxy`).
+    let app = App::builder().redis(RedisServer::start_single(&[])).start().await;
     let proxy = Proxy::start(&app.redis).await;
     let gw = app.replica(&[]).via(&proxy.url()).await;
     let mut c = app.gateway_client().await;
@@ -600,7 +601,8 @@ async fn a_device_that_moved_to_another_replica_keeps_its_session_when_the_old_s
 
 #[tokio::test]
 async fn a_stream_catches_up_on_messages_whose_live_notification_was_lost() {
-    let app = App::builder().presence(&["--min-ttl", "100ms"]).start().await;
+    // The proxy stands in front of one server (see `Proxy`).
+    let app = App::builder().redis(RedisServer::start_single(&[])).presence(&["--min-ttl", "100ms"]).start().await;
     let proxy = Proxy::start(&app.redis).await;
     // A probe too slow to notice within the test: only the audit can find the loss.
     let flags = ["--hub-probe-interval", "60s", "--stream-lease", "600ms"];

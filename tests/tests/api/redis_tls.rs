@@ -8,7 +8,8 @@ use push_tests::{
 async fn every_service_reaches_a_tls_only_redis() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
     let (cert, key, ca) = (fixture("server-test.pem"), fixture("server-test.key"), fixture("ca-test.pem"));
-    let mut redis = RedisServer::start_with(&[
+    // One server over TLS (the cluster fixture listens in plaintext).
+    let mut redis = RedisServer::start_single(&[
         "--tls-port",
         &port,
         "--tls-cert-file",

@@ -7,10 +7,12 @@ use push_tests::{App, Device};
 use tonic::Code;
 
 fn connected_clients(app: &App) -> i64 {
-    let mut r = app.redis.client().get_connection().unwrap();
-    let info: String = redis::cmd("INFO").arg("clients").query(&mut r).unwrap();
-    let line = info.lines().find(|l| l.starts_with("connected_clients:")).unwrap();
-    line.split(':').nth(1).unwrap().trim().parse().unwrap()
+    let infos: Vec<String> = app.redis.on_masters(redis::cmd("INFO").arg("clients"));
+    let clients = |info: &String| -> i64 {
+        let line = info.lines().find(|l| l.starts_with("connected_clients:")).unwrap();
+        line.split(':').nth(1).unwrap().trim().parse().unwrap()
+    };
+    infos.iter().map(clients).sum()
 }
 
 async fn watch(

@@ -6,11 +6,9 @@ use std::{
 };
 
 use push_common::redis::Pool;
-use redis::aio::PubSubSink;
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::StreamExt;
 
-use super::{Cmd, HubConfig, HubState, Probe, dispatch};
+use super::{Cmd, HubConfig, HubState, Probe, dispatch, link::Link};
 use crate::stream::{Event, Pause, Stream};
 
 /// Most commands taken from the queue at once.
@@ -19,7 +17,6 @@ const MAX_BATCH: usize = 4096;
 /// The task and what it keeps across connections.
 pub(super) struct Task {
     pub(super) state: Arc<HubState>,
-    pub(super) client: redis::Client,
     pub(super) pool: Pool,
     pub(super) config: HubConfig,
     pub(super) probe_channel: String,
@@ -56,12 +53,12 @@ impl Task {
 
     /// One connection's life. Ok when the hub is dropped, Err when the connection failed.
     async fn connection(&mut self) -> Result<(), String> {
-        let pubsub = tokio::time::timeout(self.config.connect_timeout, self.client.get_async_pubsub())
+        let all = self.state.keys.channel_all();
+        let connect = Link::connect(self.pool.topology(), &self.config.redis, all);
+        let mut link = tokio::time::timeout(self.config.connect_timeout, connect)
             .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        let (mut sink, mut messages) = pubsub.split();
-        self.resubscribe(&mut sink).await?;
+            .map_err(|_| "connect timed out".to_string())??;
+        self.resubscribe(&mut link).await?;
         let mut probe = Probe::default();
         // A probe goes out a quarter interval after the last came back and gets three
         // quarters to return: a subscription that dies is caught within one interval.
@@ -70,9 +67,9 @@ impl Task {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                msg = messages.next() => {
-                    let Some(msg) = msg else { return Err("connection closed".into()) };
-                    dispatch(&self.state, msg.get_channel_name(), msg.get_payload_bytes(), &mut probe);
+                heard = link.next() => {
+                    let heard = heard?;
+                    dispatch(&self.state, &heard.channel, &heard.payload, &mut probe);
                 }
                 cmd = self.cmds.recv() => match cmd {
                     None => return Ok(()),
@@ -84,13 +81,13 @@ impl Task {
                             let Ok(cmd) = self.cmds.try_recv() else { break };
                             batch.push(cmd);
                         }
-                        carry_out(&mut sink, self.config.subscribe_timeout, batch, &mut self.waiting).await?;
+                        carry_out(&mut link, self.config.subscribe_timeout, batch, &mut self.waiting).await?;
                     }
                 },
                 _ = tokio::time::sleep_until(probe.deadline(grace)), if probe.is_outstanding() => {
                     return Err("a probe was not heard back: the subscription is dead".into());
                 }
-                _ = tick.tick() => probe.send(&self.pool, &self.probe_channel),
+                _ = tick.tick() => probe.send(&self.pool, &self.state.keys, &self.probe_channel),
             }
         }
     }
@@ -99,7 +96,7 @@ impl Task {
     /// out after this and are idempotent), plus the probe channel. Every stream is paused
     /// from before the subscription until the maintenance task has replayed what was
     /// published while the hub was away.
-    async fn resubscribe(&mut self, sink: &mut PubSubSink) -> Result<(), String> {
+    async fn resubscribe(&mut self, link: &mut Link) -> Result<(), String> {
         let (mut channels, pauses) = {
             let reg = self.state.registry.lock().unwrap_or_else(|e| e.into_inner());
             let mut streams: Vec<&Arc<Stream>> = reg.values().flatten().collect();
@@ -113,7 +110,7 @@ impl Task {
         // connection that swallows replies must not hang the hub.
         for chunk in channels.chunks(1000) {
             // On failure the pauses drop here, releasing what they held.
-            confirm(self.config.subscribe_timeout, sink.subscribe(chunk)).await?;
+            confirm(self.config.subscribe_timeout, link.subscribe(chunk)).await?;
         }
         if !pauses.is_empty() {
             let _ = self.state.events.send(Event::Resubscribed(pauses));
@@ -133,13 +130,13 @@ impl Task {
 ///
 /// When the connection fails, the barriers not yet reached are kept in `waiting`.
 async fn carry_out(
-    sink: &mut PubSubSink,
+    link: &mut Link,
     deadline: Duration,
     batch: Vec<Cmd>,
     waiting: &mut Vec<oneshot::Sender<()>>,
 ) -> Result<(), String> {
     let mut batch = batch.into_iter();
-    let result = carry_out_in_order(sink, deadline, &mut batch, waiting).await;
+    let result = carry_out_in_order(link, deadline, &mut batch, waiting).await;
     if result.is_err() {
         waiting.extend(batch.filter_map(|c| match c {
             Cmd::Barrier(ack) => Some(ack),
@@ -150,17 +147,17 @@ async fn carry_out(
 }
 
 async fn carry_out_in_order(
-    sink: &mut PubSubSink,
+    link: &mut Link,
     deadline: Duration,
     batch: &mut std::vec::IntoIter<Cmd>,
     waiting: &mut Vec<oneshot::Sender<()>>,
 ) -> Result<(), String> {
-    async fn flush(sink: &mut PubSubSink, deadline: Duration, run: Option<(bool, Vec<String>)>) -> Result<(), String> {
+    async fn flush(link: &mut Link, deadline: Duration, run: Option<(bool, Vec<String>)>) -> Result<(), String> {
         let Some((subscribe, channels)) = run else { return Ok(()) };
         for chunk in channels.chunks(1000) {
             match subscribe {
-                true => confirm(deadline, sink.subscribe(chunk)).await?,
-                false => confirm(deadline, sink.unsubscribe(chunk)).await?,
+                true => confirm(deadline, link.subscribe(chunk)).await?,
+                false => confirm(deadline, link.unsubscribe(chunk)).await?,
             }
         }
         Ok(())
@@ -182,7 +179,7 @@ async fn carry_out_in_order(
         match &mut run {
             Some((kind, pending)) if *kind == subscribe => pending.extend(channels),
             _ => {
-                result = flush(sink, deadline, run.replace((subscribe, channels))).await;
+                result = flush(link, deadline, run.replace((subscribe, channels))).await;
                 if result.is_err() {
                     break;
                 }
@@ -190,7 +187,7 @@ async fn carry_out_in_order(
         }
     }
     if result.is_ok() {
-        result = flush(sink, deadline, run).await;
+        result = flush(link, deadline, run).await;
     }
     match result {
         Ok(()) => {

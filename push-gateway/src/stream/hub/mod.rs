@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 mod connection;
+mod link;
 
 use super::{Event, Events, Stream};
 use crate::{
@@ -45,8 +46,9 @@ use crate::{
 /// Hub settings.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
-    /// The client of the dedicated Pub/Sub connection (`push_common::redis::client`).
-    pub client: redis::Client,
+    /// Where Redis is, for the dedicated subscriber connection (the pool's topology
+    /// says which kind it is).
+    pub redis: push_common::config::RedisArgs,
     pub connect_timeout: Duration,
     pub probe_interval: Duration,
     /// How long to wait for the confirmation of a SUBSCRIBE before a stream gives up.
@@ -93,7 +95,6 @@ impl Hub {
         replica: &str,
         events: Events,
     ) -> (Hub, tokio::task::JoinHandle<()>) {
-        let client = config.client.clone();
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(HubState {
             events,
@@ -107,7 +108,7 @@ impl Hub {
         // The replica's own channel: replicas never hear each other's probes.
         let probe_channel = keys.channel_probe(replica);
         let (cmds, waiting) = (rx, Vec::new());
-        let task = connection::Task { state: state.clone(), client, pool, config, probe_channel, cmds, waiting };
+        let task = connection::Task { state: state.clone(), pool, config, probe_channel, cmds, waiting };
         (Hub { state }, tokio::spawn(task.run()))
     }
 
@@ -284,7 +285,7 @@ impl Probe {
 
     /// Publishes the next probe on `channel`, unless one is outstanding. Published from
     /// the pool, off the connection task: a slow PUBLISH must not stall delivery.
-    pub(super) fn send(&mut self, pool: &Pool, channel: &str) {
+    pub(super) fn send(&mut self, pool: &Pool, keys: &Keys, channel: &str) {
         if self.outstanding.is_some() {
             return;
         }
@@ -292,9 +293,10 @@ impl Probe {
         self.outstanding = Some((self.next, tokio::time::Instant::now()));
         let payload = envelope::probe(self.next);
         let (pool, channel) = (pool.clone(), channel.to_owned());
+        let publish = keys.publish_command(&channel, pool.is_cluster());
         tokio::spawn(async move {
             let mut c = pool.get();
-            let _: Result<i64, _> = redis::cmd("PUBLISH").arg(channel).arg(payload).query_async(&mut c).await;
+            let _: Result<i64, _> = redis::cmd(publish).arg(channel).arg(payload).query_async(&mut c).await;
         });
     }
 
