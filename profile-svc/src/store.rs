@@ -256,16 +256,16 @@ impl Store {
         outcome(user, code, n, hash)
     }
 
-    /// Profiles of many users in one round trip (a pipeline of HGETALL); None for a
-    /// user without one.
+    /// Profiles of many users in one round trip (a pipeline of HGETALL, one per slot on
+    /// a Cluster); None for a user without one.
     #[tracing::instrument(skip(self, users), fields(users = users.len()), err)]
     pub async fn get(&self, users: &[UserId]) -> Result<Vec<Option<pb::UserProfile>>, Error> {
-        let mut pipe = redis::pipe();
+        let mut batch = push_common::redis::Batch::new();
         for u in users {
-            pipe.cmd("HGETALL").arg(self.keys.profile(u));
+            let key = self.keys.profile(u);
+            batch.add(&key, redis::cmd("HGETALL").arg(&key).to_owned());
         }
-        let mut c = self.pool.get();
-        let hashes: Vec<Hash> = pipe.query_async(&mut c).await?;
+        let hashes: Vec<Hash> = batch.query(&self.pool).await?;
         Ok(users.iter().zip(hashes).map(|(u, h)| (!h.is_empty()).then(|| from_hash(u, h))).collect())
     }
 

@@ -28,6 +28,7 @@ mod device;
 pub mod fixtures;
 mod proxy;
 mod redis;
+pub mod sentinel;
 pub mod services;
 mod wait;
 
@@ -38,6 +39,6 @@ pub use client::{
 pub use credentials::secure_app;
 pub use device::{Device, DeviceOptions, Received, Target};
 pub use proxy::Proxy;
-pub use redis::{RedisServer, on_cluster};
+pub use redis::{Node, RedisServer, on_cluster};
 pub use services::{GatewayProcess, Running};
 pub use wait::{Outcome, always, eventually, health, health_on, wait_health};

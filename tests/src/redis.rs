@@ -39,20 +39,28 @@ pub(crate) fn free_port() -> u16 {
 }
 
 /// One `redis-server` process: its dir, how it listens, its flags.
-pub(crate) struct Node {
+pub struct Node {
     pub(crate) dir: PathBuf,
     child: Option<Child>,
     /// A TCP port on 127.0.0.1; None: the unix socket in `dir`.
     pub(crate) port: Option<u16>,
     flags: Vec<String>,
+    /// Arguments before the port (a config file, `--sentinel`).
+    leading: Vec<String>,
 }
 
 impl Node {
     pub(crate) fn new(dir: PathBuf, port: Option<u16>, flags: Vec<String>) -> Node {
-        Node { dir, child: None, port, flags }
+        Node { dir, child: None, port, flags, leading: Vec::new() }
     }
 
-    pub(crate) fn url(&self) -> String {
+    /// A node whose command line starts with `leading` (a sentinel: its config file
+    /// and `--sentinel`), and has no data options.
+    pub(crate) fn new_with_leading(dir: PathBuf, port: Option<u16>, leading: Vec<String>) -> Node {
+        Node { dir, child: None, port, flags: Vec::new(), leading }
+    }
+
+    pub fn url(&self) -> String {
         match self.port {
             Some(p) => format!("redis://127.0.0.1:{p}"),
             None => format!("redis+unix://{}", self.dir.join("redis.sock").display()),
@@ -63,7 +71,7 @@ impl Node {
         redis::Client::open(self.url()).expect("redis client")
     }
 
-    pub(crate) fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -76,6 +84,7 @@ impl Node {
         self.stop();
         let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let mut cmd = Command::new(&bin);
+        cmd.args(&self.leading);
         match self.port {
             Some(p) => cmd.args(["--port", &p.to_string(), "--bind", "127.0.0.1"]),
             None => cmd
@@ -83,7 +92,10 @@ impl Node {
                 .arg(self.dir.join("redis.sock"))
                 .args(["--unixsocketperm", "700"]),
         };
-        cmd.args(["--save", "", "--appendonly", "no", "--dir"]).arg(&self.dir).args(&self.flags);
+        if self.leading.is_empty() {
+            cmd.args(["--save", "", "--appendonly", "no"]);
+        }
+        cmd.arg("--dir").arg(&self.dir).args(&self.flags);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -113,7 +125,7 @@ impl Node {
         assert!(ok, "kill {sig} {pid} failed");
     }
 
-    pub(crate) fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+    pub fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
         let mut c = self.client().get_connection()?;
         cmd.query(&mut c)
     }
@@ -211,6 +223,12 @@ impl RedisServer {
         }
     }
 
+    /// Redis that the harness did not start (a Sentinel setup): services connect with
+    /// `url`; the data helpers see nothing.
+    pub fn external(url: &str) -> Self {
+        RedisServer { nodes: Vec::new(), cluster: false, service_url: Some(url.to_owned()) }
+    }
+
     pub fn is_cluster(&self) -> bool {
         self.cluster
     }
@@ -256,10 +274,64 @@ impl RedisServer {
     }
 
     fn masters(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.iter().filter(|n| {
+        self.nodes.iter().filter(|n| n.child.is_some()).filter(|n| {
             let repl: String = n.query(&redis::cmd("INFO").arg("replication").to_owned()).unwrap_or_default();
             repl.contains("role:master")
         })
+    }
+
+    /// Waits until every master's writes reached its replica (`WAIT 1`).
+    pub fn wait_replicated(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.masters().all(|m| m.query::<i64>(redis::cmd("WAIT").arg(1).arg(100)).is_ok_and(|n| n >= 1)) {
+            assert!(Instant::now() < deadline, "the replicas did not catch up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills (SIGKILL) the cluster master that owns `key`'s slot; returns its index.
+    pub fn kill_master_of(&mut self, key: &str) -> usize {
+        let i = self.master_of(key).expect("a master owns the slot");
+        self.nodes[i].stop();
+        i
+    }
+
+    /// The node that serves `key`'s slot as master, by its own word.
+    fn master_of(&self, key: &str) -> Option<usize> {
+        let slot: i64 = self.nodes.iter().find_map(|n| n.query(redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)).ok())?;
+        self.nodes.iter().position(|n| {
+            let repl: String = n.query(&redis::cmd("INFO").arg("replication").to_owned()).unwrap_or_default();
+            let slots: Vec<redis::Value> = n.query(&redis::cmd("CLUSTER").arg("SLOTS").to_owned()).unwrap_or_default();
+            let mine = n.port.unwrap_or_default() as i64;
+            repl.contains("role:master")
+                && slots.iter().any(|range| match range {
+                    redis::Value::Array(r) if r.len() >= 3 => {
+                        let n = |v: &redis::Value| redis::from_redis_value_ref::<i64>(v).unwrap_or(-1);
+                        let port = match &r[2] {
+                            redis::Value::Array(m) if m.len() >= 2 => n(&m[1]),
+                            _ => -1,
+                        };
+                        n(&r[0]) <= slot && slot <= n(&r[1]) && port == mine
+                    }
+                    _ => false,
+                })
+        })
+    }
+
+    /// Waits until another node serves `key`'s slot as master and the cluster is ok.
+    pub fn wait_failed_over(&self, key: &str, old: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let live_ok = self.nodes.iter().enumerate().filter(|(i, _)| *i != old).all(|(_, n)| {
+                let info: String = n.query(&redis::cmd("CLUSTER").arg("INFO").to_owned()).unwrap_or_default();
+                info.contains("cluster_state:ok")
+            });
+            if live_ok && self.master_of(key).is_some_and(|m| m != old) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no replica took the slot over");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Kills the server(s) (as a crash would).
