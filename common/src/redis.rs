@@ -128,7 +128,8 @@ impl Topology {
     pub fn from_args(args: &RedisArgs) -> Result<Topology, Error> {
         if !args.cluster_nodes.is_empty() {
             return cluster_builder(args).map(|b| b.build()).and_then(|c| {
-                c.map(|c| Topology::Cluster(Box::new(c))).map_err(|e| Error::Config(format!("--redis-cluster-nodes: {e}")))
+                c.map(|c| Topology::Cluster(Box::new(c)))
+                    .map_err(|e| Error::Config(format!("--redis-cluster-nodes: {e}")))
             });
         }
         if let Some(master) = &args.sentinel_master {
