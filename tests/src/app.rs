@@ -26,8 +26,8 @@ pub struct App {
 }
 
 impl App {
-    /// Starts everything with default flags on a fresh Redis; returns once the
-    /// gateway is SERVING.
+    /// Starts everything with default flags on a fresh Redis; returns once all
+    /// services are SERVING.
     pub async fn start() -> App {
         Self::builder().start().await
     }
@@ -100,13 +100,16 @@ impl AppBuilder {
         self.presence(&internal).profile(&internal).gateway(&creds.gateway_flags())
     }
 
-    /// Starts everything; returns once the gateway is SERVING.
+    /// Starts everything; returns once every service is SERVING (each has reached
+    /// Redis: on Sentinel or Cluster each finds the master or the slots on its own).
     pub async fn start(self) -> App {
         let redis = self.redis.unwrap_or_else(RedisServer::start);
         let presence = services::presence(&redis.url(), &borrowed(&self.presence)).await;
         let profile = services::profile(&redis.url(), &borrowed(&self.profile)).await;
         let gateway = services::gateway(&redis.url(), &presence.url(), &profile.url(), &borrowed(&self.gateway)).await;
-        wait_health(gateway.addr, "", ServingStatus::Serving).await;
+        for addr in [presence.addr, profile.addr, gateway.addr] {
+            wait_health(addr, "", ServingStatus::Serving).await;
+        }
         App { redis, presence, profile, gateway }
     }
 }

@@ -67,11 +67,8 @@ impl SentinelSetup {
     pub fn wait_replicated(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(m) = self.master() {
-                let n: Result<i64, _> = self.servers[m].query(redis::cmd("WAIT").arg(1).arg(100));
-                if n.is_ok_and(|n| n >= 1) {
-                    return;
-                }
+            if self.master().is_some_and(|m| self.servers[m].replicas_caught_up()) {
+                return;
             }
             assert!(Instant::now() < deadline, "the replica did not catch up");
             std::thread::sleep(Duration::from_millis(20));

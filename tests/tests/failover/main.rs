@@ -76,7 +76,6 @@ async fn after(app: &App, c: &mut GatewayClient, d: &Device) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky (issue 14): a write right after start on Sentinel is sometimes UNAVAILABLE; run with --ignored"]
 async fn sentinel_failover_loses_no_replicated_push_and_needs_no_restart() {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut setup = tokio::task::block_in_place(SentinelSetup::start);
@@ -92,7 +91,6 @@ async fn sentinel_failover_loses_no_replicated_push_and_needs_no_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky (issue 14): passes alone, times out after the Sentinel test in one process; run with --ignored"]
 async fn cluster_failover_loses_no_replicated_push_and_needs_no_restart() {
     let _one = ONE_AT_A_TIME.lock().await;
     let redis = tokio::task::block_in_place(|| RedisServer::start_cluster(&[]));

@@ -154,6 +154,7 @@ async fn carry_out_in_order(
 ) -> Result<(), String> {
     async fn flush(link: &mut Link, deadline: Duration, run: Option<(bool, Vec<String>)>) -> Result<(), String> {
         let Some((subscribe, channels)) = run else { return Ok(()) };
+        tracing::debug!(subscribe, ?channels, "push hub (un)subscribes");
         for chunk in channels.chunks(1000) {
             match subscribe {
                 true => confirm(deadline, link.subscribe(chunk)).await?,
