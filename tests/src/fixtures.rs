@@ -93,14 +93,26 @@ pub fn subscribed(redis: &RedisServer) -> Vec<String> {
     channels
 }
 
+/// `topics` sorted: for comparing messages of different histories, whose relative order
+/// is not promised (on a Cluster they travel through different shards).
+pub fn sorted(topics: &[String]) -> Vec<String> {
+    let mut t = topics.to_vec();
+    t.sort();
+    t
+}
+
 /// Pushes a sentinel to all and returns, per device, the topics it received before it.
-/// Since one replica's deliveries keep the publish order of one Redis connection, a
-/// device that got the sentinel has got everything pushed to it before.
+/// On one Redis a replica's deliveries keep the publish order of one connection, so a
+/// device that got the sentinel has got everything pushed to it before. On a Cluster
+/// the histories' channels live on different shards, each heard on its own connection:
+/// a message pushed before the sentinel may still be on its way, so the device is read
+/// on until it has been quiet for a moment. Compare within a history only there.
 pub async fn topics_until_sentinel(
     c: &mut GatewayClient,
     devices: &mut [&mut crate::Device],
     sentinel: &str,
 ) -> Vec<Vec<String>> {
+    const QUIET: std::time::Duration = std::time::Duration::from_millis(300);
     c.push_to_all(to_all(sentinel)).await.unwrap();
     let mut out = Vec::new();
     for d in devices.iter_mut() {
@@ -111,6 +123,11 @@ pub async fn topics_until_sentinel(
                 break;
             }
             topics.push(m.topic);
+        }
+        if crate::redis::on_cluster() {
+            while let Some(m) = d.next_within(QUIET).await {
+                topics.push(m.topic);
+            }
         }
         out.push(topics);
     }

@@ -93,7 +93,9 @@ impl Node {
                 .args(["--unixsocketperm", "700"]),
         };
         if self.leading.is_empty() {
-            cmd.args(["--save", "", "--appendonly", "no"]);
+            // A replica's first sync starts at once, not after the 5 s a diskless master
+            // waits by default for more replicas to join the transfer.
+            cmd.args(["--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"]);
         }
         cmd.arg("--dir").arg(&self.dir).args(&self.flags);
         let child = cmd
@@ -106,15 +108,25 @@ impl Node {
 
     /// Waits until it answers PING. Blocking, not `eventually`: restarts also happen
     /// inside `block_in_place`.
-    pub(crate) fn wait_up(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+    pub(crate) fn wait_up(&mut self) {
+        assert!(self.came_up(), "redis-server did not come up");
+    }
+
+    /// Waits until it answers PING: false if it exited first (e.g. its port was taken
+    /// between `free_port` and its bind) or did not answer in time.
+    pub(crate) fn came_up(&mut self) -> bool {
+        // Generous: a Cluster test starts six servers while other tests run.
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(mut c) = self.client().get_connection()
                 && redis::cmd("PING").query::<String>(&mut c).is_ok()
             {
-                return;
+                return true;
             }
-            assert!(Instant::now() < deadline, "redis-server did not come up");
+            let exited = self.child.as_mut().is_none_or(|c| c.try_wait().is_ok_and(|s| s.is_some()));
+            if exited || Instant::now() > deadline {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -158,6 +170,9 @@ impl Drop for Node {
     }
 }
 
+/// Servers in a test cluster: 3 masters, a replica each.
+const CLUSTER_NODES: usize = 6;
+
 /// The Redis of one test: a `redis-server` (no persistence unless flags ask for it) on a
 /// unix socket in a fresh temp dir, or a cluster of them on loopback ports. It can be
 /// stopped, restarted (same sockets and ports, same data dirs) and frozen; it is killed
@@ -195,22 +210,71 @@ impl RedisServer {
     /// 3 masters with one replica each, from `redis-server --cluster-enabled yes`
     /// processes and `redis-cli --cluster create`.
     pub fn start_cluster(flags: &[&str]) -> Self {
-        let mut nodes: Vec<Node> = (0..6)
-            .map(|_| {
-                let mut f: Vec<String> = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect();
-                f.extend(flags.iter().map(|s| s.to_string()));
-                Node::new(temp_dir("cluster"), Some(free_port()), f)
+        Self::start_cluster_with(|_, _| flags.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// A cluster whose nodes also serve TLS (`cert`, `key`, `ca`), with TLS between
+    /// them (the cluster bus always asks for a client certificate: `client_cert`,
+    /// `client_key`); the services reach it only over TLS (`rediss://` seed nodes, which the
+    /// nodes answer with their TLS ports). The plaintext ports are the harness's own.
+    pub fn start_cluster_tls(cert: &str, key: &str, ca: &str, client_cert: &str, client_key: &str) -> Self {
+        let tls_ports = std::cell::RefCell::new(vec![0; CLUSTER_NODES]);
+        let mut server = Self::start_cluster_with(|i, plain| {
+            let port = free_port();
+            tls_ports.borrow_mut()[i] = port;
+            // With TLS between nodes the bus port follows the TLS port unless given; the
+            // harness meets the nodes by their plaintext ports, whose bus port is free.
+            let bus = (plain + 10_000).to_string();
+            let flags = [
+                "--cluster-port",
+                &bus,
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                cert,
+                "--tls-key-file",
+                key,
+                "--tls-ca-cert-file",
+                ca,
+                "--tls-client-cert-file",
+                client_cert,
+                "--tls-client-key-file",
+                client_key,
+                "--tls-auth-clients",
+                "no",
+                "--tls-cluster",
+                "yes",
+                "--tls-replication",
+                "yes",
+            ];
+            flags.iter().map(|s| s.to_string()).collect()
+        });
+        let seeds: Vec<String> = tls_ports.borrow().iter().map(|p| format!("rediss://127.0.0.1:{p}")).collect();
+        server.serve_at(&format!("cluster:{}", seeds.join(",")));
+        server
+    }
+
+    /// A cluster whose node `i` on plaintext port `p` gets `flags(i, p)` (again, with fresh ports, when it could
+    /// not start: a port `free_port` found free can be taken before the server binds it).
+    fn start_cluster_with(mut flags: impl FnMut(usize, u16) -> Vec<String>) -> Self {
+        let nodes: Vec<Node> = (0..CLUSTER_NODES)
+            .map(|i| {
+                for _ in 0..5 {
+                    let mut f: Vec<String> = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect();
+                    let port = free_port();
+                    f.extend(flags(i, port));
+                    let mut node = Node::new(temp_dir("cluster"), Some(port), f);
+                    node.spawn();
+                    if node.came_up() {
+                        return node;
+                    }
+                }
+                panic!("a cluster node did not come up (5 tries)");
             })
             .collect();
-        for n in &mut nodes {
-            n.spawn();
-        }
-        for n in &nodes {
-            n.wait_up();
-        }
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port.unwrap())).collect();
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
@@ -366,7 +430,7 @@ impl RedisServer {
         for n in &mut self.nodes {
             n.spawn();
         }
-        for n in &self.nodes {
+        for n in &mut self.nodes {
             n.wait_up();
         }
         if self.cluster {

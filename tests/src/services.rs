@@ -81,12 +81,19 @@ fn args(name: &str, listen: &str, redis_url: &str, fixed: &[&str], extra: &[&str
 
 /// The flags that reach a harness Redis URL: `--redis-url URL`, or for a cluster
 /// (`cluster:NODE,NODE,...`, see `RedisServer::url`) `--redis-cluster-nodes`, or for
-/// Sentinel (`sentinel:MASTER@SENTINEL,SENTINEL,...`) the sentinels and the master name.
+/// Sentinel (`sentinel:MASTER@SENTINEL,SENTINEL,...[|MASTER_URL]`) the sentinels, the
+/// master name (and --redis-url).
 pub fn redis_flags(url: &str) -> Vec<String> {
     let flags: Vec<&str> = if let Some(nodes) = url.strip_prefix("cluster:") {
         vec!["--redis-cluster-nodes", nodes]
     } else if let Some((master, sentinels)) = url.strip_prefix("sentinel:").and_then(|s| s.split_once('@')) {
-        vec!["--redis-sentinels", sentinels, "--redis-sentinel-master", master]
+        // `SENTINELS|URL`: the master's scheme (e.g. `rediss://`) for --redis-url.
+        match sentinels.split_once('|') {
+            Some((sentinels, scheme)) => {
+                vec!["--redis-sentinels", sentinels, "--redis-sentinel-master", master, "--redis-url", scheme]
+            }
+            None => vec!["--redis-sentinels", sentinels, "--redis-sentinel-master", master],
+        }
     } else {
         vec!["--redis-url", url]
     };
