@@ -193,6 +193,7 @@ impl Watcher {
 async fn read(store: Store, redis: RedisArgs, live: broadcast::Sender<Read>) {
     let mut cursor: Option<Position> = None;
     let mut backoff = Duration::from_millis(50);
+    let mut failing = false;
     let topology = match Topology::from_args(&redis) {
         Ok(t) => t,
         Err(e) => return tracing::error!(error = %e, "presence watch reader cannot start"),
@@ -215,7 +216,6 @@ async fn read(store: Store, redis: RedisArgs, live: broadcast::Sender<Read>) {
                 continue;
             }
         };
-        backoff = Duration::from_millis(50);
         loop {
             let read = match &mut conn {
                 Some(conn) => store.wait_for_events(conn, &at, BLOCK, BATCH).await,
@@ -224,10 +224,24 @@ async fn read(store: Store, redis: RedisArgs, live: broadcast::Sender<Read>) {
             let events = match read {
                 Ok(events) => events,
                 Err(e) => {
-                    tracing::warn!(error = %e, "presence watch reader lost its connection; reconnecting");
+                    // Once per outage at warn; a read that fails at once (every node gone,
+                    // a key of the wrong type) is retried with backoff, never in a spin.
+                    if !failing {
+                        tracing::warn!(error = %e, "presence watch reader lost its connection; reconnecting");
+                    } else {
+                        tracing::debug!(error = %e, ?backoff, "presence watch reader still cannot read");
+                    }
+                    failing = true;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
                     break;
                 }
             };
+            if failing {
+                tracing::info!("presence watch reader reads again");
+                failing = false;
+            }
+            backoff = Duration::from_millis(50);
             if events.is_empty() {
                 if conn.is_none() {
                     tokio::time::sleep(POLL).await;

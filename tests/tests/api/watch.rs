@@ -68,3 +68,42 @@ async fn watchers_are_capped_per_replica_and_per_key() {
     let err = p.watch_presence(req()).await.expect_err("a fourth watch on the replica");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
 }
+
+/// Reads of the presence events (XREAD, XRANGE) that Redis answered with an error so
+/// far, on every master.
+fn failed_reads(app: &App) -> i64 {
+    let infos: Vec<String> = app.redis.on_masters(redis::cmd("INFO").arg("commandstats"));
+    let failed = |line: &str| -> i64 {
+        if !line.starts_with("cmdstat_xread:") && !line.starts_with("cmdstat_xrange:") {
+            return 0;
+        }
+        let n = line.split(',').find_map(|kv| kv.strip_prefix("failed_calls="));
+        n.and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+    };
+    infos.iter().flat_map(|i| i.lines()).map(failed).sum()
+}
+
+#[tokio::test]
+async fn a_reader_whose_reads_fail_backs_off_instead_of_spinning() {
+    let app = App::start().await;
+    let mut c = app.gateway_client().await;
+    let mut w = watch(&mut c).await.unwrap();
+    let _ann = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
+    assert_eq!(next_user(&mut w).await, "ann");
+    // Every read of the events now fails at once (WRONGTYPE): an operator's mistake, or
+    // a cluster whose nodes are all gone, fails as fast.
+    let key = "push:presence:events:{b:0}";
+    let before = failed_reads(&app);
+    app.redis.query::<()>(redis::cmd("DEL").arg(key));
+    app.redis.query::<()>(redis::cmd("SET").arg(key).arg("not a stream"));
+    // Events in the other buckets wake a blocked reader (whose next read fails).
+    let mut devices = Vec::new();
+    for u in 0..8 {
+        devices.push(Device::connect(app.gateway.addr, &format!("u{u}"), "phone").await);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let failed = failed_reads(&app) - before;
+    // With backoff (50 ms doubling to 2 s) a handful; a reader that retried at once
+    // would have failed thousands of times.
+    assert!((1..=20).contains(&failed), "{failed} failed reads in 1.5 s");
+}
