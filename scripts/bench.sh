@@ -5,6 +5,7 @@
 #
 #   ./scripts/bench.sh                 # everything (~15 minutes)
 #   ./scripts/bench.sh broadcast       # one scenario: baseline floor broadcast users latency memory sizing
+#   ./scripts/bench.sh idle            # what 10,000 idle streams cost Redis over 5 minutes (not in `all`)
 #   ./scripts/bench.sh peer            # the peer's shapes alone (Socket.IO, loadgen/peer/socketio)
 #   ./scripts/bench.sh compare         # each of those shapes, the peer then ours, and a summary
 #
@@ -261,6 +262,33 @@ if want memory; then
     idle_memory gateway "$gw_pid" "$1" loadgen --streams "$1" --connections "$2" --hold 20s --duration 0s --drain 0s --prefix "mem$2"
     stop_gateway
   done
+fi
+
+if [ "$ONLY" = idle ]; then
+  # What idle streams cost Redis (issue 14's target: at most 0.2 commands per stream per
+  # minute): 10,000 streams held open on one gateway, nothing pushed; INFO commandstats
+  # (commands run inside scripts count too) and Redis's CPU over IDLE_SECONDS (300),
+  # counted from 30 s after the streams opened. Not in `all`: it takes ~6 minutes.
+  idle_s=${IDLE_SECONDS:-300}
+  hr "idle streams: 10,000 on one gateway, nothing pushed, Redis work over ${idle_s} s"
+  start_gateway
+  "$bin/push-loadgen" --target "http://127.0.0.1:$GW_PORT" --streams 10000 --connections 100 \
+    --hold "$((idle_s + 60))s" --duration 0s --drain 0s --prefix idle >/dev/null 2>"$dir/idle.log" &
+  lg=$!
+  until grep -q holding "$dir/idle.log" 2>/dev/null; do kill -0 "$lg" 2>/dev/null || break; sleep 0.5; done
+  sleep 30
+  redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
+  cpu0=$(redis-cli -p "$REDIS_PORT" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user):/ {s += $2} END {print s}')
+  sleep "$idle_s"
+  stats=$(redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r')
+  cpu1=$(redis-cli -p "$REDIS_PORT" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user):/ {s += $2} END {print s}')
+  kill "$lg" 2>/dev/null || true
+  wait "$lg" 2>/dev/null || true
+  stop_gateway
+  echo "$stats" | awk -F'[:=,]' '/^cmdstat_/ {print $3, $1}' | sort -rn | head -12 | sed 's/cmdstat_//'
+  echo "$stats" | awk -F'[:=,]' -v s="$idle_s" -v c0="$cpu0" -v c1="$cpu1" '/^cmdstat_/ && $1 != "cmdstat_config" && $1 != "cmdstat_info" {n += $3}
+    END {printf "all commands: %d in %d s = %.2f per stream per minute; Redis CPU %.2f s = %.2f µs per stream per second\n",
+      n, s, n / 10000 / (s / 60), c1 - c0, (c1 - c0) * 1e6 / 10000 / s}'
 fi
 
 if want sizing; then
