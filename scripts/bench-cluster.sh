@@ -4,7 +4,8 @@
 # with redis-benchmark's PUBLISH on a plain server as the baseline. For each, the push
 # rate from push-loadgen and, from INFO commandstats on every master, how many shards
 # did work per push: the push script's history append (XADD, run inside the script, so
-# counted where it ran) and its SPUBLISH, counted only while pushing (the counters are
+# counted where it ran) and its SPUBLISH (a script publishes in its own slot, so
+# SPUBLISH calls per push are shards per push), counted only while pushing (the counters are
 # reset once the streams are open; presence writes no XADD unless someone comes online
 # or goes offline, and the hub's probe is off).
 #
@@ -34,6 +35,14 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 hr() { printf '\n=== %s ===\n' "$*"; }
+# until_ok WHAT COMMAND...: retries COMMAND for up to 30 s.
+until_ok() {
+  local what=$1
+  shift
+  for _ in $(seq 300); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "timed out waiting for $what" >&2
+  exit 1
+}
 stop_all() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -50,7 +59,7 @@ echo "redis $(redis-server --version | grep -o 'v=[0-9.]*')"
 hr "baseline: redis-benchmark PUBLISH on a plain server, 50 clients, no pipelining"
 redis-server --bind 127.0.0.1 --port "$BASE_PORT" --save "" --appendonly no --dir "$dir" --logfile "$dir/base.log" &
 pids+=($!)
-until redis-cli -p "$BASE_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
+until_ok "redis on $BASE_PORT" redis-cli -p "$BASE_PORT" ping
 redis-benchmark -p "$BASE_PORT" -c 50 -n 300000 -P 1 -q publish bench:ch "$(head -c 132 /dev/zero | tr '\0' x)" | tr '\r' '\n' | tail -1 | sed 's/x\{20,\}/<132 B>/'
 stop_all
 
@@ -65,14 +74,14 @@ start_cluster() {
     pids+=($!)
     ports+=("$p")
   done
-  for p in "${ports[@]}"; do until redis-cli -p "$p" ping >/dev/null 2>&1; do sleep 0.1; done; done
+  for p in "${ports[@]}"; do until_ok "redis on $p" redis-cli -p "$p" ping; done
   if [ "$n" -eq 1 ]; then
     redis-cli -p "$BASE_PORT" cluster addslotsrange 0 16383 >/dev/null
   else
     redis-cli --cluster create $(for p in "${ports[@]}"; do printf '127.0.0.1:%s ' "$p"; done) --cluster-replicas 0 --cluster-yes >/dev/null
   fi
   for p in "${ports[@]}"; do
-    until redis-cli -p "$p" cluster info | grep -q cluster_state:ok; do sleep 0.1; done
+    until_ok "the cluster state on $p" bash -c "redis-cli -p $p cluster info | grep -q cluster_state:ok"
   done
   REDIS_CLUSTER_NODES=$(for p in "${ports[@]}"; do printf 'redis://127.0.0.1:%s,' "$p"; done)
   export REDIS_CLUSTER_NODES=${REDIS_CLUSTER_NODES%,}
@@ -87,7 +96,7 @@ start_services() {
     --presence-url "http://127.0.0.1:$PRESENCE_PORT" --profile-url "http://127.0.0.1:$PROFILE_PORT" \
     --hub-probe-interval 1h --redis-timeout 5s &
   pids+=($!)
-  until bash -c "exec 3<>/dev/tcp/127.0.0.1/$GW_PORT" 2>/dev/null; do sleep 0.1; done
+  until_ok "the gateway" bash -c "exec 3<>/dev/tcp/127.0.0.1/$GW_PORT"
   sleep 2 # health probes settle
 }
 
@@ -103,7 +112,10 @@ for shards in $SHARDS; do
     [ "$mode" = groups ] && args+=(--groups 100)
     "$bin/push-loadgen" "${args[@]}" >"$dir/out" 2>"$dir/err" &
     lg=$!
-    until grep -q holding "$dir/err" 2>/dev/null; do kill -0 "$lg" 2>/dev/null || break; sleep 0.2; done
+    until grep -q holding "$dir/err" 2>/dev/null; do
+      kill -0 "$lg" 2>/dev/null || { cat "$dir/err"; echo "the load generator failed before pushing" >&2; exit 1; }
+      sleep 0.2
+    done
     for p in "${masters[@]}"; do redis-cli -p "$p" config resetstat >/dev/null; done
     wait "$lg" || { cat "$dir/err"; exit 1; }
     grep -E '^(pushes|deliveries|latency|push errors)' "$dir/out"
@@ -112,7 +124,7 @@ for shards in $SHARDS; do
     for p in "${masters[@]}"; do
       e=$(calls xadd "$p") s=$(calls spublish "$p")
       scripts=$((scripts + e)) publishes=$((publishes + s))
-      [ "$e" -gt 0 ] && busy=$((busy + 1))
+      [ "$s" -gt 0 ] && busy=$((busy + 1))
       line+=" $p: ${e} XADD, ${s} SPUBLISH;"
     done
     echo "per master:$line"

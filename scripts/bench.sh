@@ -275,7 +275,11 @@ if [ "$ONLY" = idle ]; then
   "$bin/push-loadgen" --target "http://127.0.0.1:$GW_PORT" --streams 10000 --connections 100 \
     --hold "$((idle_s + 60))s" --duration 0s --drain 0s --prefix idle >/dev/null 2>"$dir/idle.log" &
   lg=$!
-  until grep -q holding "$dir/idle.log" 2>/dev/null; do kill -0 "$lg" 2>/dev/null || break; sleep 0.5; done
+  until grep -q holding "$dir/idle.log" 2>/dev/null; do
+    kill -0 "$lg" 2>/dev/null || { cat "$dir/idle.log"; echo "the load generator failed before holding" >&2; exit 1; }
+    sleep 0.5
+  done
+  open=$(awk '/^holding / {print $2}' "$dir/idle.log")
   sleep 30
   redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
   cpu0=$(redis-cli -p "$REDIS_PORT" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user):/ {s += $2} END {print s}')
@@ -286,9 +290,9 @@ if [ "$ONLY" = idle ]; then
   wait "$lg" 2>/dev/null || true
   stop_gateway
   echo "$stats" | awk -F'[:=,]' '/^cmdstat_/ {print $3, $1}' | sort -rn | head -12 | sed 's/cmdstat_//'
-  echo "$stats" | awk -F'[:=,]' -v s="$idle_s" -v c0="$cpu0" -v c1="$cpu1" '/^cmdstat_/ && $1 != "cmdstat_config" && $1 != "cmdstat_info" {n += $3}
-    END {printf "all commands: %d in %d s = %.2f per stream per minute; Redis CPU %.2f s = %.2f µs per stream per second\n",
-      n, s, n / 10000 / (s / 60), c1 - c0, (c1 - c0) * 1e6 / 10000 / s}'
+  echo "$stats" | awk -F'[:=,]' -v s="$idle_s" -v c0="$cpu0" -v c1="$cpu1" -v k="$open" '/^cmdstat_/ && $1 != "cmdstat_config" && $1 != "cmdstat_info" {n += $3}
+    END {printf "%d streams open; all commands: %d in %d s = %.2f per stream per minute; Redis CPU %.2f s = %.2f µs per stream per second\n",
+      k, n, s, n / k / (s / 60), c1 - c0, (c1 - c0) * 1e6 / k / s}'
 fi
 
 if want sizing; then

@@ -221,8 +221,12 @@ fn sentinel_client(args: &RedisArgs, master: &str) -> Result<SentinelClient, Err
         }
     }
     // The sentinels over TLS too when their URLs say so, with the same CA and client
-    // certificate (--redis-tls-*).
-    if !urls.is_empty() && urls.iter().all(|u| u.starts_with("rediss://")) {
+    // certificate (--redis-tls-*): all of them or none.
+    let tls = urls.iter().filter(|u| u.starts_with("rediss://")).count();
+    if tls > 0 && tls < urls.len() {
+        return Err(Error::Config("--redis-sentinels: either every sentinel URL is rediss:// or none".into()));
+    }
+    if tls > 0 {
         b = b.set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
         if let Some(certs) = tls_certificates(args, &urls)? {
             b = b.set_client_to_sentinel_certificates(certs);
@@ -456,4 +460,34 @@ pub async fn dedicated(topology: &Topology, args: &RedisArgs, reply_timeout: Dur
         .set_connection_timeout(Some(args.timeout))
         .set_response_timeout(Some(reply_timeout));
     Ok(Connection(Inner::Multiplexed(client.get_multiplexed_async_connection_with_config(&config).await?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Topology;
+    use crate::config::RedisArgs;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        redis: RedisArgs,
+    }
+
+    fn topology(args: &[&str]) -> Result<Topology, crate::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("svc").chain(args.iter().copied())).expect("flags parse");
+        Topology::from_args(&cli.redis)
+    }
+
+    #[test]
+    fn sentinels_are_all_tls_or_none() {
+        let mixed = ["--redis-sentinels", "rediss://127.0.0.1:1,redis://127.0.0.1:2", "--redis-sentinel-master", "m"];
+        let err = topology(&mixed).err().expect("mixed sentinel URLs are refused");
+        assert!(err.to_string().contains("--redis-sentinels"), "{err}");
+        let tls = ["--redis-sentinels", "rediss://127.0.0.1:1,rediss://127.0.0.1:2", "--redis-sentinel-master", "m"];
+        assert!(topology(&tls).is_ok());
+        let plain = ["--redis-sentinels", "redis://127.0.0.1:1", "--redis-sentinel-master", "m"];
+        assert!(topology(&plain).is_ok());
+    }
 }

@@ -118,14 +118,18 @@ impl Node {
         // Generous: a Cluster test starts six servers while other tests run.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(mut c) = self.client().get_connection()
-                && redis::cmd("PING").query::<String>(&mut c).is_ok()
-            {
-                return true;
-            }
             let exited = self.child.as_mut().is_none_or(|c| c.try_wait().is_ok_and(|s| s.is_some()));
             if exited || Instant::now() > deadline {
                 return false;
+            }
+            // The server answering must be ours: when our bind failed, another test's
+            // server may hold the port.
+            if let Ok(mut c) = self.client().get_connection()
+                && let Ok(info) = redis::cmd("INFO").arg("server").query::<String>(&mut c)
+            {
+                let pid = self.child.as_ref().map(|c| c.id().to_string());
+                let ours = info.lines().any(|l| l.trim().strip_prefix("process_id:") == pid.as_deref());
+                return ours;
             }
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -73,9 +73,9 @@ async fn a_targeted_push_reaches_the_union_minus_the_excluded_once_per_device() 
     assert_eq!(sorted(&got[0]), ["all-but-bob", "union"], "ann's phone");
     assert_eq!(sorted(&got[1]), ["all-but-bob", "union"], "ann's laptop");
     assert_eq!(sorted(&got[2]), ["a-but-ann", "union"], "bob: once, though in two groups");
-    assert_eq!(got[3], ["a-but-ann", "all-but-bob"], "cy was excluded from the union");
+    assert_eq!(sorted(&got[3]), ["a-but-ann", "all-but-bob"], "cy was excluded from the union");
     assert_eq!(got[4], ["all-but-bob"], "dan's group c was excluded");
-    assert_eq!(got[5], ["union", "all-but-bob"], "eve");
+    assert_eq!(sorted(&got[5]), ["all-but-bob", "union"], "eve");
 
     // An excluded device resuming from before the pushes is not sent them either, and
     // the history goes on past them.
