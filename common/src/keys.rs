@@ -6,6 +6,8 @@
 //! | `P:owners:{b:N}:UID`                 | HASH   | as the sessions             | presence-svc |
 //! | `P:seen:{b:N}:UID`                   | STRING | last-seen retention (30 d)  | presence-svc |
 //! | `P:online:{b:N}`                     | ZSET   | none                        | presence-svc |
+//! | `P:holders:{b:N}`                    | ZSET   | none                        | presence-svc |
+//! | `P:held:{b:N}:HOLDER`                | SET    | none (emptied by the sweep) | presence-svc |
 //! | `P:online:{b:N}:ids`                 | ZSET   | none                        | presence-svc |
 //! | `P:presence:events:{b:N}`            | STREAM | capped (MAXLEN ~)           | presence-svc |
 //! | `P:profile:{u:UID}`                  | HASH   | none                        | profile-svc  |
@@ -18,6 +20,7 @@
 //! | `P:ackdevs:{u:UID}`                 | ZSET   | meta TTL, renewed by acks    | push-gateway |
 //! | `P:left:{u:UID}`                    | HASH   | meta TTL, renewed by leaves  | push-gateway |
 //! | `P:ch:all`, `P:ch:{u:UID}`, `P:ch:{g:GID}`, `P:ch:probe:{R}` | channels | — | push-gateway |
+//! | `P:ch:probe:{R.N}` (a Cluster: one per master) | channels | — | push-gateway |
 //!
 //! `P` is the configurable prefix (default `push`). `presence` holds the user's sessions
 //! (member = session id, score = lease expiry in ms). `online:{b:N}` is bucket N of the
@@ -35,7 +38,9 @@
 //!
 //! Group members are a ZSET with every score 0, so `ListGroupMembers` pages in id order
 //! with `ZRANGE BYLEX` (a SET's SSCAN cursor may repeat members). The probe channel is
-//! each gateway replica's own, to check its Pub/Sub connection end to end.
+//! each gateway replica's own, to check its Pub/Sub connection end to end. On a Cluster
+//! a replica has one per master, `{R.N}` with the first `N` that puts it in one of the
+//! master's slots, so the probes check the link to every shard.
 //!
 //! Hash tags put everything one script touches in one Redis Cluster slot:
 //! - presence: a user's sessions, owners and last-seen carry the tag of the user's
@@ -49,7 +54,16 @@
 //!
 //! Ids are validated to contain no `{`, `}` or whitespace, so they cannot break a tag.
 
-use crate::ids::{GroupId, IdemKey, UserId};
+use std::ops::RangeInclusive;
+
+use crate::{
+    ids::{GroupId, IdemKey, UserId},
+    redis::slot,
+};
+
+/// Most tags tried for a probe channel in a set of slots: a million tags cover every
+/// one of the 16384 slots many times over (a single slot takes ~16384 tries on average).
+const PROBE_TAG_TRIES: u32 = 1 << 20;
 
 /// Builds every key under one prefix, from parsed ids only.
 #[derive(Clone, Debug)]
@@ -89,6 +103,24 @@ impl Keys {
     /// Online-index bucket `n` by id (ZSET user id → 0, for lexicographic paging).
     pub fn online_by_id(&self, bucket: u32) -> String {
         format!("{}:online:{{b:{bucket}}}:ids", self.prefix)
+    }
+
+    /// The holders of bucket `n` (ZSET holder → lease expiry ms): gateway replicas whose
+    /// lease keeps the sessions they hold alive.
+    pub fn holders(&self, bucket: u32) -> String {
+        format!("{}:holders:{{b:{bucket}}}", self.prefix)
+    }
+
+    /// The sessions of bucket `n` that `holder` holds (SET of `USER|SESSION`).
+    pub fn held(&self, bucket: u32, holder: &str) -> String {
+        format!("{}{holder}", self.presence_prefixes(bucket)[3])
+    }
+
+    /// What a script of bucket `n` puts a user id (or a holder) after to name its keys:
+    /// sessions, owners, last seen, held.
+    pub fn presence_prefixes(&self, bucket: u32) -> [String; 4] {
+        let p = &self.prefix;
+        ["presence", "owners", "seen", "held"].map(|k| format!("{p}:{k}:{{b:{bucket}}}:"))
     }
 
     /// Users of bucket `n` going online and offline (STREAM).
@@ -195,9 +227,21 @@ impl Keys {
         if cluster && channel != self.channel_all() { "SPUBLISH" } else { "PUBLISH" }
     }
 
-    /// A gateway replica's own probe channel.
+    /// A gateway replica's own probe channel (on one Redis, or a Sentinel master).
     pub fn channel_probe(&self, replica: &str) -> String {
         format!("{}:ch:probe:{{{replica}}}", self.prefix)
+    }
+
+    /// A gateway replica's probe channel in one Cluster master's `slots` (inclusive
+    /// ranges of hash slots): `P:ch:probe:{R.N}` with the first `N` whose tag hashes into
+    /// them. The same slots give the same channel. None when no slot of `slots` exists.
+    pub fn channel_probe_in(&self, replica: &str, slots: &[RangeInclusive<u16>]) -> Option<String> {
+        if !slots.iter().any(|r| !r.is_empty() && *r.start() < 16384) {
+            return None;
+        }
+        (0..PROBE_TAG_TRIES)
+            .map(|n| format!("{}:ch:probe:{{{replica}.{n}}}", self.prefix))
+            .find(|ch| slots.iter().any(|r| r.contains(&slot(ch.as_bytes()))))
     }
 }
 
@@ -254,6 +298,12 @@ mod tests {
         assert_eq!(k.profile(&u("alice")), "push:profile:{u:alice}");
         assert_eq!(k.online_by_expiry(3), "push:online:{b:3}");
         assert_eq!(k.online_by_id(3), "push:online:{b:3}:ids");
+        assert_eq!(k.holders(3), "push:holders:{b:3}");
+        assert_eq!(k.held(3, "gw-1"), "push:held:{b:3}:gw-1");
+        let [sessions, owners, seen, _] = k.presence_prefixes(3);
+        assert_eq!(sessions + "alice", k.sessions(3, &u("alice")));
+        assert_eq!(owners + "alice", k.session_owners(3, &u("alice")));
+        assert_eq!(seen + "alice", k.last_seen(3, &u("alice")));
         assert_eq!(k.user_groups(&u("alice")), "push:groups:{u:alice}");
         assert_eq!(k.group_members(&g("g1")), "push:group:{g:g1}:members");
         assert_eq!(k.channel_user(&u("alice")), "push:ch:{u:alice}");
@@ -284,6 +334,42 @@ mod tests {
         assert_eq!(k.parse_channel(&k.channel_group(&g("g1"))), Some(ChannelOf::Group("g1")));
         assert_eq!(k.parse_channel(&k.channel_probe("r")), None);
         assert_eq!(k.parse_channel("other:ch:all"), None);
+    }
+
+    #[test]
+    fn probe_channels_land_in_the_slots_asked_for() {
+        let k = Keys::new("push");
+        let in_ = |ranges: &[RangeInclusive<u16>]| k.channel_probe_in("r1", ranges);
+        // The three masters of a fresh 3-master cluster: one channel each, in its slots.
+        let masters = [0..=5460, 5461..=10922, 10923..=16383];
+        let channels: Vec<String> = masters.iter().map(|r| in_(std::slice::from_ref(r)).unwrap()).collect();
+        for (ch, r) in channels.iter().zip(&masters) {
+            assert!(r.contains(&slot(ch.as_bytes())), "{ch} in {r:?}");
+            let tag = hash_tag(ch).unwrap();
+            let n = tag.strip_prefix("r1.").unwrap_or_else(|| panic!("{ch}"));
+            assert_eq!(*ch, format!("push:ch:probe:{{r1.{n}}}"));
+            // The first number that lands there: the same slots, the same channel.
+            let first = (0..n.parse::<u32>().unwrap())
+                .all(|m| !r.contains(&slot(format!("push:ch:probe:{{r1.{m}}}").as_bytes())));
+            assert!(first, "{ch} is the first tag in {r:?}");
+            assert_eq!(k.parse_channel(ch), None);
+        }
+        assert_eq!(in_(&[0..=5460]), Some(channels[0].clone()));
+        // One slot only, at either end; a master with several ranges.
+        for s in [0, 16383, 7000] {
+            let ch = in_(&[s..=s]).unwrap();
+            assert_eq!(slot(ch.as_bytes()), s, "{ch}");
+        }
+        let ch = in_(&[100..=100, 9000..=9001]).unwrap();
+        assert!([100, 9000, 9001].contains(&slot(ch.as_bytes())), "{ch}");
+        // Another replica, other channels.
+        assert!(k.channel_probe_in("r2", &[0..=5460]).unwrap().starts_with("push:ch:probe:{r2."));
+        // No slot at all: no channel.
+        assert_eq!(in_(&[]), None);
+        #[allow(clippy::reversed_empty_ranges)]
+        let empty = 5..=4;
+        assert_eq!(in_(&[empty]), None);
+        assert_eq!(in_(&[16384..=20000]), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod hostile;
 mod inbox;
 mod metrics;
 mod presence;
+mod probes;
 mod profile;
 mod push;
 mod redis_tls;

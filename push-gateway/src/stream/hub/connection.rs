@@ -8,7 +8,7 @@ use std::{
 use push_common::redis::Pool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Cmd, HubConfig, HubState, Probe, dispatch, link::Link};
+use super::{Cmd, HubConfig, HubState, Probes, dispatch, link::Link};
 use crate::stream::{Event, Pause, Stream};
 
 /// Most commands taken from the queue at once.
@@ -19,7 +19,8 @@ pub(super) struct Task {
     pub(super) state: Arc<HubState>,
     pub(super) pool: Pool,
     pub(super) config: HubConfig,
-    pub(super) probe_channel: String,
+    /// This replica's id, which names its probe channels.
+    pub(super) replica: String,
     pub(super) cmds: mpsc::UnboundedReceiver<Cmd>,
     /// Barriers a failed connection did not reach: acknowledged once the next one has
     /// re-subscribed the registry (their channels included), so a stream opening during
@@ -53,15 +54,21 @@ impl Task {
 
     /// One connection's life. Ok when the hub is dropped, Err when the connection failed.
     async fn connection(&mut self) -> Result<(), String> {
-        let all = self.state.keys.channel_all();
-        let connect = Link::connect(self.pool.topology(), &self.config.redis, all);
-        let mut link = tokio::time::timeout(self.config.connect_timeout, connect)
+        let (keys, replica) = (&self.state.keys, self.replica.as_str());
+        let connect = async {
+            let mut link = Link::connect(self.pool.topology(), &self.config.redis, keys.channel_all()).await?;
+            // Where the shards are now: a slot that moves later ends the link (see `Link`).
+            let probes = link.probe_channels(keys, replica).await?;
+            Ok::<_, String>((link, probes))
+        };
+        let (mut link, probes) = tokio::time::timeout(self.config.connect_timeout, connect)
             .await
             .map_err(|_| "connect timed out".to_string())??;
-        self.resubscribe(&mut link).await?;
-        let mut probe = Probe::default();
-        // A probe goes out a quarter interval after the last came back and gets three
-        // quarters to return: a subscription that dies is caught within one interval.
+        let mut probes = Probes::new(probes);
+        self.resubscribe(&mut link, &probes).await?;
+        // On each probe channel a probe goes out a quarter interval after the last came
+        // back and gets three quarters to return: a subscription that dies (to any shard)
+        // is caught within one interval.
         let (every, grace) = (self.config.probe_interval / 4, self.config.probe_interval * 3 / 4);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -69,7 +76,7 @@ impl Task {
             tokio::select! {
                 heard = link.next() => {
                     let heard = heard?;
-                    dispatch(&self.state, &heard.channel, &heard.payload, &mut probe);
+                    dispatch(&self.state, &heard.channel, &heard.payload, &mut probes);
                 }
                 cmd = self.cmds.recv() => match cmd {
                     None => return Ok(()),
@@ -84,19 +91,20 @@ impl Task {
                         carry_out(&mut link, self.config.subscribe_timeout, batch, &mut self.waiting).await?;
                     }
                 },
-                _ = tokio::time::sleep_until(probe.deadline(grace)), if probe.is_outstanding() => {
-                    return Err("a probe was not heard back: the subscription is dead".into());
+                _ = tokio::time::sleep_until(probes.deadline(grace)), if probes.is_outstanding() => {
+                    let channel = probes.oldest().map_or("", |(c, _)| c);
+                    return Err(format!("a probe on {channel} was not heard back: the subscription is dead"));
                 }
-                _ = tick.tick() => probe.send(&self.pool, &self.state.keys, &self.probe_channel),
+                _ = tick.tick() => probes.send(&self.pool, &self.state.keys),
             }
         }
     }
 
     /// Re-subscribes everything the registry holds (commands already queued are carried
-    /// out after this and are idempotent), plus the probe channel. Every stream is paused
-    /// from before the subscription until the maintenance task has replayed what was
-    /// published while the hub was away.
-    async fn resubscribe(&mut self, link: &mut Link) -> Result<(), String> {
+    /// out after this and are idempotent), plus the probe channels. Every stream is
+    /// paused from before the subscription until the maintenance task has replayed what
+    /// was published while the hub was away.
+    async fn resubscribe(&mut self, link: &mut Link, probes: &Probes) -> Result<(), String> {
         let (mut channels, pauses) = {
             let reg = self.state.registry.lock().unwrap_or_else(|e| e.into_inner());
             let mut streams: Vec<&Arc<Stream>> = reg.values().flatten().collect();
@@ -105,7 +113,8 @@ impl Task {
             let pauses: Vec<Pause> = streams.into_iter().map(|s| Pause::new(s, &self.state.events)).collect();
             (reg.keys().cloned().collect::<Vec<_>>(), pauses)
         };
-        channels.push(self.probe_channel.clone());
+        let streams = channels.len();
+        channels.extend(probes.channels().cloned());
         // Every (un)subscribe waits for Redis's confirmation, with a deadline: a
         // connection that swallows replies must not hang the hub.
         for chunk in channels.chunks(1000) {
@@ -120,7 +129,7 @@ impl Task {
             let _ = ack.send(());
         }
         self.state.healthy.store(true, Ordering::Relaxed);
-        tracing::info!(channels = channels.len() - 1, "push hub subscribed");
+        tracing::info!(channels = streams, probes = channels.len() - streams, "push hub subscribed");
         Ok(())
     }
 }

@@ -13,11 +13,15 @@
 //! - A message that does not follow what a stream has (one before it was lost) pauses
 //!   that stream and has the history replayed first ([`Event::Missed`]).
 //! - A connection can look alive and deliver nothing (after a failover, behind a
-//!   proxy). The hub publishes to its own probe channel (one probe at a time, a quarter
-//!   of `probe_interval` after the last came back) and reconnects, NOT_SERVING
-//!   meanwhile, when a probe is not back within three quarters of it: a dead
-//!   subscription is caught within one interval. A healthy connection answers every
-//!   probe, so it is never restarted by one.
+//!   proxy). The hub publishes to its own probe channels (one probe at a time on each, a
+//!   quarter of `probe_interval` after its last came back) and reconnects, NOT_SERVING
+//!   meanwhile, when any probe is not back within three quarters of it: a dead
+//!   subscription is caught within one interval. On one Redis (or a Sentinel master)
+//!   there is one probe channel; on a Cluster, where the link is a connection per
+//!   shard, there is one per master, in that master's slots (learnt with
+//!   `CLUSTER SLOTS` each time the link connects), so a link to any shard that stops
+//!   delivering is caught too. A healthy connection answers every probe, so it is never
+//!   restarted by one.
 use std::{
     collections::HashMap,
     sync::{
@@ -87,7 +91,7 @@ pub(super) struct HubState {
 
 impl Hub {
     /// Starts the hub's connection task. `pool` publishes the probes on `replica`'s
-    /// probe channel; what the maintenance task must do is sent to `events`.
+    /// probe channels; what the maintenance task must do is sent to `events`.
     pub fn start(
         config: HubConfig,
         pool: Pool,
@@ -105,10 +109,10 @@ impl Hub {
             closing: AtomicBool::new(false),
             subscribe_timeout: config.subscribe_timeout,
         });
-        // The replica's own channel: replicas never hear each other's probes.
-        let probe_channel = keys.channel_probe(replica);
-        let (cmds, waiting) = (rx, Vec::new());
-        let task = connection::Task { state: state.clone(), pool, config, probe_channel, cmds, waiting };
+        // The replica's own channels (see `Link::probe_channels`): replicas never hear
+        // each other's probes.
+        let (replica, cmds, waiting) = (replica.to_owned(), rx, Vec::new());
+        let task = connection::Task { state: state.clone(), pool, config, replica, cmds, waiting };
         (Hub { state }, tokio::spawn(task.run()))
     }
 
@@ -219,13 +223,13 @@ impl Hub {
 }
 
 /// Delivers one published payload to the local streams of `channel`.
-pub(super) fn dispatch(state: &HubState, channel: &str, payload: &[u8], probe: &mut Probe) {
+pub(super) fn dispatch(state: &HubState, channel: &str, payload: &[u8], probes: &mut Probes) {
     let Some(envelope) = Envelope::parse(payload) else {
         tracing::warn!(channel, "ignoring a payload in an unknown format");
         return;
     };
     if let Envelope::Probe(n) = envelope {
-        return probe.answered(n);
+        return probes.answered(channel, n);
     }
     let Some(source) = state.keys.parse_channel(channel).and_then(Source::of_channel) else {
         tracing::warn!(channel, "ignoring a payload on a channel of no history");
@@ -266,45 +270,99 @@ pub(super) fn dispatch(state: &HubState, channel: &str, payload: &[u8], probe: &
     }
 }
 
-/// The probe in flight, if any.
-#[derive(Default)]
-pub(super) struct Probe {
+/// The probes in flight: at most one per probe channel (one channel on one Redis, one
+/// per master on a Cluster).
+pub(super) struct Probes {
     next: u64,
-    outstanding: Option<(u64, tokio::time::Instant)>,
+    /// Each probe channel, with the probe in flight on it: its number, when it was sent.
+    channels: Vec<(String, Option<(u64, tokio::time::Instant)>)>,
 }
 
-impl Probe {
-    /// When the outstanding probe is overdue.
+impl Probes {
+    pub(super) fn new(channels: Vec<String>) -> Self {
+        Self { next: 0, channels: channels.into_iter().map(|c| (c, None)).collect() }
+    }
+
+    pub(super) fn channels(&self) -> impl Iterator<Item = &String> {
+        self.channels.iter().map(|(c, _)| c)
+    }
+
+    /// The probe in flight the longest: its channel and when it was sent.
+    pub(super) fn oldest(&self) -> Option<(&str, tokio::time::Instant)> {
+        self.channels.iter().filter_map(|(c, out)| out.map(|(_, sent)| (c.as_str(), sent))).min_by_key(|(_, t)| *t)
+    }
+
+    /// When the probe in flight the longest is overdue.
     pub(super) fn deadline(&self, grace: Duration) -> tokio::time::Instant {
-        self.outstanding.map_or_else(tokio::time::Instant::now, |(_, sent)| sent + grace)
+        self.oldest().map_or_else(tokio::time::Instant::now, |(_, sent)| sent + grace)
     }
 
     pub(super) fn is_outstanding(&self) -> bool {
-        self.outstanding.is_some()
+        self.channels.iter().any(|(_, out)| out.is_some())
     }
 
-    /// Publishes the next probe on `channel`, unless one is outstanding. Published from
+    /// Publishes the next probe on each channel that has none in flight. Published from
     /// the pool, off the connection task: a slow PUBLISH must not stall delivery.
-    pub(super) fn send(&mut self, pool: &Pool, keys: &Keys, channel: &str) {
-        if self.outstanding.is_some() {
-            return;
+    pub(super) fn send(&mut self, pool: &Pool, keys: &Keys) {
+        for (channel, n) in self.due() {
+            let payload = envelope::probe(n);
+            let publish = keys.publish_command(&channel, pool.is_cluster());
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut c = pool.get();
+                let _: Result<i64, _> = redis::cmd(publish).arg(channel).arg(payload).query_async(&mut c).await;
+            });
         }
-        self.next += 1;
-        self.outstanding = Some((self.next, tokio::time::Instant::now()));
-        let payload = envelope::probe(self.next);
-        let (pool, channel) = (pool.clone(), channel.to_owned());
-        let publish = keys.publish_command(&channel, pool.is_cluster());
-        tokio::spawn(async move {
-            let mut c = pool.get();
-            let _: Result<i64, _> = redis::cmd(publish).arg(channel).arg(payload).query_async(&mut c).await;
-        });
     }
 
-    fn answered(&mut self, n: &[u8]) {
-        if let Some((want, _)) = self.outstanding
-            && n == want.to_be_bytes()
-        {
-            self.outstanding = None;
+    /// Numbers a probe for each channel that has none in flight, as sent now.
+    fn due(&mut self) -> Vec<(String, u64)> {
+        let now = tokio::time::Instant::now();
+        let mut due = Vec::new();
+        for (channel, out) in self.channels.iter_mut().filter(|(_, out)| out.is_none()) {
+            self.next += 1;
+            *out = Some((self.next, now));
+            due.push((channel.clone(), self.next));
         }
+        due
+    }
+
+    fn answered(&mut self, channel: &str, n: &[u8]) {
+        if let Some((_, out)) = self.channels.iter_mut().find(|(c, _)| c == channel)
+            && out.is_some_and(|(want, _)| n == want.to_be_bytes())
+        {
+            *out = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_probe_at_a_time_per_channel_and_every_one_must_come_back() {
+        let mut p = Probes::new(vec!["a".into(), "b".into()]);
+        assert!(!p.is_outstanding());
+        assert_eq!(p.oldest(), None);
+        assert_eq!(p.due(), [("a".into(), 1), ("b".into(), 2)]);
+        assert!(p.is_outstanding());
+        assert_eq!(p.due(), [], "one probe at a time per channel");
+
+        p.answered("a", &1u64.to_be_bytes());
+        assert!(p.is_outstanding(), "b is still out");
+        assert_eq!(p.oldest().map(|(c, _)| c), Some("b"));
+        assert_eq!(p.due(), [("a".into(), 3)], "a again, b still out");
+
+        // Another channel's number, a stale number: nothing comes back.
+        p.answered("b", &3u64.to_be_bytes());
+        p.answered("a", &2u64.to_be_bytes());
+        p.answered("c", &2u64.to_be_bytes());
+        assert_eq!(p.oldest().map(|(c, _)| c), Some("b"));
+        p.answered("b", &2u64.to_be_bytes());
+        assert_eq!(p.oldest().map(|(c, _)| c), Some("a"));
+        p.answered("a", &3u64.to_be_bytes());
+        assert!(!p.is_outstanding());
+        assert_eq!(p.channels().collect::<Vec<_>>(), ["a", "b"]);
     }
 }
