@@ -270,8 +270,24 @@ if [ "$ONLY" = idle ]; then
   # (commands run inside scripts count too) and Redis's CPU over IDLE_SECONDS (300),
   # counted from 30 s after the streams opened. Not in `all`: it takes ~6 minutes.
   idle_s=${IDLE_SECONDS:-300}
+  base_s=${IDLE_BASELINE_SECONDS:-60}
   hr "idle streams: 10,000 on one gateway, nothing pushed, Redis work over ${idle_s} s"
   start_gateway
+  # The baseline, same run: the same services with no stream open, over base_s.
+  redis_work() {
+    stats=$(redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r')
+    echo "$stats" | awk -F'[:=,]' '/^cmdstat_/ && $1 != "cmdstat_config" && $1 != "cmdstat_info" {n += $3} END {print n + 0}'
+  }
+  redis_cpu() {
+    redis-cli -p "$REDIS_PORT" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user):/ {s += $2} END {print s}'
+  }
+  sleep 10
+  redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
+  bcpu0=$(redis_cpu)
+  sleep "$base_s"
+  base_n=$(redis_work)
+  bcpu1=$(redis_cpu)
+  echo "$base_n $base_s $bcpu0 $bcpu1" | awk '{printf "baseline, no stream open: %d commands in %d s = %.1f per minute; Redis CPU %.3f s\n", $1, $2, $1 / ($2 / 60), $4 - $3}'
   "$bin/push-loadgen" --target "http://127.0.0.1:$GW_PORT" --streams 10000 --connections 100 \
     --hold "$((idle_s + 60))s" --duration 0s --drain 0s --prefix idle >/dev/null 2>"$dir/idle.log" &
   lg=$!
@@ -291,8 +307,12 @@ if [ "$ONLY" = idle ]; then
   stop_gateway
   echo "$stats" | awk -F'[:=,]' '/^cmdstat_/ {print $3, $1}' | sort -rn | head -12 | sed 's/cmdstat_//'
   echo "$stats" | awk -F'[:=,]' -v s="$idle_s" -v c0="$cpu0" -v c1="$cpu1" -v k="$open" '/^cmdstat_/ && $1 != "cmdstat_config" && $1 != "cmdstat_info" {n += $3}
-    END {printf "%d streams open; all commands: %d in %d s = %.2f per stream per minute; Redis CPU %.2f s = %.2f µs per stream per second\n",
+    END {printf "%d streams open; all commands: %d in %d s = %.3f per stream per minute; Redis CPU %.2f s = %.3f µs per stream per second\n",
       k, n, s, n / k / (s / 60), c1 - c0, (c1 - c0) * 1e6 / k / s}'
+  echo "$stats" | awk -F'[:=,]' -v s="$idle_s" -v c0="$cpu0" -v c1="$cpu1" -v k="$open" \
+    -v bn="$base_n" -v bs="$base_s" -v b0="$bcpu0" -v b1="$bcpu1" '/^cmdstat_/ && $1 != "cmdstat_config" && $1 != "cmdstat_info" {n += $3}
+    END {printf "over the baseline: %.3f commands per stream per minute; %.3f µs of Redis CPU per stream per second; all commands %.2f× the baseline rate\n",
+      (n / s - bn / bs) * 60 / k, ((c1 - c0) / s - (b1 - b0) / bs) * 1e6 / k, (n / s) / (bn / bs)}'
 fi
 
 if want sizing; then

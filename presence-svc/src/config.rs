@@ -45,9 +45,17 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub online_buckets: u32,
 
-    /// How often expired users are swept from the online index.
+    /// How often the sweeper looks for buckets with a lease that has ended (a user's, or
+    /// a gateway replica's that holds sessions): they are swept, and their users who
+    /// went offline recorded.
     #[arg(long, env = "PRESENCE_SWEEP_INTERVAL", default_value = "5s", value_parser = duration)]
     pub sweep_interval: Duration,
+
+    /// Longest time a bucket goes unswept by this replica. A bucket is swept when a lease
+    /// in it ends, as far as this replica knows: from its last sweep, and the leases it
+    /// wrote since; leases written through other replicas are theirs to sweep on time.
+    #[arg(long, env = "PRESENCE_SWEEP_MAX_IDLE", default_value = "60s", value_parser = duration)]
+    pub sweep_max_idle: Duration,
 
     /// How long a user's last-seen time is kept after their last activity.
     #[arg(long, env = "PRESENCE_LAST_SEEN_RETENTION", default_value = "30days", value_parser = duration)]

@@ -43,6 +43,7 @@ pub async fn serve(
         Keys::new(&config.redis.key_prefix),
         config.online_buckets,
         config.events_max_len,
+        config.last_seen_retention,
     );
 
     // Expired users leave the index by themselves for readers (scores are compared with
@@ -50,13 +51,13 @@ pub async fn serve(
     // sweep at once: each batch is one atomic script.
     let sweeper = {
         let store = store.clone();
-        let every = config.sweep_interval;
+        let (every, max_idle) = (config.sweep_interval, config.sweep_max_idle);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let outcome = store.sweep_all().await;
+                let outcome = store.sweep_due(push_common::time::unix_ms(), max_idle).await;
                 let result = if outcome.is_ok() { "ok" } else { "failed" };
                 metrics::counter!("presence_sweeps_total", "result" => result).increment(1);
                 match outcome {

@@ -57,7 +57,7 @@ impl PresenceService {
         login: bool,
         owner: &str,
     ) -> Result<(pb::Session, Touched), Error> {
-        let (user_id, session_id, touch) = self.check_touch(user, session, ttl, login, owner)?;
+        let (user_id, session_id, touch) = self.check_touch(user, session, ttl, login, owner, "")?;
         let outcome = self.store.touch(&user_id, &session_id, touch).await?;
         settled(user, session, outcome)
     }
@@ -70,6 +70,7 @@ impl PresenceService {
         ttl: Option<&prost_types::Duration>,
         login: bool,
         owner: &'a str,
+        holder: &str,
     ) -> Result<(UserId, DeviceId, Touch<'a>), Error> {
         let mut v = Violations::new();
         let user_id = v.parse::<UserId>("user_id", user);
@@ -77,10 +78,23 @@ impl PresenceService {
         if !owner.is_empty() {
             v.id("owner", owner);
         }
+        if !holder.is_empty() {
+            v.id("holder", holder);
+            if owner.is_empty() {
+                v.add("owner", "required with a holder");
+            }
+        }
         let ttl = self.ttl(&mut v, ttl);
         let (user_id, session_id) = v.check_with(user_id.zip(session_id))?;
         let c = &self.config;
-        let touch = Touch { ttl, seen_ttl: c.last_seen_retention, max_sessions: c.max_sessions_per_user, login, owner };
+        let touch = Touch {
+            ttl,
+            seen_ttl: c.last_seen_retention,
+            max_sessions: c.max_sessions_per_user,
+            login,
+            owner,
+            holder: "",
+        };
         Ok((user_id, session_id, touch))
     }
 }
@@ -147,7 +161,11 @@ impl Presence for PresenceService {
 
     async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
         let r = req.into_inner();
-        let (session, t) = self.touch(&r.user_id, &r.session_id, r.ttl.as_ref(), true, &r.owner).await?;
+        let (user_id, session_id, mut touch) =
+            self.check_touch(&r.user_id, &r.session_id, r.ttl.as_ref(), true, &r.owner, &r.holder)?;
+        touch.holder = &r.holder;
+        let outcome = self.store.touch(&user_id, &session_id, touch).await?;
+        let (session, t) = settled(&r.user_id, &r.session_id, outcome)?;
         Ok(Response::new(pb::LoginResponse {
             session: Some(session),
             user_came_online: t.came_online,
@@ -174,7 +192,7 @@ impl Presence for PresenceService {
         let checked: Vec<_> = r
             .sessions
             .iter()
-            .map(|h| self.check_touch(&h.user_id, &h.session_id, h.ttl.as_ref(), false, &h.owner))
+            .map(|h| self.check_touch(&h.user_id, &h.session_id, h.ttl.as_ref(), false, &h.owner, ""))
             .collect();
         let valid: Vec<_> =
             checked.iter().filter_map(|c| c.as_ref().ok()).map(|(u, d, t)| (u.clone(), d.clone(), *t)).collect();
@@ -196,6 +214,23 @@ impl Presence for PresenceService {
         Ok(Response::new(pb::RenewSessionsResponse { renewals }))
     }
 
+    async fn renew_holder(
+        &self,
+        req: Request<pb::RenewHolderRequest>,
+    ) -> Result<Response<pb::RenewHolderResponse>, Status> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        if r.holder.is_empty() {
+            v.add("holder", "must not be empty");
+        } else {
+            v.id("holder", &r.holder);
+        }
+        let ttl = self.ttl(&mut v, r.ttl.as_ref());
+        v.check()?;
+        let (held, until) = self.store.hold(&r.holder, ttl).await?;
+        Ok(Response::new(pb::RenewHolderResponse { sessions_held: held, expire_time: Some(ms_to_timestamp(until)) }))
+    }
+
     async fn logout(&self, req: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
         let r = req.into_inner();
         let mut v = Violations::new();
@@ -204,9 +239,12 @@ impl Presence for PresenceService {
         if !r.owner.is_empty() {
             v.id("owner", &r.owner);
         }
+        if !r.holder.is_empty() {
+            v.id("holder", &r.holder);
+        }
         let (user, session) = v.check_with(user.zip(session))?;
         let seen = self.config.last_seen_retention;
-        let (found, left) = self.store.logout(&user, &session, seen, &r.owner).await?;
+        let (found, left) = self.store.logout(&user, &session, seen, &r.owner, &r.holder).await?;
         Ok(Response::new(pb::LogoutResponse {
             session_found: found,
             user_online: left > 0,

@@ -14,7 +14,13 @@
 //! carries the bucket's hash tag, so each script touches one Redis Cluster slot and the
 //! presence writes spread over the buckets. Reads over many users or buckets go as one
 //! pipeline per slot ([`push_common::redis::Batch`]). The scripts are files in `lua/`.
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
 
 use push_common::redis::{Batch, PipelinedScript, Pool};
 use push_common::{
@@ -50,6 +56,7 @@ mod scripts {
     pub const SWEEP: &str = include_str!("lua/sweep.lua");
     pub const PAGE: &str = include_str!("lua/page.lua");
     pub const COUNT: &str = include_str!("lua/count.lua");
+    pub const HOLD: &str = include_str!("lua/hold.lua");
 }
 
 /// What a login or heartbeat asks for.
@@ -63,6 +70,8 @@ pub struct Touch<'a> {
     pub login: bool,
     /// Who holds the session ('' for no one in particular).
     pub owner: &'a str,
+    /// The holder whose lease keeps the session alive ('' for its own lease); logins only.
+    pub holder: &'a str,
 }
 
 /// A session that was created or renewed.
@@ -93,8 +102,11 @@ pub struct UserState {
     pub last_seen_ms: Option<i64>,
 }
 
+/// The session score of a held session (`HELD` in `lua/lib.lua`).
+const HELD: f64 = 1e15;
+
 /// The touch script's arguments (see `lua/touch.lua`).
-fn touch_args(user: &UserId, session: &DeviceId, t: &Touch<'_>, events_max_len: u64) -> Vec<String> {
+fn touch_args(user: &UserId, session: &DeviceId, t: &Touch<'_>, events_max_len: u64, held: &str) -> Vec<String> {
     vec![
         user.to_string(),
         session.to_string(),
@@ -104,6 +116,8 @@ fn touch_args(user: &UserId, session: &DeviceId, t: &Touch<'_>, events_max_len: 
         if t.login { "login" } else { "heartbeat" }.to_owned(),
         events_max_len.to_string(),
         t.owner.to_owned(),
+        t.holder.to_owned(),
+        held.to_owned(),
     ]
 }
 
@@ -127,25 +141,36 @@ pub struct Store {
     keys: Keys,
     buckets: u32,
     events_max_len: u64,
+    seen_ttl: Duration,
     touch: PipelinedScript,
     logout: Script,
     sweep: Script,
     page: Script,
     count: PipelinedScript,
+    hold: PipelinedScript,
+    /// When each bucket is next due for a sweep (ms): the earliest lease it held at its
+    /// last sweep here, lowered by every lease written through this replica since.
+    due: Arc<[AtomicI64]>,
+    /// When each bucket was last swept here (ms, this machine's clock).
+    swept: Arc<[AtomicI64]>,
 }
 
 impl Store {
-    pub fn new(pool: Pool, keys: Keys, buckets: u32, events_max_len: u64) -> Self {
+    pub fn new(pool: Pool, keys: Keys, buckets: u32, events_max_len: u64, seen_ttl: Duration) -> Self {
         Self {
             pool,
             keys,
             buckets: buckets.max(1),
             events_max_len,
+            seen_ttl,
             touch: scripts::pipelined(scripts::TOUCH),
             logout: scripts::script(scripts::LOGOUT),
             sweep: scripts::script(scripts::SWEEP),
             page: scripts::script(scripts::PAGE),
             count: scripts::pipelined(scripts::COUNT),
+            hold: scripts::pipelined(scripts::HOLD),
+            due: (0..buckets.max(1)).map(|_| AtomicI64::new(0)).collect(),
+            swept: (0..buckets.max(1)).map(|_| AtomicI64::new(0)).collect(),
         }
     }
 
@@ -158,7 +183,19 @@ impl Store {
         bucket_of(user, self.buckets)
     }
 
-    fn user_keys(&self, user: &UserId) -> [String; 6] {
+    /// A lease of `bucket` ends at `ms`: the bucket is due for a sweep then at the latest.
+    fn due_by(&self, bucket: u32, ms: i64) {
+        self.due[bucket as usize].fetch_min(ms, Ordering::AcqRel);
+    }
+
+    /// Notes the expiry of a touch's lease.
+    fn touched(&self, user: &UserId, outcome: &TouchOutcome) {
+        if let TouchOutcome::Touched(t) = outcome {
+            self.due_by(self.bucket(user), t.expire_ms);
+        }
+    }
+
+    fn user_keys(&self, user: &UserId) -> [String; 7] {
         let b = self.bucket(user);
         [
             self.keys.sessions(b, user),
@@ -167,7 +204,14 @@ impl Store {
             self.keys.online_by_id(b),
             self.keys.presence_events(b),
             self.keys.session_owners(b, user),
+            self.keys.holders(b),
         ]
+    }
+
+    /// The prefix of `user`'s bucket's held sets.
+    fn held_prefix(&self, user: &UserId) -> String {
+        let [.., held] = self.keys.presence_prefixes(self.bucket(user));
+        held
     }
 
     /// Creates (`login`) or renews a session's lease.
@@ -175,12 +219,14 @@ impl Store {
     pub async fn touch(&self, user: &UserId, session: &DeviceId, t: Touch<'_>) -> Result<TouchOutcome, Error> {
         let mut inv = self.touch.script().prepare_invoke();
         inv.key(&self.user_keys(user)[..]);
-        for a in touch_args(user, session, &t, self.events_max_len) {
+        for a in touch_args(user, session, &t, self.events_max_len, &self.held_prefix(user)) {
             inv.arg(a);
         }
         let mut c = self.pool.get();
         let reply: Vec<i64> = inv.invoke_async(&mut c).await?;
-        touch_outcome(&reply)
+        let outcome = touch_outcome(&reply)?;
+        self.touched(user, &outcome);
+        Ok(outcome)
     }
 
     /// Renews many sessions in one pipeline, each its own atomic step; one answer each.
@@ -194,13 +240,23 @@ impl Store {
         }
         let runs: Vec<_> = touches
             .iter()
-            .map(|(user, session, t)| (self.user_keys(user), touch_args(user, session, t, self.events_max_len)))
+            .map(|(user, session, t)| {
+                (self.user_keys(user), touch_args(user, session, t, self.events_max_len, &self.held_prefix(user)))
+            })
             .collect();
         let replies: Vec<redis::RedisResult<Vec<i64>>> = self.touch.run_many(&self.pool, &runs).await?;
-        Ok(replies.into_iter().map(|r| r.map_err(Error::from).and_then(|r| touch_outcome(&r))).collect())
+        let outcomes: Vec<_> =
+            replies.into_iter().map(|r| r.map_err(Error::from).and_then(|r| touch_outcome(&r))).collect();
+        for ((user, ..), outcome) in touches.iter().zip(&outcomes) {
+            if let Ok(o) = outcome {
+                self.touched(user, o);
+            }
+        }
+        Ok(outcomes)
     }
 
-    /// Ends a session; returns (whether it existed, sessions left).
+    /// Ends a session; returns (whether it existed, sessions left). `holder` (if not
+    /// empty) holds the session no more.
     #[tracing::instrument(skip(self), err)]
     pub async fn logout(
         &self,
@@ -208,6 +264,7 @@ impl Store {
         session: &DeviceId,
         seen_ttl: Duration,
         owner: &str,
+        holder: &str,
     ) -> Result<(bool, i64), Error> {
         let mut c = self.pool.get();
         let (removed, left): (i64, i64) = self
@@ -218,6 +275,8 @@ impl Store {
             .arg(ms(seen_ttl))
             .arg(self.events_max_len)
             .arg(owner)
+            .arg(holder)
+            .arg(self.held_prefix(user))
             .invoke_async(&mut c)
             .await?;
         Ok((removed == 1, left))
@@ -225,9 +284,17 @@ impl Store {
 
     /// Sessions and last-seen of many users in one round trip (read-only pipelines, one
     /// per slot on a Cluster; the first command reads the server clock the filter uses).
+    /// A held session expires with its holder's lease: it is read from the bucket's
+    /// holders, so a session of a dead holder that no sweep has ended yet is not shown.
     #[tracing::instrument(skip(self, users), fields(users = users.len()), err)]
     pub async fn get(&self, users: &[UserId]) -> Result<Vec<UserState>, Error> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut batch = Batch::new();
+        let mut buckets: Vec<u32> = users.iter().map(|u| self.bucket(u)).collect();
+        buckets.sort_unstable();
+        buckets.dedup();
         for (i, u) in users.iter().enumerate() {
             let b = self.bucket(u);
             let sessions = self.keys.sessions(b, u);
@@ -236,27 +303,67 @@ impl Store {
             }
             batch.add(&sessions, redis::cmd("ZRANGE").arg(&sessions).arg(0).arg(-1).arg("WITHSCORES").to_owned());
             batch.add(&sessions, redis::cmd("GET").arg(self.keys.last_seen(b, u)).to_owned());
+            batch.add(&sessions, redis::cmd("HGETALL").arg(self.keys.session_owners(b, u)).to_owned());
         }
-        if users.is_empty() {
-            return Ok(Vec::new());
+        for b in &buckets {
+            let holders = self.keys.holders(*b);
+            batch.add(&holders, redis::cmd("ZRANGE").arg(&holders).arg(0).arg(-1).arg("WITHSCORES").to_owned());
         }
         let mut replies = batch.run(&self.pool).await?;
-        if replies.len() != 1 + 2 * users.len() {
+        if replies.len() != 1 + 3 * users.len() + buckets.len() {
             return Err(Error::Protocol("pipeline reply has the wrong length".into()));
         }
         let (secs, micros): (i64, i64) = redis::from_redis_value(replies.remove(0))?;
         let now = secs * 1000 + micros / 1000;
+        let leases = replies.split_off(3 * users.len());
+        let leases: Vec<std::collections::HashMap<String, f64>> =
+            leases.into_iter().map(redis::from_redis_value).collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(users.len());
         let mut it = replies.into_iter();
-        while let (Some(sessions), Some(seen)) = (it.next(), it.next()) {
+        for u in users {
+            let (Some(sessions), Some(seen), Some(owners)) = (it.next(), it.next(), it.next()) else { break };
             let sessions: Vec<(String, f64)> = redis::from_redis_value(sessions)?;
             let seen: Option<i64> = redis::from_redis_value(seen)?;
-            out.push(UserState {
-                sessions: sessions.into_iter().map(|(s, e)| (s, e as i64)).filter(|(_, e)| *e > now).collect(),
-                last_seen_ms: seen,
-            });
+            let owners: std::collections::HashMap<String, String> = redis::from_redis_value(owners)?;
+            let lease = buckets.binary_search(&self.bucket(u)).ok().map(|i| &leases[i]);
+            // A held session's expiry is its holder's lease.
+            let expiry = |session: &str, score: f64| match score >= HELD {
+                false => score as i64,
+                true => {
+                    owners.get(&format!("{session}|h")).and_then(|h| lease?.get(h)).map_or(0, |until| *until as i64)
+                }
+            };
+            let mut sessions: Vec<(String, i64)> = sessions
+                .into_iter()
+                .map(|(s, score)| {
+                    let e = expiry(&s, score);
+                    (s, e)
+                })
+                .filter(|(_, e)| *e > now)
+                .collect();
+            sessions.sort_by_key(|(_, e)| *e);
+            out.push(UserState { sessions, last_seen_ms: seen });
         }
         Ok(out)
+    }
+
+    /// Renews `holder`'s lease in every bucket (one script each; one pipeline, or one per
+    /// slot on a Cluster). Returns (sessions held in all, the lease's new expiry ms).
+    #[tracing::instrument(skip(self), err)]
+    pub async fn hold(&self, holder: &str, ttl: Duration) -> Result<(i64, i64), Error> {
+        let runs: Vec<([String; 2], Vec<String>)> = (0..self.buckets)
+            .map(|b| ([self.keys.holders(b), self.keys.held(b, holder)], vec![holder.to_owned(), ms(ttl).to_string()]))
+            .collect();
+        let replies: Vec<redis::RedisResult<(i64, i64)>> = self.hold.run_many(&self.pool, &runs).await?;
+        let mut total = (0, 0);
+        for (b, r) in (0..self.buckets).zip(replies) {
+            let (held, expiry) = r?;
+            if held > 0 {
+                self.due_by(b, expiry);
+            }
+            total = (total.0 + held, total.1.max(expiry));
+        }
+        Ok(total)
     }
 
     /// One step of a page walk in `bucket` after id `after`, scanning up to `count` ids.
@@ -285,30 +392,63 @@ impl Store {
         counts.into_iter().try_fold(0, |sum, n| Ok(sum + n?))
     }
 
-    /// Removes up to `limit` expired users from one bucket; returns how many.
-    pub async fn sweep(&self, bucket: u32, limit: usize) -> Result<usize, Error> {
+    /// One sweep step of one bucket (`lua/sweep.lua`): ends up to `limit` sessions of a
+    /// holder whose lease ended, else removes up to `limit` expired users. Returns how
+    /// many it looked at (`limit`: there may be more) and when the bucket is next due.
+    pub async fn sweep(&self, bucket: u32, limit: usize) -> Result<(usize, Option<i64>), Error> {
         let mut c = self.pool.get();
-        Ok(self
+        let [sessions, owners, seen, held] = self.keys.presence_prefixes(bucket);
+        let (n, due): (usize, i64) = self
             .sweep
             .key(self.keys.online_by_expiry(bucket))
             .key(self.keys.online_by_id(bucket))
             .key(self.keys.presence_events(bucket))
+            .key(self.keys.holders(bucket))
             .arg(limit)
             .arg(self.events_max_len)
+            .arg(sessions)
+            .arg(owners)
+            .arg(seen)
+            .arg(held)
+            .arg(ms(self.seen_ttl))
             .invoke_async(&mut c)
-            .await?)
+            .await?;
+        Ok((n, (due >= 0).then_some(due)))
     }
 
-    /// Sweeps every bucket until none has expired users left (batches of 500).
-    pub async fn sweep_all(&self) -> Result<usize, Error> {
+    /// Sweeps the buckets that are due (a lease in them has ended by `now_ms`, as far as
+    /// this replica knows) or were not swept for `max_idle`, each until it has nothing
+    /// left to sweep (in steps of 500). Returns how many sessions and users it ended.
+    ///
+    /// A bucket's due time is what its last sweep found there, lowered by the leases
+    /// written through this replica since; leases written through another replica are
+    /// that replica's to sweep on time, and this one's after `max_idle` at the latest.
+    pub async fn sweep_due(&self, now_ms: i64, max_idle: Duration) -> Result<usize, Error> {
         const BATCH: usize = 500;
         let mut total = 0;
         for b in 0..self.buckets {
+            let i = b as usize;
+            let idle = now_ms - self.swept[i].load(Ordering::Acquire) >= ms(max_idle) as i64;
+            if self.due[i].load(Ordering::Acquire) > now_ms && !idle {
+                continue;
+            }
+            // Leases written from now on lower the due time again; what was there before
+            // is what the sweep reports.
+            self.due[i].store(i64::MAX, Ordering::Release);
+            self.swept[i].store(now_ms, Ordering::Release);
             loop {
-                let n = self.sweep(b, BATCH).await?;
-                total += n;
-                if n < BATCH {
-                    break;
+                match self.sweep(b, BATCH).await {
+                    Ok((n, due)) => {
+                        total += n;
+                        if n < BATCH {
+                            self.due_by(b, due.unwrap_or(i64::MAX));
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        self.due_by(b, 0);
+                        return Err(e);
+                    }
                 }
             }
         }

@@ -106,6 +106,14 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_STREAM_LEASE", default_value = "60s", value_parser = duration)]
     pub stream_lease: Duration,
 
+    /// How long the audit takes to check every open stream against Redis once (their
+    /// positions against the histories' tops, their groups against the user's): each
+    /// renewal round checks a slice. A backstop: a lost live message is caught by the
+    /// next one, a dead or silent Pub/Sub link by the hub's probe of every shard, and
+    /// both are caught up at once (docs/ARCHITECTURE.md, "Audit").
+    #[arg(long, env = "GATEWAY_AUDIT_INTERVAL", default_value = "1h", value_parser = duration)]
+    pub audit_interval: Duration,
+
     /// Longest life of a device stream (0: no limit). Each stream is ended with
     /// UNAVAILABLE at a random 80-100% of it (checked every third of --stream-lease),
     /// and its device reconnects and resumes: long-lived streams spread over replicas

@@ -79,6 +79,7 @@ impl Settings {
             },
             streams: stream::Settings {
                 lease: config.stream_lease,
+                audit_interval: config.audit_interval,
                 limits: stream::Limits { messages: config.stream_queue_messages, bytes: config.stream_queue_bytes },
                 max_groups: config.max_groups_per_user,
                 max_per_device: config.max_streams_per_device as usize,

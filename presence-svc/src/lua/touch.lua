@@ -1,8 +1,9 @@
 -- Login or Heartbeat. KEYS: sessions, last seen, bucket by expiry, bucket by id, events,
--- session owners. ARGV: user, session, ttl ms, last-seen ttl ms, max sessions,
--- "login"|"heartbeat", events max length, owner ('' for none). Returns {expiry,
--- came_online, session_count} or {-1} (no such session) or {-2, count} (session limit
--- reached) or {-3} (a heartbeat by an owner that no longer holds the session).
+-- session owners, holders. ARGV: user, session, ttl ms, last-seen ttl ms, max sessions,
+-- "login"|"heartbeat", events max length, owner ('' for none), holder ('' for none),
+-- the bucket's held-set prefix. Returns {expiry, came_online, session_count} or {-1} (no
+-- such session) or {-2, count} (session limit reached) or {-3} (a heartbeat by an owner
+-- that no longer holds the session).
 --
 -- Owners: a login records who holds the session (or clears it); a heartbeat or logout
 -- naming another owner changes nothing. So when a device's connection moves from one
@@ -12,40 +13,76 @@
 -- when the holder logs out while the standby's lease runs, the standby takes the
 -- session over instead of the device going offline (see logout.lua).
 --
+-- Holders: a login with a holder (a gateway replica) makes the session held (score
+-- HELD, field `SESSION|h` = holder, member `USER|SESSION` of the holder's held set):
+-- it needs no renewal of its own, the holder's lease (hold.lua) keeps it. A login that
+-- takes a held session over from another live holder that still holds it records that
+-- one as the backup (field `SESSION|backup` = `OWNER|HOLDER`), which takes the session
+-- back if the new holder's stream ends first.
+--
 -- Presence events are written exactly where the user enters or leaves the online index,
 -- in the same atomic step, so each transition is recorded once, whoever causes it.
 local now = now_ms()
+local login, owner, holder = ARGV[6] == 'login', ARGV[8], ARGV[9]
+local member = ARGV[1] .. '|' .. ARGV[2]
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local before = redis.call('ZCARD', KEYS[1])
 local exists = redis.call('ZSCORE', KEYS[1], ARGV[2])
 if not exists then
-  if ARGV[6] == 'heartbeat' then return {-1} end
+  if not login then return {-1} end
   if before >= tonumber(ARGV[5]) then return {-2, before} end
 end
-if ARGV[6] == 'heartbeat' and ARGV[8] ~= '' then
-  local holder = redis.call('HGET', KEYS[6], ARGV[2])
-  if holder and holder ~= ARGV[8] then
+if not login and owner ~= '' then
+  local current = redis.call('HGET', KEYS[6], ARGV[2])
+  if current and current ~= owner then
     -- Another stream of the device holds the session: this one stands by (with its
     -- own lease), so it takes the session over if the holder's stream ends first.
-    redis.call('HSET', KEYS[6], ARGV[2] .. '|standby', ARGV[8] .. '|' .. (now + tonumber(ARGV[3])))
+    redis.call('HSET', KEYS[6], ARGV[2] .. '|standby', owner .. '|' .. (now + tonumber(ARGV[3])))
     return {-3}
   end
 end
+if not login and tonumber(exists) >= HELD then
+  -- Held: its holder's lease keeps it, there is nothing to extend. The holder's
+  -- membership is repaired, in case a logout of the device's older stream took it.
+  local h = redis.call('HGET', KEYS[6], ARGV[2] .. '|h')
+  if not h then return {-1} end
+  redis.call('SADD', ARGV[10] .. h, member)
+  redis.call('ZADD', KEYS[7], 'GT', now + tonumber(ARGV[3]), h)
+  return {tonumber(redis.call('ZSCORE', KEYS[7], h)), 0, before}
+end
 local expiry = now + tonumber(ARGV[3])
+if login then
+  local was = redis.call('HGET', KEYS[6], ARGV[2] .. '|h')
+  if holder ~= '' then
+    expiry = HELD
+    redis.call('ZADD', KEYS[7], 'GT', now + tonumber(ARGV[3]), holder)
+    redis.call('SADD', ARGV[10] .. holder, member)
+    redis.call('HSET', KEYS[6], ARGV[2] .. '|h', holder)
+    redis.call('HDEL', KEYS[6], ARGV[2] .. '|backup')
+    local before_owner = redis.call('HGET', KEYS[6], ARGV[2])
+    if was and was ~= holder and before_owner and holds(KEYS[7], ARGV[10], was, member, now) then
+      redis.call('HSET', KEYS[6], ARGV[2] .. '|backup', before_owner .. '|' .. was)
+    end
+  elseif was then
+    -- A login without a holder makes the session a lease of its own again.
+    redis.call('SREM', ARGV[10] .. was, member)
+    redis.call('HDEL', KEYS[6], ARGV[2] .. '|h', ARGV[2] .. '|backup')
+  end
+end
 redis.call('ZADD', KEYS[1], expiry, ARGV[2])
 local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 local latest = tonumber(top[2])
-redis.call('PEXPIREAT', KEYS[1], latest)
-if ARGV[6] == 'login' then
-  if ARGV[8] ~= '' then
-    redis.call('HSET', KEYS[6], ARGV[2], ARGV[8])
+expire_at(KEYS[1], latest)
+if login then
+  if owner ~= '' then
+    redis.call('HSET', KEYS[6], ARGV[2], owner)
   else
     redis.call('HDEL', KEYS[6], ARGV[2])
   end
   local standby = redis.call('HGET', KEYS[6], ARGV[2] .. '|standby')
-  if standby and string.match(standby, '^(.+)|') == ARGV[8] then redis.call('HDEL', KEYS[6], ARGV[2] .. '|standby') end
+  if standby and string.match(standby, '^(.+)|') == owner then redis.call('HDEL', KEYS[6], ARGV[2] .. '|standby') end
 end
-if redis.call('EXISTS', KEYS[6]) == 1 then redis.call('PEXPIREAT', KEYS[6], latest) end
+if redis.call('EXISTS', KEYS[6]) == 1 then expire_at(KEYS[6], latest) end
 local indexed = redis.call('ZSCORE', KEYS[3], ARGV[1])
 if indexed and tonumber(indexed) <= now then
   -- The user's leases ran out before a sweep noticed: record that transition first.
@@ -60,4 +97,5 @@ if not indexed then
   came_online = 1
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'u', ARGV[1], 'k', 'on', 's', ARGV[2], 't', now)
 end
+if expiry >= HELD then expiry = tonumber(redis.call('ZSCORE', KEYS[7], holder)) end
 return {expiry, came_online, redis.call('ZCARD', KEYS[1])}

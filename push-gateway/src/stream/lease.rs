@@ -1,12 +1,23 @@
-//! The presence session of a streaming device: a lease that the stream's login
-//! creates, the renewal rounds extend, and the stream's end removes or hands on.
+//! The presence session of a streaming device: the stream's login makes this replica
+//! its holder, the replica's lease keeps it alive, and the stream's end removes it or
+//! hands it on.
 //!
 //! A session has an owner, this replica's id and the stream's number, so a device that
 //! moved to another stream (here or on another replica) is not logged out, or kept
 //! alive, by its old one. The newest stream of a device owns its session.
-use std::sync::Arc;
+//!
+//! Renewal costs Redis a few commands per bucket per round, not per stream: the replica
+//! renews one lease (`RenewHolder`), which keeps every session it holds alive; if the
+//! replica dies, its lease ends unrenewed and presence-svc's sweep ends its sessions.
+//! The lease's answer says how many sessions Redis has this replica holding; when that
+//! is fewer than it has streams for (a failover lost a login, a backend logged a device
+//! out), the round renews each stream's session on its own, logging in again those that
+//! were lost, as every round did before holders existed.
+use std::{collections::HashSet, sync::Arc};
 
-use push_proto::presence::v1::{HeartbeatRequest, LoginRequest, LogoutRequest, RenewSessionsRequest};
+use push_proto::presence::v1::{
+    HeartbeatRequest, LoginRequest, LogoutRequest, RenewHolderRequest, RenewSessionsRequest,
+};
 use tonic::{Code, Status};
 
 use super::{Shared, Stream};
@@ -18,33 +29,76 @@ impl Shared {
         format!("{}.{}", self.replica, s.serial)
     }
 
+    fn lease(&self) -> Option<prost_types::Duration> {
+        prost_types::Duration::try_from(self.settings.lease).ok()
+    }
+
     async fn login_now(&self, s: &Stream) -> Result<(), Status> {
         let req = LoginRequest {
             user_id: s.user.to_string(),
             session_id: s.device.to_string(),
-            ttl: prost_types::Duration::try_from(self.settings.lease).ok(),
+            ttl: self.lease(),
             owner: self.owner(s),
+            holder: self.replica.clone(),
         };
-        self.presence.clone().login(req).await.map(drop).map_err(passthrough)
+        self.presence.clone().login(req).await.map_err(passthrough)?;
+        s.set_holding(true);
+        Ok(())
     }
 
     async fn logout_now(&self, s: &Stream) {
-        let req = LogoutRequest { user_id: s.user.to_string(), session_id: s.device.to_string(), owner: self.owner(s) };
-        if let Err(e) = self.presence.clone().logout(req).await {
-            // The lease ends by itself; the user shows offline after it at the latest.
-            tracing::debug!(error = %e, user = &*s.user, "logout of a closed stream failed");
+        let req = LogoutRequest {
+            user_id: s.user.to_string(),
+            session_id: s.device.to_string(),
+            owner: self.owner(s),
+            holder: self.replica.clone(),
+        };
+        self.logout_or_retry(req).await;
+    }
+
+    /// Sends `req`; when it fails, keeps it for the next round: a held session has no
+    /// lease of its own that would end it.
+    async fn logout_or_retry(&self, req: LogoutRequest) {
+        if let Err(e) = self.presence.clone().logout(req.clone()).await {
+            tracing::debug!(error = %e, user = req.user_id, "logout of a closed stream failed; retried next round");
+            self.logouts.lock().unwrap_or_else(|e| e.into_inner()).push(req);
         }
     }
 
-    /// Renews the sessions of `streams` in one call to presence-svc (one pipelined round
-    /// trip to Redis there), logging in again those whose lease was lost.
+    /// Renews this replica's holder lease, then renews on their own the sessions that
+    /// need it (see the module's doc); first retries the logouts that failed.
+    pub(super) async fn renew_held(&self, streams: &[Arc<Stream>]) -> Vec<Arc<Stream>> {
+        let failed = std::mem::take(&mut *self.logouts.lock().unwrap_or_else(|e| e.into_inner()));
+        for req in failed {
+            self.logout_or_retry(req).await;
+        }
+        let req = RenewHolderRequest { holder: self.replica.clone(), ttl: self.lease() };
+        let held = match self.presence.clone().renew_holder(req).await {
+            Ok(r) => r.into_inner().sessions_held,
+            Err(e) => {
+                // The lease runs on; the next round (a third of the lease later) retries.
+                tracing::warn!(error = %e, streams = streams.len(), "cannot renew this replica's presence lease");
+                return Vec::new();
+            }
+        };
+        let holding: HashSet<_> = streams.iter().filter(|s| s.is_holding()).map(|s| (&s.user, &s.device)).collect();
+        if held < holding.len() as i64 {
+            tracing::info!(held, expected = holding.len(), "Redis lost sessions this replica holds; renewing each");
+            return streams.to_vec();
+        }
+        // A stream whose session another owner took over renews on its own, as a standby.
+        streams.iter().filter(|s| !s.is_holding()).cloned().collect()
+    }
+
+    /// Renews the sessions of `streams` one by one in one call to presence-svc (one
+    /// pipelined round trip to Redis there), logging in again those whose lease was lost.
     pub(super) async fn renew(&self, streams: &[Arc<Stream>]) {
         let sessions = streams
             .iter()
             .map(|s| HeartbeatRequest {
                 user_id: s.user.to_string(),
                 session_id: s.device.to_string(),
-                ttl: prost_types::Duration::try_from(self.settings.lease).ok(),
+                ttl: self.lease(),
                 owner: self.owner(s),
             })
             .collect();
@@ -62,9 +116,12 @@ impl Shared {
                 // The lease was lost (it expired while presence was unreachable, or Redis lost
                 // it): the device is still connected, so it is online again.
                 Code::NotFound => self.login_now(s).await,
-                // The device opened a newer stream (maybe on another replica), which holds its
-                // session now.
-                Code::Aborted => Ok(()),
+                // The device opened a newer stream (maybe on another replica), or a backend
+                // logged it in, which holds its session now: this one stands by.
+                Code::Aborted => {
+                    s.set_holding(false);
+                    Ok(())
+                }
                 code => Err(Status::new(code, r.message)),
             };
             if let Err(e) = result {
@@ -73,7 +130,6 @@ impl Shared {
         }
     }
 }
-
 /// Logs the device of a new stream in. The call runs in a task of its own, so a
 /// Subscribe cancelled meanwhile cannot leave a session behind: if the stream was
 /// closed (and its cleanup's logout sent) before the login finished, the task logs out

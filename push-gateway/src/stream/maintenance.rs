@@ -1,7 +1,8 @@
 //! The one task that keeps every stream of the replica in step: it serves the
 //! [`Event`]s (ended streams, membership changes, the hub's re-subscriptions, lost
-//! messages) and, every third of the lease, runs a renewal round: the audit, then each
-//! stream's presence renewal, ending streams whose device token expired.
+//! messages) and, every third of the lease, runs a renewal round: the audit of one
+//! slice of the streams, then the presence renewal, ending streams whose device token
+//! expired.
 use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc};
@@ -22,6 +23,10 @@ pub(super) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver
     let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let renewing = Arc::new(Semaphore::new(1));
+    // The audit checks one slice of the streams per round: all of them once per
+    // --audit-interval.
+    let slices = shared.settings.audit_interval.as_millis().div_ceil(every.as_millis().max(1)).max(1) as u64;
+    let mut round_no = 0u64;
     loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -32,9 +37,12 @@ pub(super) async fn run(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver
                 // One round at a time; a slow round delays the next, never doubles it.
                 let Ok(round) = renewing.clone().try_acquire_owned() else { continue };
                 let shared = shared.clone();
+                let slice = round_no % slices;
+                round_no += 1;
                 tokio::spawn(async move {
                     let streams = shared.streams();
-                    audit::round(&shared, &streams).await;
+                    let audited: Vec<_> = streams.iter().filter(|s| s.serial % slices == slice).cloned().collect();
+                    audit::round(&shared, &audited).await;
                     renew_all(&shared, streams).await;
                     drop(round);
                 });
@@ -67,8 +75,9 @@ fn serve(shared: &Arc<Shared>, event: Event) {
     }
 }
 
-/// Renews every stream's session, in batches, ending those whose device token expired
-/// or that reached their maximum age.
+/// Renews the replica's presence lease, and the sessions that need renewing on their
+/// own in batches (see `lease.rs`), ending the streams whose device token expired or
+/// that reached their maximum age.
 async fn renew_all(shared: &Arc<Shared>, streams: Vec<Arc<Stream>>) {
     let (now, instant) = (push_common::time::unix_secs(), std::time::Instant::now());
     let mut live = Vec::with_capacity(streams.len());
@@ -81,6 +90,7 @@ async fn renew_all(shared: &Arc<Shared>, streams: Vec<Arc<Stream>>) {
             live.push(s);
         }
     }
+    let live = shared.renew_held(&live).await;
     let gate = Arc::new(Semaphore::new(RENEW_CONCURRENCY));
     let mut calls = tokio::task::JoinSet::new();
     for batch in live.chunks(RENEW_BATCH) {

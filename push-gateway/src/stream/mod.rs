@@ -68,6 +68,8 @@ pub type Events = mpsc::UnboundedSender<Event>;
 pub struct Settings {
     /// The presence lease of a stream; renewed every third of it.
     pub lease: Duration,
+    /// How long the audit takes to go through every stream once (a slice per round).
+    pub audit_interval: Duration,
     pub limits: Limits,
     /// Most groups per user (bounds the cursors of one request).
     pub max_groups: usize,
@@ -97,6 +99,8 @@ pub struct Shared {
     /// session owner.
     replica: String,
     serials: AtomicU64,
+    /// Logouts of closed streams that failed, retried each renewal round.
+    logouts: Mutex<Vec<push_proto::presence::v1::LogoutRequest>>,
     events: Events,
     /// Every open stream of this replica.
     live: Mutex<Live>,
@@ -169,6 +173,7 @@ impl Streams {
             settings,
             replica,
             serials: AtomicU64::new(1),
+            logouts: Mutex::default(),
             events: events.0,
             live: Mutex::default(),
             catch_ups: Arc::new(Semaphore::new(CATCH_UP_CONCURRENCY)),
@@ -293,6 +298,7 @@ mod tests {
         let presence = PresenceClient::new(Internal::new(channel, SendBearer::new(None).unwrap()));
         let settings = Settings {
             lease,
+            audit_interval: lease,
             limits: Limits { messages: 100, bytes: 1 << 20 },
             max_groups: 10,
             max_per_device: 4,
@@ -306,6 +312,7 @@ mod tests {
             settings,
             replica: "test".into(),
             serials: AtomicU64::new(1),
+            logouts: Mutex::default(),
             events,
             live: Mutex::default(),
             catch_ups: Arc::new(Semaphore::new(CATCH_UP_CONCURRENCY)),

@@ -45,6 +45,9 @@ pub struct Stream {
     scheduled: AtomicBool,
     /// Set once when the stream has ended, before its channels are detached.
     closed: AtomicBool,
+    /// The device's presence session is held by this replica for this stream (its
+    /// login succeeded, and no other owner took the session over since).
+    holding: AtomicBool,
 }
 
 impl Stream {
@@ -68,6 +71,7 @@ impl Stream {
             dirty: AtomicBool::new(true),
             scheduled: AtomicBool::new(true),
             closed: AtomicBool::new(false),
+            holding: AtomicBool::new(false),
         })
     }
 
@@ -93,6 +97,15 @@ impl Stream {
     /// cleanup runs when its response stream drops.
     pub fn close(&self, status: Status) {
         self.queue.close(status);
+    }
+
+    /// Whether this replica holds the device's session for this stream.
+    pub fn is_holding(&self) -> bool {
+        self.holding.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_holding(&self, holding: bool) {
+        self.holding.store(holding, Ordering::Release);
     }
 
     pub fn is_closed(&self) -> bool {

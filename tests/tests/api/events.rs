@@ -18,7 +18,10 @@ use tokio::sync::mpsc;
 use tonic::Code;
 
 /// Follows WatchPresence from `cursor` in the background.
-async fn watch(c: &mut Client, cursor: &str) -> Result<mpsc::UnboundedReceiver<PresenceEvent>, tonic::Status> {
+pub(crate) async fn watch(
+    c: &mut Client,
+    cursor: &str,
+) -> Result<mpsc::UnboundedReceiver<PresenceEvent>, tonic::Status> {
     let mut stream = c.watch_presence(pb::WatchPresenceRequest { cursor: cursor.into() }).await?.into_inner();
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -35,7 +38,7 @@ async fn watch(c: &mut Client, cursor: &str) -> Result<mpsc::UnboundedReceiver<P
 
 /// Logs `sentinel` in and returns every event before its online event, as
 /// (user, kind, reason, session).
-async fn until_sentinel(
+pub(crate) async fn until_sentinel(
     c: &mut Client,
     rx: &mut mpsc::UnboundedReceiver<PresenceEvent>,
     sentinel: &str,

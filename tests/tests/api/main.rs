@@ -4,6 +4,7 @@ mod events;
 mod faults;
 mod gateway;
 mod health;
+mod holders;
 mod hostile;
 mod inbox;
 mod metrics;

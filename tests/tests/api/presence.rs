@@ -228,7 +228,12 @@ async fn a_session_taken_over_by_another_owner_ignores_the_old_one() {
         owner: "stream-1".into(),
     };
     assert_eq!(c.heartbeat(hb.clone()).await.unwrap_err().code(), Code::Aborted);
-    let out = pb::LogoutRequest { user_id: "ann".into(), session_id: "phone".into(), owner: "stream-1".into() };
+    let out = pb::LogoutRequest {
+        user_id: "ann".into(),
+        session_id: "phone".into(),
+        owner: "stream-1".into(),
+        ..Default::default()
+    };
     assert!(!c.logout(out.clone()).await.unwrap().into_inner().session_found);
     assert!(online(&mut c, "ann").await.online);
     // The holder's calls work; a logout without owner ends it whoever holds it.

@@ -613,7 +613,7 @@ async fn a_stream_catches_up_on_messages_whose_live_notification_was_lost() {
     let app = App::builder().redis(RedisServer::start_single(&[])).presence(&["--min-ttl", "100ms"]).start().await;
     let proxy = Proxy::start(&app.redis).await;
     // A probe too slow to notice within the test: only the audit can find the loss.
-    let flags = ["--hub-probe-interval", "60s", "--stream-lease", "600ms"];
+    let flags = ["--hub-probe-interval", "60s", "--stream-lease", "600ms", "--audit-interval", "200ms"];
     let gw = app.replica(&flags).via(&proxy.url()).await;
     let mut c = app.gateway_client().await;
     let mut d = Device::connect(gw.addr, "ann", "phone").await.unwrap();
