@@ -4,7 +4,8 @@
 //! [`crate::store::Position`]) and broadcasts each batch, merged in id order: on one
 //! Redis (or a Sentinel master) with one `XREAD BLOCK` over all the buckets' streams on
 //! its one dedicated connection; on a Cluster, where the streams are in different slots,
-//! by reading every bucket (one pipeline per slot) every [`POLL`] while idle. A watcher subscribes to the
+//! by reading every bucket (one pipeline per slot) every [`POLL`] while idle. While no
+//! one watches, the reader reads nothing. A watcher subscribes to the
 //! broadcast first, then catches up from its cursor with `XRANGE` reads on the shared
 //! pool until there is nothing more, then follows the broadcast, dropping what it
 //! already has by id: whatever is appended after it subscribed reaches it through the
@@ -25,7 +26,7 @@ use push_common::{
     redis::{Topology, dedicated},
 };
 use push_proto::presence::v1 as pb;
-use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
 use tonic::Status;
 
 use crate::store::{Event, Position, Store};
@@ -45,6 +46,10 @@ enum Read {
     Events(Arc<[Event]>),
     /// Events were trimmed before the reader read them: every watcher must resync.
     Lost,
+    /// The reader follows the events again, from the newest, after a time without
+    /// watchers: a watcher catches up from Redis first (it may have caught up before the
+    /// reader's start, and what came in between was not broadcast).
+    Resumed,
 }
 
 /// The watchers of one replica; cheap to clone.
@@ -52,6 +57,8 @@ enum Read {
 pub struct Watchers {
     store: Store,
     live: broadcast::Sender<Read>,
+    /// Wakes the reader, which reads nothing while no one watches.
+    watched: Arc<Notify>,
     slots: Arc<Semaphore>,
     max: usize,
 }
@@ -67,8 +74,9 @@ impl Watchers {
     /// Starts the replica's reader.
     pub fn start(store: Store, redis: RedisArgs, max: usize) -> (Watchers, tokio::task::JoinHandle<()>) {
         let (live, _) = broadcast::channel(BACKLOG);
-        let reader = tokio::spawn(read(store.clone(), redis, live.clone()));
-        (Watchers { store, live, slots: Arc::new(Semaphore::new(max)), max }, reader)
+        let watched = Arc::new(Notify::new());
+        let reader = tokio::spawn(read(store.clone(), redis, live.clone(), watched.clone()));
+        (Watchers { store, live, watched, slots: Arc::new(Semaphore::new(max)), max }, reader)
     }
 
     /// Opens a watch from `cursor` ('' for new events only, "0" for the oldest
@@ -92,6 +100,7 @@ impl Watchers {
         })?;
         // Subscribed before the cursor is read: nothing appended from here on is missed.
         let live = self.live.subscribe();
+        self.watched.notify_one();
         let cursor = match start {
             None => self.store.last_position().await?,
             Some(at) if self.store.trimmed_past(&at).await? => return Err(resync()),
@@ -138,6 +147,7 @@ impl Watcher {
                     }
                 }
                 Ok(Read::Lost) => return self.end(resync()).await,
+                Ok(Read::Resumed) => caught_up = false,
                 // Fell behind the broadcast: what it dropped is still in Redis.
                 Err(broadcast::error::RecvError::Lagged(_)) => caught_up = false,
                 Err(broadcast::error::RecvError::Closed) => {
@@ -188,9 +198,11 @@ impl Watcher {
     }
 }
 
-/// The replica's reader: follows the events from the newest at start, reconnecting
-/// with backoff, and broadcasts what it reads.
-async fn read(store: Store, redis: RedisArgs, live: broadcast::Sender<Read>) {
+/// The replica's reader: follows the events from the newest while anyone watches,
+/// reconnecting with backoff, and broadcasts what it reads. While no one watches it
+/// reads nothing (an idle replica costs Redis nothing here; on a Cluster the reader
+/// polls every bucket), and it starts again from the newest when a watcher comes.
+async fn read(store: Store, redis: RedisArgs, live: broadcast::Sender<Read>, watched: Arc<Notify>) {
     let mut cursor: Option<Position> = None;
     let mut backoff = Duration::from_millis(50);
     let mut failing = false;
@@ -199,6 +211,12 @@ async fn read(store: Store, redis: RedisArgs, live: broadcast::Sender<Read>) {
         Err(e) => return tracing::error!(error = %e, "presence watch reader cannot start"),
     };
     loop {
+        if live.receiver_count() == 0 {
+            cursor = None;
+            while live.receiver_count() == 0 {
+                watched.notified().await;
+            }
+        }
         let conn = match topology.is_cluster() {
             true => None,
             false => Some(dedicated(&topology, &redis, BLOCK + redis.timeout).await),
@@ -208,7 +226,12 @@ async fn read(store: Store, redis: RedisArgs, live: broadcast::Sender<Read>) {
             None => store.last_position().await,
         };
         let (mut conn, mut at) = match (conn.transpose(), start) {
-            (Ok(conn), Ok(at)) => (conn, at),
+            (Ok(conn), Ok(at)) => {
+                if cursor.is_none() {
+                    let _ = live.send(Read::Resumed);
+                }
+                (conn, at)
+            }
             (Err(e), _) | (_, Err(e)) => {
                 tracing::debug!(error = %e, "presence watch reader cannot connect yet");
                 tokio::time::sleep(backoff).await;
@@ -216,7 +239,7 @@ async fn read(store: Store, redis: RedisArgs, live: broadcast::Sender<Read>) {
                 continue;
             }
         };
-        loop {
+        while live.receiver_count() > 0 {
             let read = match &mut conn {
                 Some(conn) => store.wait_for_events(conn, &at, BLOCK, BATCH).await,
                 None => store.events_after(&at, BATCH).await,

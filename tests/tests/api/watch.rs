@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use push_proto::push::v1 as pb;
-use push_tests::{App, Device};
+use push_tests::{App, Device, eventually};
 use tonic::Code;
 
 fn connected_clients(app: &App) -> i64 {
@@ -26,9 +26,24 @@ async fn many_watchers_share_one_redis_reader_and_all_get_every_event() {
     let app = App::builder().gateway(&["--max-watchers-per-key", "100"]).start().await;
     let mut c = app.gateway_client().await;
     let mut first = watch(&mut c).await.unwrap();
-    // Counted once the first watcher is seen to be served (its event arrived).
+    // Counted once the first watcher is seen to be served (its events arrived): the
+    // reader, which starts with the first watcher, is reading by then. (The first event
+    // may reach the watcher by its own catch-up, before the reader's connection is up.)
     let _ann = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
     assert_eq!(next_user(&mut first).await, "ann");
+    let _amy = Device::connect(app.gateway.addr, "amy", "phone").await.unwrap();
+    assert_eq!(next_user(&mut first).await, "amy");
+    // The services' pools connect lazily, one connection at a time as they are first
+    // used: counted once every one is up (health probes use them in turn every 100 ms).
+    let mut last = 0;
+    eventually(Duration::from_secs(10), "the pools' connections are all up", async || {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let now = connected_clients(&app);
+        let stable = now == last;
+        last = now;
+        (stable, now)
+    })
+    .await;
     let before = connected_clients(&app);
     let mut watchers = Vec::new();
     for _ in 0..50 {
@@ -106,4 +121,47 @@ async fn a_reader_whose_reads_fail_backs_off_instead_of_spinning() {
     // With backoff (50 ms doubling to 2 s) a handful; a reader that retried at once
     // would have failed thousands of times.
     assert!((1..=20).contains(&failed), "{failed} failed reads in 1.5 s");
+}
+
+/// Reads of the presence events (XREAD, XRANGE, XREVRANGE, XINFO) so far, on every master.
+fn event_reads(app: &App) -> u64 {
+    let infos: Vec<String> = app.redis.on_masters(redis::cmd("INFO").arg("commandstats"));
+    let calls = |line: &str| -> u64 {
+        let Some((name, stats)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else { return 0 };
+        if !name.starts_with('x') || name == "xadd" {
+            return 0;
+        }
+        stats.split(',').find_map(|kv| kv.strip_prefix("calls=")).and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    infos.iter().flat_map(|i| i.lines()).map(calls).sum()
+}
+
+#[tokio::test]
+async fn with_no_watcher_the_events_are_not_read() {
+    let app = App::start().await;
+    let mut c = app.gateway_client().await;
+    let mut w = watch(&mut c).await.unwrap();
+    c.login(login("ann")).await.unwrap();
+    assert_eq!(next_user(&mut w).await, "ann");
+    drop(w);
+    // Once the reader has noticed (at its next read), events come and nothing reads them
+    // (a login writes its event, XADD, and reads no stream).
+    let mut n = 0;
+    eventually(Duration::from_secs(10), "no event read with no watcher", async || {
+        let before = event_reads(&app);
+        n += 1;
+        c.login(login(&format!("u{n}"))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let read = event_reads(&app) - before;
+        (read == 0, read)
+    })
+    .await;
+    // Control: a new watcher is served from the newest event on.
+    let mut w = watch(&mut c).await.unwrap();
+    c.login(login("bob")).await.unwrap();
+    assert_eq!(next_user(&mut w).await, "bob");
+}
+
+fn login(user: &str) -> pb::LoginRequest {
+    pb::LoginRequest { user_id: user.into(), session_id: "phone".into(), ..Default::default() }
 }
