@@ -501,4 +501,22 @@ impl RedisServer {
             _ => counts.iter().map(|(_, n)| *n).max().unwrap_or(0),
         }
     }
+
+    /// `INFO commandstats` summed over every master: per command (`xread`,
+    /// `config|resetstat`...), its calls and its failed calls since the last reset.
+    pub fn command_stats(&self) -> std::collections::HashMap<String, (u64, u64)> {
+        let mut stats = std::collections::HashMap::new();
+        for info in self.on_masters::<String>(redis::cmd("INFO").arg("commandstats")) {
+            for line in info.lines().filter_map(|l| l.strip_prefix("cmdstat_")) {
+                let Some((name, fields)) = line.split_once(':') else { continue };
+                let field = |k: &str| -> u64 {
+                    fields.split(',').find_map(|kv| kv.strip_prefix(k)).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+                };
+                let e: &mut (u64, u64) = stats.entry(name.to_owned()).or_default();
+                e.0 += field("calls=");
+                e.1 += field("failed_calls=");
+            }
+        }
+        stats
+    }
 }

@@ -15,15 +15,7 @@ const LEASE: [&str; 2] = ["--stream-lease", "600ms"];
 
 /// Calls per command over every master since the last CONFIG RESETSTAT.
 fn command_calls(app: &App) -> HashMap<String, u64> {
-    let mut calls = HashMap::new();
-    for info in app.redis.on_masters::<String>(redis::cmd("INFO").arg("commandstats")) {
-        for line in info.lines().filter_map(|l| l.strip_prefix("cmdstat_")) {
-            let (name, stats) = line.split_once(':').unwrap();
-            let n = stats.split(',').find_map(|kv| kv.strip_prefix("calls=")).unwrap().parse::<u64>().unwrap();
-            *calls.entry(name.to_owned()).or_default() += n;
-        }
-    }
-    calls
+    app.redis.command_stats().into_iter().map(|(name, (calls, _))| (name, calls)).collect()
 }
 
 #[tokio::test]

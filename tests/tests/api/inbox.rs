@@ -354,7 +354,10 @@ async fn assert_exactly_once(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_of_a_killed_replica_resume_on_another_and_get_everything_once() {
     const USERS: usize = 1000;
-    let flags = ["--inbox-max-len", "100000"];
+    // 1,000 devices open at once, on 2 cores shared with a 6-node cluster in the cluster
+    // pass: a Redis reply can take longer than the default 1 s there. These tests are
+    // about exactly-once across a replica's end, not about latency under that load.
+    let flags = ["--inbox-max-len", "100000", "--redis-timeout", "5s"];
     let app = App::builder().gateway(&flags).start().await;
     let mut a = GatewayProcess::start(env!("CARGO_BIN_EXE_gateway-process"), &app, &flags).await;
     let first = open_devices(a.addr, vec![Vec::new(); USERS]).await;
@@ -382,7 +385,10 @@ async fn devices_of_a_killed_replica_resume_on_another_and_get_everything_once()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolled_replica_hands_its_devices_over_and_none_misses_a_message() {
     const USERS: usize = 1000;
-    let flags = ["--inbox-max-len", "100000"];
+    // 1,000 devices open at once, on 2 cores shared with a 6-node cluster in the cluster
+    // pass: a Redis reply can take longer than the default 1 s there. These tests are
+    // about exactly-once across a replica's end, not about latency under that load.
+    let flags = ["--inbox-max-len", "100000", "--redis-timeout", "5s"];
     let app = App::builder().gateway(&flags).start().await;
     let rolled = app.replica(&[&flags[..], &["--drain-delay", "300ms", "--stream-drain-window", "2s"]].concat()).await;
     let mut first = open_devices(rolled.addr, vec![Vec::new(); USERS]).await;

@@ -5,6 +5,7 @@ use std::{
     time::Duration,
 };
 
+use futures_util::FutureExt as _;
 use push_common::redis::Pool;
 use tokio::sync::{mpsc, oneshot};
 
@@ -92,8 +93,16 @@ impl Task {
                     }
                 },
                 _ = tokio::time::sleep_until(probes.deadline(grace)), if probes.is_outstanding() => {
-                    let channel = probes.oldest().map_or("", |(c, _)| c);
-                    return Err(format!("a probe on {channel} was not heard back: the subscription is dead"));
+                    // What arrived while a batch of (un)subscribes ran is still queued, and
+                    // this branch may be picked first: hear it before judging the probes.
+                    while let Some(heard) = link.next().now_or_never() {
+                        let heard = heard?;
+                        dispatch(&self.state, &heard.channel, &heard.payload, &mut probes);
+                    }
+                    if probes.is_outstanding() && probes.deadline(grace) <= tokio::time::Instant::now() {
+                        let channel = probes.oldest().map_or("", |(c, _)| c);
+                        return Err(format!("a probe on {channel} was not heard back: the subscription is dead"));
+                    }
                 }
                 _ = tick.tick() => probes.send(&self.pool, &self.state.keys),
             }
