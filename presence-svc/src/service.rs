@@ -56,8 +56,9 @@ impl PresenceService {
         ttl: Option<&prost_types::Duration>,
         login: bool,
         owner: &str,
+        holder: &str,
     ) -> Result<(pb::Session, Touched), Error> {
-        let (user_id, session_id, touch) = self.check_touch(user, session, ttl, login, owner, "")?;
+        let (user_id, session_id, touch) = self.check_touch(user, session, ttl, login, owner, holder)?;
         let outcome = self.store.touch(&user_id, &session_id, touch).await?;
         settled(user, session, outcome)
     }
@@ -70,7 +71,7 @@ impl PresenceService {
         ttl: Option<&prost_types::Duration>,
         login: bool,
         owner: &'a str,
-        holder: &str,
+        holder: &'a str,
     ) -> Result<(UserId, DeviceId, Touch<'a>), Error> {
         let mut v = Violations::new();
         let user_id = v.parse::<UserId>("user_id", user);
@@ -87,14 +88,8 @@ impl PresenceService {
         let ttl = self.ttl(&mut v, ttl);
         let (user_id, session_id) = v.check_with(user_id.zip(session_id))?;
         let c = &self.config;
-        let touch = Touch {
-            ttl,
-            seen_ttl: c.last_seen_retention,
-            max_sessions: c.max_sessions_per_user,
-            login,
-            owner,
-            holder: "",
-        };
+        let touch =
+            Touch { ttl, seen_ttl: c.last_seen_retention, max_sessions: c.max_sessions_per_user, login, owner, holder };
         Ok((user_id, session_id, touch))
     }
 }
@@ -161,11 +156,7 @@ impl Presence for PresenceService {
 
     async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
         let r = req.into_inner();
-        let (user_id, session_id, mut touch) =
-            self.check_touch(&r.user_id, &r.session_id, r.ttl.as_ref(), true, &r.owner, &r.holder)?;
-        touch.holder = &r.holder;
-        let outcome = self.store.touch(&user_id, &session_id, touch).await?;
-        let (session, t) = settled(&r.user_id, &r.session_id, outcome)?;
+        let (session, t) = self.touch(&r.user_id, &r.session_id, r.ttl.as_ref(), true, &r.owner, &r.holder).await?;
         Ok(Response::new(pb::LoginResponse {
             session: Some(session),
             user_came_online: t.came_online,
@@ -175,7 +166,7 @@ impl Presence for PresenceService {
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = req.into_inner();
-        let (session, _) = self.touch(&r.user_id, &r.session_id, r.ttl.as_ref(), false, &r.owner).await?;
+        let (session, _) = self.touch(&r.user_id, &r.session_id, r.ttl.as_ref(), false, &r.owner, &r.holder).await?;
         Ok(Response::new(pb::HeartbeatResponse { session: Some(session) }))
     }
 
@@ -192,7 +183,7 @@ impl Presence for PresenceService {
         let checked: Vec<_> = r
             .sessions
             .iter()
-            .map(|h| self.check_touch(&h.user_id, &h.session_id, h.ttl.as_ref(), false, &h.owner, ""))
+            .map(|h| self.check_touch(&h.user_id, &h.session_id, h.ttl.as_ref(), false, &h.owner, &h.holder))
             .collect();
         let valid: Vec<_> =
             checked.iter().filter_map(|c| c.as_ref().ok()).map(|(u, d, t)| (u.clone(), d.clone(), *t)).collect();

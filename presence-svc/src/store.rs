@@ -425,6 +425,7 @@ impl Store {
     /// that replica's to sweep on time, and this one's after `max_idle` at the latest.
     pub async fn sweep_due(&self, now_ms: i64, max_idle: Duration) -> Result<usize, Error> {
         const BATCH: usize = 500;
+        const MAX_STEPS: usize = 100;
         let mut total = 0;
         for b in 0..self.buckets {
             let i = b as usize;
@@ -436,12 +437,19 @@ impl Store {
             // is what the sweep reports.
             self.due[i].store(i64::MAX, Ordering::Release);
             self.swept[i].store(now_ms, Ordering::Release);
-            loop {
+            // A step ends one holder's sessions (or up to BATCH of them) or expired users:
+            // go on while something is left that is due (several holders may have died:
+            // each start of a replica is a new holder).
+            for step in 1.. {
                 match self.sweep(b, BATCH).await {
                     Ok((n, due)) => {
                         total += n;
-                        if n < BATCH {
-                            self.due_by(b, due.unwrap_or(i64::MAX));
+                        let due = due.unwrap_or(i64::MAX);
+                        // Done: nothing more is due; or a step found nothing to do (this
+                        // machine's clock may be ahead of Redis's); or enough for one tick.
+                        let done = n < BATCH && (n == 0 || due > now_ms);
+                        if done || step >= MAX_STEPS {
+                            self.due_by(b, if done { due } else { 0 });
                             break;
                         }
                     }

@@ -302,7 +302,8 @@ mod tests {
     /// Internal fields that only the gateway sets for itself, with no public twin: a
     /// public request transcoded leaves them unset (prost drops unknown fields when it
     /// decodes the public message, so a client cannot smuggle them in either).
-    const INTERNAL_ONLY: [(&str, &str); 2] = [("LoginRequest", "holder"), ("LogoutRequest", "holder")];
+    const INTERNAL_ONLY: [(&str, &str); 3] =
+        [("LoginRequest", "holder"), ("HeartbeatRequest", "holder"), ("LogoutRequest", "holder")];
 
     /// Transcoding is only sound while each public message has exactly the fields
     /// (number, name, type, cardinality, message type) of its internal twin, apart from

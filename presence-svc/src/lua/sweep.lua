@@ -5,8 +5,8 @@
 -- earliest holder lease or user expiry left, ms; -1: none)}.
 -- Any number of sweepers may run at once: each step is atomic.
 --
--- 1. A holder whose lease ended (a gateway replica that died, or lost Redis for longer
---    than its lease): up to `limit` of its held sessions end, each handed to its live
+-- 1. Holders whose lease ended (gateway replicas that died, or lost Redis for longer
+--    than their lease), up to 16: up to `limit` of their held sessions end, each handed to its live
 --    backup if it has one; a user left without a session goes offline with one event,
 --    timed at the lease's end. The holder leaves the ZSET once its set is empty.
 -- 2. Users whose latest lease has ended leave the index, each with its offline event
@@ -14,11 +14,12 @@
 local now = now_ms()
 local limit = tonumber(ARGV[1])
 local done = 0
-local dead = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1)
-if #dead > 0 then
-  local holder, ended = dead[1], dead[2]
+-- The dead holders, a few per step: each start of a gateway replica is a new holder.
+local dead = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 16)
+for d = 1, #dead, 2 do
+  local holder, ended = dead[d], dead[d + 1]
   local held = ARGV[6] .. holder
-  local members = redis.call('SPOP', held, limit)
+  local members = redis.call('SPOP', held, limit - done)
   for _, m in ipairs(members) do
     local user, session = string.match(m, '^(.*)|([^|]*)$')
     local sessions, owners = ARGV[3] .. user, ARGV[4] .. user
@@ -51,7 +52,7 @@ if #dead > 0 then
       end
     end
   end
-  done = #members
+  done = done + #members
   if done < limit then redis.call('ZREM', KEYS[4], holder) else return {done, now} end
 end
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit - done)

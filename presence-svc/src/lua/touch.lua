@@ -41,33 +41,51 @@ if not login and owner ~= '' then
     return {-3}
   end
 end
+local held_by = redis.call('HGET', KEYS[6], ARGV[2] .. '|h')
 if not login and tonumber(exists) >= HELD then
-  -- Held: its holder's lease keeps it, there is nothing to extend. The holder's
-  -- membership is repaired, in case a logout of the device's older stream took it.
-  local h = redis.call('HGET', KEYS[6], ARGV[2] .. '|h')
-  if not h then return {-1} end
-  redis.call('SADD', ARGV[10] .. h, member)
-  redis.call('ZADD', KEYS[7], 'GT', now + tonumber(ARGV[3]), h)
-  return {tonumber(redis.call('ZSCORE', KEYS[7], h)), 0, before}
+  -- Held: its holder's lease keeps it, and a heartbeat never extends that lease. A
+  -- session whose holder's lease has ended is over (the sweep ends it).
+  local lease = held_by and redis.call('ZSCORE', KEYS[7], held_by)
+  if not lease or tonumber(lease) <= now then return {-1} end
+  -- The holder's own stream repairs its membership, in case a late logout of the
+  -- device's older stream took it.
+  if owner ~= '' and holder == held_by then redis.call('SADD', ARGV[10] .. held_by, member) end
+  return {tonumber(lease), 0, before}
 end
+-- A login with a holder, or a heartbeat by the session's owner naming its holder (a
+-- gateway stream renewing on its own), makes the session held by that holder.
+local hold = holder ~= '' and (login or owner ~= '')
+local backup = redis.call('HGET', KEYS[6], ARGV[2] .. '|backup')
+local backup_holder = backup and string.match(backup, '|([^|]+)$')
 local expiry = now + tonumber(ARGV[3])
-if login then
-  local was = redis.call('HGET', KEYS[6], ARGV[2] .. '|h')
-  if holder ~= '' then
-    expiry = HELD
-    redis.call('ZADD', KEYS[7], 'GT', now + tonumber(ARGV[3]), holder)
-    redis.call('SADD', ARGV[10] .. holder, member)
-    redis.call('HSET', KEYS[6], ARGV[2] .. '|h', holder)
+if hold then
+  expiry = HELD
+  redis.call('ZADD', KEYS[7], 'GT', now + tonumber(ARGV[3]), holder)
+  redis.call('SADD', ARGV[10] .. holder, member)
+  redis.call('HSET', KEYS[6], ARGV[2] .. '|h', holder)
+  if not login then redis.call('HSET', KEYS[6], ARGV[2], owner) end
+  if held_by and held_by ~= holder then
+    -- A new holder: the previous one becomes the backup if it still holds the session;
+    -- a backup before it is displaced, and leaves its holder's set, so that replica
+    -- sees a session missing, renews it on its own and stands by.
+    if backup_holder and backup_holder ~= holder and backup_holder ~= held_by then
+      redis.call('SREM', ARGV[10] .. backup_holder, member)
+    end
     redis.call('HDEL', KEYS[6], ARGV[2] .. '|backup')
     local before_owner = redis.call('HGET', KEYS[6], ARGV[2])
-    if was and was ~= holder and before_owner and holds(KEYS[7], ARGV[10], was, member, now) then
-      redis.call('HSET', KEYS[6], ARGV[2] .. '|backup', before_owner .. '|' .. was)
+    if login and before_owner and holds(KEYS[7], ARGV[10], held_by, member, now) then
+      redis.call('HSET', KEYS[6], ARGV[2] .. '|backup', before_owner .. '|' .. held_by)
     end
-  elseif was then
-    -- A login without a holder makes the session a lease of its own again.
-    redis.call('SREM', ARGV[10] .. was, member)
-    redis.call('HDEL', KEYS[6], ARGV[2] .. '|h', ARGV[2] .. '|backup')
+  elseif backup_holder == holder then
+    -- A holder does not back itself up.
+    redis.call('HDEL', KEYS[6], ARGV[2] .. '|backup')
   end
+elseif login and held_by then
+  -- A login without a holder makes the session a lease of its own again: its holder and
+  -- its backup hold it no more.
+  redis.call('SREM', ARGV[10] .. held_by, member)
+  if backup_holder then redis.call('SREM', ARGV[10] .. backup_holder, member) end
+  redis.call('HDEL', KEYS[6], ARGV[2] .. '|h', ARGV[2] .. '|backup')
 end
 redis.call('ZADD', KEYS[1], expiry, ARGV[2])
 local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')

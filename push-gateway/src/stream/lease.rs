@@ -15,6 +15,8 @@
 //! were lost, as every round did before holders existed.
 use std::{collections::HashSet, sync::Arc};
 
+use futures_util::StreamExt as _;
+
 use push_proto::presence::v1::{
     HeartbeatRequest, LoginRequest, LogoutRequest, RenewHolderRequest, RenewSessionsRequest,
 };
@@ -22,6 +24,10 @@ use tonic::{Code, Status};
 
 use super::{Shared, Stream};
 use crate::downstream::passthrough;
+
+/// Failed logouts kept for retrying, at most; and retried at once.
+const MAX_RETRIED_LOGOUTS: usize = 100_000;
+const LOGOUT_CONCURRENCY: usize = 16;
 
 impl Shared {
     /// The owner of `s`'s presence session while it holds it.
@@ -56,24 +62,39 @@ impl Shared {
         self.logout_or_retry(req).await;
     }
 
-    /// Sends `req`; when it fails, keeps it for the next round: a held session has no
-    /// lease of its own that would end it.
+    /// Sends `req`; when it fails, keeps it for the next round (at most
+    /// [`MAX_RETRIED_LOGOUTS`]): a held session has no lease of its own that would end it.
     async fn logout_or_retry(&self, req: LogoutRequest) {
         if let Err(e) = self.presence.clone().logout(req.clone()).await {
             tracing::debug!(error = %e, user = req.user_id, "logout of a closed stream failed; retried next round");
-            self.logouts.lock().unwrap_or_else(|e| e.into_inner()).push(req);
+            let mut logouts = self.logouts.lock().unwrap_or_else(|e| e.into_inner());
+            if logouts.len() < MAX_RETRIED_LOGOUTS {
+                logouts.push(req);
+            } else {
+                // The session stays held until this replica's lease ends (its restart).
+                tracing::warn!(user = req.user_id, "too many failed logouts kept; this one is dropped");
+            }
         }
     }
 
-    /// Renews this replica's holder lease, then renews on their own the sessions that
-    /// need it (see the module's doc); first retries the logouts that failed.
-    pub(super) async fn renew_held(&self, streams: &[Arc<Stream>]) -> Vec<Arc<Stream>> {
+    /// Retries the logouts that failed, [`LOGOUT_CONCURRENCY`] at a time.
+    async fn retry_logouts(&self) {
         let failed = std::mem::take(&mut *self.logouts.lock().unwrap_or_else(|e| e.into_inner()));
-        for req in failed {
-            self.logout_or_retry(req).await;
-        }
+        futures_util::stream::iter(failed)
+            .map(|req| self.logout_or_retry(req))
+            .buffer_unordered(LOGOUT_CONCURRENCY)
+            .collect::<()>()
+            .await;
+    }
+
+    /// Renews this replica's holder lease, then retries the logouts that failed, and
+    /// returns the streams whose sessions need renewing on their own (see the module's
+    /// doc). The lease comes first: a slow retry must not let it lapse.
+    pub(super) async fn renew_held(&self, streams: &[Arc<Stream>]) -> Vec<Arc<Stream>> {
         let req = RenewHolderRequest { holder: self.replica.clone(), ttl: self.lease() };
-        let held = match self.presence.clone().renew_holder(req).await {
+        let renewed = self.presence.clone().renew_holder(req).await;
+        self.retry_logouts().await;
+        let held = match renewed {
             Ok(r) => r.into_inner().sessions_held,
             Err(e) => {
                 // The lease runs on; the next round (a third of the lease later) retries.
@@ -100,6 +121,7 @@ impl Shared {
                 session_id: s.device.to_string(),
                 ttl: self.lease(),
                 owner: self.owner(s),
+                holder: self.replica.clone(),
             })
             .collect();
         let renewals = match self.presence.clone().renew_sessions(RenewSessionsRequest { sessions }).await {
@@ -112,7 +134,12 @@ impl Shared {
         };
         for (s, r) in streams.iter().zip(renewals) {
             let result = match Code::from_i32(r.code) {
-                Code::Ok => Ok(()),
+                // Held by this replica again, if it was not (handed back, or a backend's
+                // login had given it a lease of its own).
+                Code::Ok => {
+                    s.set_holding(true);
+                    Ok(())
+                }
                 // The lease was lost (it expired while presence was unreachable, or Redis lost
                 // it): the device is still connected, so it is online again.
                 Code::NotFound => self.login_now(s).await,
@@ -156,7 +183,10 @@ pub(super) fn handed_on(shared: &Arc<Shared>, closed: Arc<Stream>, survivor: Opt
         match survivor {
             Some(s) => {
                 if let Err(e) = shared.login_now(&s).await {
+                    // The closed stream may still own the session: end it, so the next
+                    // round finds the survivor's session missing and logs it in again.
                     tracing::warn!(error = %e, user = &*s.user, "a stream cannot take its device's session over");
+                    shared.logout_now(&closed).await;
                 }
             }
             None => shared.logout_now(&closed).await,

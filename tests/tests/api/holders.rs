@@ -4,8 +4,14 @@
 //! stream is open comes back.
 use std::{collections::HashMap, time::Duration};
 
-use push_proto::presence::v1::presence_event::{Kind, Reason};
-use push_tests::{App, Device, GatewayProcess, eventually, fixtures::presence_of};
+use push_proto::{
+    presence::v1::presence_event::{Kind, Reason},
+    push::v1 as pb,
+};
+use push_tests::{
+    App, Device, GatewayProcess, always, eventually,
+    fixtures::{presence_of, ttl},
+};
 
 use crate::events::{until_sentinel, watch};
 
@@ -132,4 +138,55 @@ async fn a_device_on_a_killed_replica_stays_online_through_its_other_stream() {
         !presence_of(&c, "ann").await.online
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_heartbeat_does_not_keep_a_dead_replicas_session_alive() {
+    let app = App::builder().presence(&PRESENCE).start().await;
+    let mut c = app.gateway_client().await;
+    let mut gw = GatewayProcess::start(env!("CARGO_BIN_EXE_gateway-process"), &app, &LEASE).await;
+    let d = Device::connect(gw.addr, "ann", "phone").await.unwrap();
+    d.wait_states(2).await;
+    gw.kill();
+    // A backend heartbeats the device's session with a long lease, again and again.
+    let beat = pb::HeartbeatRequest {
+        user_id: "ann".into(),
+        session_id: "phone".into(),
+        ttl: ttl(60_000),
+        ..Default::default()
+    };
+    eventually(Duration::from_secs(10), "ann offline once the dead replica's lease ended", async || {
+        let answer = c.heartbeat(beat.clone()).await;
+        let p = presence_of(&c, "ann").await;
+        (!p.online, (answer.map(|_| ()), p))
+    })
+    .await;
+    let answer = c.heartbeat(beat.clone()).await.expect_err("the session is over");
+    assert_eq!(answer.code(), tonic::Code::NotFound, "{answer:?}");
+}
+
+#[tokio::test]
+async fn a_backend_login_over_a_streaming_device_is_held_by_its_stream_again() {
+    let app = App::builder().presence(&PRESENCE).gateway(&LEASE).start().await;
+    let mut c = app.gateway_client().await;
+    let d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
+    d.wait_states(2).await;
+    // A login without owner or holder: the session gets a lease of its own, 300 ms.
+    let login =
+        pb::LoginRequest { user_id: "ann".into(), session_id: "phone".into(), ttl: ttl(300), ..Default::default() };
+    c.login(login).await.unwrap();
+    // The replica's next round finds the session missing from its set and renews it
+    // on its own, which makes it held again: ann stays online past those 300 ms...
+    always(Duration::from_secs(2), "ann online while her stream is open", async || {
+        let p = presence_of(&c, "ann").await;
+        (p.online, p)
+    })
+    .await;
+    // ...and the rounds after that renew no session on their own (no touch script).
+    let _: Vec<String> = app.redis.on_masters(redis::cmd("CONFIG").arg("RESETSTAT"));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let calls = command_calls(&app);
+    assert_eq!(calls.get("zremrangebyscore"), None, "held again, renewed by the lease alone: {calls:?}");
+    assert!(calls.get("scard").copied().unwrap_or(0) >= 16, "control: the lease was renewed: {calls:?}");
+    drop(d);
 }

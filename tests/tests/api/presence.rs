@@ -226,6 +226,7 @@ async fn a_session_taken_over_by_another_owner_ignores_the_old_one() {
         session_id: "phone".into(),
         ttl: ttl(60_000),
         owner: "stream-1".into(),
+        ..Default::default()
     };
     assert_eq!(c.heartbeat(hb.clone()).await.unwrap_err().code(), Code::Aborted);
     let out = pb::LogoutRequest {
@@ -294,6 +295,7 @@ async fn renew_sessions_answers_each_session_as_a_heartbeat_would() {
         session_id: "phone".into(),
         ttl: ttl(ms),
         owner: owner.into(),
+        ..Default::default()
     };
     let sessions = vec![
         hb("ann", "s1", 60_000),
