@@ -11,6 +11,11 @@
 #
 #   ./scripts/bench-cluster.sh            # users and groups, 1 and 3 shards (~3 minutes)
 #   SHARDS="3" MODES="users" ./scripts/bench-cluster.sh
+#   SHARDS="3" MODES="idle" ./scripts/bench-cluster.sh   # 10,000 idle streams, 5 minutes
+#
+# The idle mode is bench.sh idle on a cluster: 10,000 streams held open on one gateway
+# (100 connections), nothing pushed, probes on; every command on every master over
+# IDLE_SECONDS (300), counted from 30 s after the streams opened.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -88,13 +93,14 @@ start_cluster() {
   masters=("${ports[@]}")
 }
 
+# start_services [PROBE_INTERVAL]
 start_services() {
   "$bin/presence-svc" --listen "127.0.0.1:$PRESENCE_PORT" & pids+=($!)
   "$bin/profile-svc" --listen "127.0.0.1:$PROFILE_PORT" & pids+=($!)
-  # No probe traffic in the counts: the hub's probe is an SPUBLISH too.
+  # No probe traffic in the push counts: the hub's probe is an SPUBLISH too.
   "$bin/push-gateway" --listen "127.0.0.1:$GW_PORT" --worker-threads 1 --drain-delay 0s --stream-drain-window 0s \
     --presence-url "http://127.0.0.1:$PRESENCE_PORT" --profile-url "http://127.0.0.1:$PROFILE_PORT" \
-    --hub-probe-interval 1h --redis-timeout 5s &
+    --hub-probe-interval "${1:-1h}" --redis-timeout 5s &
   pids+=($!)
   until_ok "the gateway" bash -c "exec 3<>/dev/tcp/127.0.0.1/$GW_PORT"
   sleep 2 # health probes settle
@@ -103,8 +109,48 @@ start_services() {
 # calls CMD PORT: how many times CMD ran on PORT since the last reset.
 calls() { redis-cli -p "$2" info commandstats | tr -d '\r' | awk -F'[=,:]' -v c="cmdstat_$1" '$1 == c {print $3}' | grep . || echo 0; }
 
+# all_commands: every command run on every master since the last reset (INFO and CONFIG aside).
+all_commands() {
+  for p in "${masters[@]}"; do redis-cli -p "$p" info commandstats | tr -d '\r'; done |
+    awk -F'[:=,]' '/^cmdstat_/ && $1 != "cmdstat_config" && $1 != "cmdstat_info" {n += $3} END {print n + 0}'
+}
+
+idle() {
+  local shards=$1 idle_s=${IDLE_SECONDS:-300}
+  hr "idle streams: 10,000 on one gateway, nothing pushed, on $shards shard(s), Redis work over ${idle_s} s"
+  start_cluster "$shards"
+  start_services 5s
+  "$bin/push-loadgen" --target "http://127.0.0.1:$GW_PORT" --streams 10000 --connections 100 \
+    --hold "$((idle_s + 60))s" --duration 0s --drain 0s --prefix "idle$shards" >/dev/null 2>"$dir/err" &
+  local lg=$!
+  until grep -q holding "$dir/err" 2>/dev/null; do
+    kill -0 "$lg" 2>/dev/null || { cat "$dir/err"; echo "the load generator failed before holding" >&2; exit 1; }
+    sleep 0.5
+  done
+  local open
+  open=$(awk '/^holding / {print $2}' "$dir/err")
+  sleep 30
+  for p in "${masters[@]}"; do redis-cli -p "$p" config resetstat >/dev/null; done
+  sleep "$idle_s"
+  local n
+  n=$(all_commands)
+  for p in "${masters[@]}"; do
+    echo "master $p: $(redis-cli -p "$p" info commandstats | tr -d '\r' | awk -F'[:=,]' '/^cmdstat_/ {printf "%s=%s ", substr($1, 9), $3}')"
+  done
+  kill "$lg" 2>/dev/null || true
+  wait "$lg" 2>/dev/null || true
+  awk -v n="$n" -v k="$open" -v s="$idle_s" 'BEGIN {
+    printf "%d streams open; all commands on all masters: %d in %d s = %.3f per stream per minute\n", k, n, s, n / k / (s / 60) }'
+  stop_all
+  rm -rf "$dir"/n*
+}
+
 for shards in $SHARDS; do
   for mode in $MODES; do
+    if [ "$mode" = idle ]; then
+      idle "$shards"
+      continue
+    fi
     hr "$mode pushes, $STREAMS streams, 50 concurrent pushers, on $shards shard(s)"
     start_cluster "$shards"
     start_services
