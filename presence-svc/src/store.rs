@@ -14,13 +14,7 @@
 //! carries the bucket's hash tag, so each script touches one Redis Cluster slot and the
 //! presence writes spread over the buckets. Reads over many users or buckets go as one
 //! pipeline per slot ([`push_common::redis::Batch`]). The scripts are files in `lua/`.
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicI64, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use push_common::redis::{Batch, PipelinedScript, Pool};
 use push_common::{
@@ -31,6 +25,7 @@ use push_common::{
 use redis::Script;
 
 mod events;
+mod sweep;
 pub use events::{Event, Position, parse_event_id};
 
 /// The Lua scripts (`lua/`), each with the shared helpers (`lua/lib.lua`) in front.
@@ -148,11 +143,8 @@ pub struct Store {
     page: Script,
     count: PipelinedScript,
     hold: PipelinedScript,
-    /// When each bucket is next due for a sweep (ms): the earliest lease it held at its
-    /// last sweep here, lowered by every lease written through this replica since.
-    due: Arc<[AtomicI64]>,
-    /// When each bucket was last swept here (ms, this machine's clock).
-    swept: Arc<[AtomicI64]>,
+    /// When each bucket is due for a sweep here.
+    schedule: Arc<sweep::Schedule>,
 }
 
 impl Store {
@@ -169,8 +161,7 @@ impl Store {
             page: scripts::script(scripts::PAGE),
             count: scripts::pipelined(scripts::COUNT),
             hold: scripts::pipelined(scripts::HOLD),
-            due: (0..buckets.max(1)).map(|_| AtomicI64::new(0)).collect(),
-            swept: (0..buckets.max(1)).map(|_| AtomicI64::new(0)).collect(),
+            schedule: Arc::new(sweep::Schedule::new(buckets.max(1))),
         }
     }
 
@@ -183,15 +174,10 @@ impl Store {
         bucket_of(user, self.buckets)
     }
 
-    /// A lease of `bucket` ends at `ms`: the bucket is due for a sweep then at the latest.
-    fn due_by(&self, bucket: u32, ms: i64) {
-        self.due[bucket as usize].fetch_min(ms, Ordering::AcqRel);
-    }
-
-    /// Notes the expiry of a touch's lease.
+    /// Notes the expiry of a touch's lease: its bucket is due for a sweep then.
     fn touched(&self, user: &UserId, outcome: &TouchOutcome) {
         if let TouchOutcome::Touched(t) = outcome {
-            self.due_by(self.bucket(user), t.expire_ms);
+            self.schedule.due_by(self.bucket(user), t.expire_ms);
         }
     }
 
@@ -359,7 +345,7 @@ impl Store {
         for (b, r) in (0..self.buckets).zip(replies) {
             let (held, expiry) = r?;
             if held > 0 {
-                self.due_by(b, expiry);
+                self.schedule.due_by(b, expiry);
             }
             total = (total.0 + held, total.1.max(expiry));
         }
@@ -390,77 +376,6 @@ impl Store {
             (0..self.buckets).map(|b| ([self.keys.online_by_expiry(b)], Vec::new())).collect();
         let counts: Vec<redis::RedisResult<i64>> = self.count.run_many(&self.pool, &runs).await?;
         counts.into_iter().try_fold(0, |sum, n| Ok(sum + n?))
-    }
-
-    /// One sweep step of one bucket (`lua/sweep.lua`): ends up to `limit` sessions of a
-    /// holder whose lease ended, else removes up to `limit` expired users. Returns how
-    /// many it looked at (`limit`: there may be more) and when the bucket is next due.
-    pub async fn sweep(&self, bucket: u32, limit: usize) -> Result<(usize, Option<i64>), Error> {
-        let mut c = self.pool.get();
-        let [sessions, owners, seen, held] = self.keys.presence_prefixes(bucket);
-        let (n, due): (usize, i64) = self
-            .sweep
-            .key(self.keys.online_by_expiry(bucket))
-            .key(self.keys.online_by_id(bucket))
-            .key(self.keys.presence_events(bucket))
-            .key(self.keys.holders(bucket))
-            .arg(limit)
-            .arg(self.events_max_len)
-            .arg(sessions)
-            .arg(owners)
-            .arg(seen)
-            .arg(held)
-            .arg(ms(self.seen_ttl))
-            .invoke_async(&mut c)
-            .await?;
-        Ok((n, (due >= 0).then_some(due)))
-    }
-
-    /// Sweeps the buckets that are due (a lease in them has ended by `now_ms`, as far as
-    /// this replica knows) or were not swept for `max_idle`, each until it has nothing
-    /// left to sweep (in steps of 500). Returns how many sessions and users it ended.
-    ///
-    /// A bucket's due time is what its last sweep found there, lowered by the leases
-    /// written through this replica since; leases written through another replica are
-    /// that replica's to sweep on time, and this one's after `max_idle` at the latest.
-    pub async fn sweep_due(&self, now_ms: i64, max_idle: Duration) -> Result<usize, Error> {
-        const BATCH: usize = 500;
-        const MAX_STEPS: usize = 100;
-        let mut total = 0;
-        for b in 0..self.buckets {
-            let i = b as usize;
-            let idle = now_ms - self.swept[i].load(Ordering::Acquire) >= ms(max_idle) as i64;
-            if self.due[i].load(Ordering::Acquire) > now_ms && !idle {
-                continue;
-            }
-            // Leases written from now on lower the due time again; what was there before
-            // is what the sweep reports.
-            self.due[i].store(i64::MAX, Ordering::Release);
-            self.swept[i].store(now_ms, Ordering::Release);
-            // A step ends one holder's sessions (or up to BATCH of them) or expired users:
-            // go on while something is left that is due (several holders may have died:
-            // each start of a replica is a new holder).
-            for step in 1.. {
-                match self.sweep(b, BATCH).await {
-                    Ok((n, due)) => {
-                        total += n;
-                        let due = due.unwrap_or(i64::MAX);
-                        // Done: nothing more is due; or a step found nothing to do (this
-                        // machine's clock may be ahead of Redis's); or enough for one tick.
-                        let done = n < BATCH && (n == 0 || due > now_ms);
-                        if done || step >= MAX_STEPS {
-                            self.due_by(b, if done { due } else { 0 });
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        self.due_by(b, 0);
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        Ok(total)
     }
 }
 
