@@ -291,12 +291,33 @@ mod tests {
     ];
 
     fn message<'a>(fds: &'a FileDescriptorSet, package: &str, name: &str) -> &'a DescriptorProto {
-        fds.file
+        find(fds, package, name).unwrap_or_else(|| panic!("{package}.{name} is not in the descriptor set"))
+    }
+
+    /// A message by package and (possibly nested, dotted) name.
+    fn find<'a>(fds: &'a FileDescriptorSet, package: &str, name: &str) -> Option<&'a DescriptorProto> {
+        let mut parts = name.split('.');
+        let top = parts.next()?;
+        let mut m = fds
+            .file
             .iter()
             .filter(|f| f.package() == package)
             .flat_map(|f| &f.message_type)
-            .find(|m| m.name() == name)
-            .unwrap_or_else(|| panic!("{package}.{name} is not in the descriptor set"))
+            .find(|m| m.name() == top)?;
+        for part in parts {
+            m = m.nested_type.iter().find(|n| n.name() == part)?;
+        }
+        Some(m)
+    }
+
+    /// An enum by package and (possibly nested, dotted) name.
+    fn find_enum<'a>(fds: &'a FileDescriptorSet, package: &str, name: &str) -> &'a prost_types::EnumDescriptorProto {
+        let (outer, leaf) = name.rsplit_once('.').map_or((None, name), |(o, l)| (Some(o), l));
+        let candidates: Vec<_> = match outer {
+            Some(o) => find(fds, package, o).map(|m| m.enum_type.iter().collect()).unwrap_or_default(),
+            None => fds.file.iter().filter(|f| f.package() == package).flat_map(|f| &f.enum_type).collect(),
+        };
+        candidates.into_iter().find(|e| e.name() == leaf).unwrap_or_else(|| panic!("enum {package}.{name} not found"))
     }
 
     /// Internal fields that only the gateway sets for itself, with no public twin: a
@@ -305,26 +326,56 @@ mod tests {
     const INTERNAL_ONLY: [(&str, &str); 3] =
         [("LoginRequest", "holder"), ("HeartbeatRequest", "holder"), ("LogoutRequest", "holder")];
 
+    /// The shape of a message, with the messages and enums it uses expanded in place
+    /// (so `push.v1.Session` and `presence.v1.Session` compare by their fields, and
+    /// well-known types by name).
+    fn shape(fds: &FileDescriptorSet, package: &str, name: &str, depth: usize) -> String {
+        assert!(depth < 8, "{package}.{name} nests too deeply");
+        let m = message(fds, package, name);
+        let mut fields: Vec<_> = m.field.iter().filter(|f| !INTERNAL_ONLY.contains(&(name, f.name()))).collect();
+        fields.sort_by_key(|f| f.number());
+        let mut out = String::new();
+        for f in fields {
+            let ty = f.type_name().trim_start_matches('.');
+            let inner = match ty.strip_prefix(&format!("{package}.")) {
+                // A type of the same package: compared by its own shape.
+                Some(local) if f.r#type() == prost_types::field_descriptor_proto::Type::Message => {
+                    format!("{{{}}}", shape(fds, package, local, depth + 1))
+                }
+                Some(local) => {
+                    let e = find_enum(fds, package, local);
+                    let values: Vec<_> = e.value.iter().map(|v| format!("{}={}", v.name(), v.number())).collect();
+                    format!("enum[{}]", values.join(","))
+                }
+                // Another package (google.protobuf): compared by name.
+                None => ty.to_owned(),
+            };
+            out += &format!("{} {} {:?} {:?} {inner}; ", f.number(), f.name(), f.r#type(), f.label());
+        }
+        out
+    }
+
     /// Transcoding is only sound while each public message has exactly the fields
-    /// (number, name, type, cardinality, message type) of its internal twin, apart from
-    /// the internal-only ones.
+    /// (number, name, type, cardinality, and the shape of the messages and enums they
+    /// hold) of its internal twin, apart from the internal-only ones.
     #[test]
     fn contract_pairs_match() {
         let fds = FileDescriptorSet::decode(push_proto::FILE_DESCRIPTOR_SET).unwrap();
         for (name, pkg) in PAIRS {
-            let public = message(&fds, "push.v1", name);
-            let internal = message(&fds, &format!("{pkg}.v1"), name);
-            let shape = |m: &DescriptorProto| {
-                let mut f: Vec<_> = m
-                    .field
-                    .iter()
-                    .filter(|f| !INTERNAL_ONLY.contains(&(name, f.name())))
-                    .map(|f| (f.number(), f.name().to_owned(), f.r#type(), f.label(), f.type_name().to_owned()))
-                    .collect();
-                f.sort();
-                f
-            };
-            assert_eq!(shape(public), shape(internal), "push.v1.{name} differs from {pkg}.v1.{name}");
+            let public = shape(&fds, "push.v1", name, 0);
+            let internal = shape(&fds, &format!("{pkg}.v1"), name, 0);
+            assert_eq!(public, internal, "push.v1.{name} differs from {pkg}.v1.{name}");
+        }
+    }
+
+    /// The public contract imports nothing internal: a client needs push.proto and the
+    /// Google well-known types only.
+    #[test]
+    fn public_contract_stands_alone() {
+        let fds = FileDescriptorSet::decode(push_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let file = fds.file.iter().find(|f| f.package() == "push.v1").unwrap();
+        for dep in &file.dependency {
+            assert!(dep.starts_with("google/protobuf/"), "push.v1 imports {dep}");
         }
     }
 

@@ -1,7 +1,7 @@
 //! What several suites share: requests, status assertions, lookups and fixture files.
 use std::time::Duration;
 
-use push_proto::{presence::v1::UserPresence, push::v1 as pb};
+use push_proto::push::v1::{self as pb, UserPresence};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 

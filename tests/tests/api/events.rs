@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use push_proto::{
-    presence::v1::{
-        self as ppb, PresenceEvent,
+    presence::v1 as ppb,
+    push::v1::{
+        self as pb, PresenceEvent,
         presence_event::{Kind, Reason},
     },
-    push::v1 as pb,
 };
 use push_tests::{
     App, Device, GatewayClient as Client, eventually,

@@ -1,7 +1,7 @@
 //! The public contract: the gateway composing presence and profile.
 use std::time::Duration;
 
-use push_proto::{profile::v1::UserProfile, push::v1 as pb};
+use push_proto::push::v1::{self as pb, UserProfile};
 use push_tests::{
     App, eventually,
     fixtures::{assert_invalid, online_count, presence_of, ttl},

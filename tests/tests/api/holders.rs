@@ -4,9 +4,9 @@
 //! stream is open comes back.
 use std::{collections::HashMap, time::Duration};
 
-use push_proto::{
-    presence::v1::presence_event::{Kind, Reason},
-    push::v1 as pb,
+use push_proto::push::v1::{
+    self as pb,
+    presence_event::{Kind, Reason},
 };
 use push_tests::{
     App, Device, GatewayProcess, always, eventually,

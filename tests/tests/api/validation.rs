@@ -2,7 +2,7 @@
 //! contract, and writes nothing (the database stays empty).
 use std::collections::HashMap;
 
-use push_proto::{profile::v1::UserProfile, push::v1 as pb};
+use push_proto::push::v1::{self as pb, UserProfile};
 use push_tests::{
     App,
     fixtures::{assert_invalid, ttl},
