@@ -12,6 +12,7 @@ REDIS_PORT=${REDIS_PORT:-6390}
 GATEWAY_PORT=${GATEWAY_PORT:-50051}
 PRESENCE_PORT=${PRESENCE_PORT:-50061}
 PROFILE_PORT=${PROFILE_PORT:-50062}
+CONSOLE_PORT=${CONSOLE_PORT:-9052}
 PROFILE_BUILD=${PROFILE_BUILD:-release}
 
 . scripts/ensure-redis.sh
@@ -95,7 +96,8 @@ start presence-svc "$bin/presence-svc" --metrics-listen "127.0.0.1:9061" --liste
 start profile-svc "$bin/profile-svc" --metrics-listen "127.0.0.1:9062" --listen "127.0.0.1:$PROFILE_PORT"
 start push-gateway "$bin/push-gateway" --metrics-listen "127.0.0.1:9051" --listen "127.0.0.1:$GATEWAY_PORT" \
   --presence-url "http://127.0.0.1:$PRESENCE_PORT" \
-  --profile-url "http://127.0.0.1:$PROFILE_PORT"
+  --profile-url "http://127.0.0.1:$PROFILE_PORT" \
+  --console-listen "127.0.0.1:$CONSOLE_PORT"
 
 sleep 1
 find_dead
@@ -110,6 +112,7 @@ push system running (Ctrl-C to stop):
   presence-svc  127.0.0.1:$PRESENCE_PORT   (internal: presence.v1.Presence)
   profile-svc   127.0.0.1:$PROFILE_PORT   (internal: profile.v1.Profile)
   redis-server  127.0.0.1:$REDIS_PORT    (data and AOF in $run_dir)
+  console       http://127.0.0.1:$CONSOLE_PORT  (operator console; sign in with the admin API key)
   metrics       http://127.0.0.1:9051/metrics (gateway), :9061 (presence), :9062 (profile)
 
 credentials (made once, kept in $run_dir; see docs/SECURITY.md):

@@ -19,6 +19,7 @@
 //! - [`size_limit`]: RESOURCE_EXHAUSTED (not tonic's OUT_OF_RANGE) for oversized requests.
 //! - [`token`]: hex encoding of opaque page tokens.
 //! - [`tls`]: serving TLS with certificates that reload from their files.
+//! - [`web`]: gRPC-Web for browsers, behind CORS.
 //! - [`time`]: conversions between Redis millisecond clocks and protobuf types.
 
 pub mod auth;
@@ -38,6 +39,7 @@ pub mod time;
 pub mod tls;
 pub mod token;
 pub mod validate;
+pub mod web;
 
 pub use error::Error;
 

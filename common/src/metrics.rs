@@ -2,7 +2,8 @@
 //! `metrics-exporter-prometheus` on a separate HTTP port (`--metrics-listen`).
 //!
 //! The binaries install the exporter ([`install`]); `serve` never does, so services
-//! run in-process by the tests record into nothing and share no global state. Every
+//! run in-process by the tests record into nothing and share no global state. The
+//! gateway's console reads the same recorder ([`render`]). Every
 //! server counts its RPCs ([`RpcMetricsLayer`]) and every pooled Redis command
 //! (`crate::redis::Connection`); the services add their own (docs/OPERATIONS.md,
 //! "Metrics").
@@ -23,17 +24,64 @@ use crate::Error;
 const BUCKETS: [f64; 16] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// Serves `/metrics` on `addr` (any path answers) from now on; nothing when `None`.
-/// Call it inside the process's tokio runtime.
-pub fn install(addr: Option<SocketAddr>) -> Result<(), Error> {
-    let Some(addr) = addr else { return Ok(()) };
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
+/// The installed recorder's handle, for [`render`].
+static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
+
+/// Records metrics from now on and serves `/metrics` on `addr` (any path answers).
+/// Without an address, it records only when `record` is set (for a reader in the
+/// process, e.g. the gateway's console, through [`render`]); else nothing. Call it
+/// inside the process's tokio runtime.
+pub fn install(addr: Option<SocketAddr>, record: bool) -> Result<(), Error> {
+    if addr.is_none() && !record {
+        return Ok(());
+    }
+    let what = addr.map_or_else(|| "metrics".to_owned(), |a| format!("--metrics-listen {a}"));
+    let fail = |e: &dyn std::fmt::Display| Error::Config(format!("{what}: {e}"));
+    let builder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
-        .and_then(|b| b.install())
-        .map_err(|e| Error::Config(format!("--metrics-listen {addr}: {e}")))?;
-    tracing::info!(%addr, "serving Prometheus metrics");
+        .map_err(|e| fail(&e))?;
+    let handle = match addr {
+        Some(addr) => {
+            let (recorder, exporter) = builder.with_http_listener(addr).build().map_err(|e| fail(&e))?;
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).map_err(|e| fail(&e))?;
+            tokio::spawn(exporter);
+            tracing::info!(%addr, "serving Prometheus metrics");
+            handle
+        }
+        None => {
+            let handle = builder.install_recorder().map_err(|e| fail(&e))?;
+            // What the HTTP exporter does for itself: drain histograms now and then.
+            let upkeep = handle.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    every.tick().await;
+                    upkeep.run_upkeep();
+                }
+            });
+            handle
+        }
+    };
+    let _ = HANDLE.set(handle);
     Ok(())
+}
+
+/// The metrics recorded so far in Prometheus' text format; `None` when nothing records
+/// (see [`install`]).
+pub fn render() -> Option<String> {
+    HANDLE.get().map(|h| h.render())
+}
+
+/// The sum of every series of metric `name` in `rendered` (Prometheus text format): a
+/// counter over all its labels, or a gauge. 0 when it has no series yet.
+pub fn sum(rendered: &str, name: &str) -> f64 {
+    rendered
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.trim().parse::<f64>().ok()))
+        .sum()
 }
 
 /// Counts every RPC by method and status code (`rpc_requests_total`) and times it to
@@ -198,6 +246,18 @@ pub fn redis_command_name(first_arg: Option<&[u8]>) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sum_adds_every_series_of_one_metric_only() {
+        let text = "# TYPE push_gateway_pushes_total counter\n\
+                    push_gateway_pushes_total{kind=\"users\"} 3\n\
+                    push_gateway_pushes_total{kind=\"all\"} 4\n\
+                    push_gateway_pushes_total_other 100\n\
+                    push_gateway_streams 2\n";
+        assert_eq!(super::sum(text, "push_gateway_pushes_total"), 7.0);
+        assert_eq!(super::sum(text, "push_gateway_streams"), 2.0);
+        assert_eq!(super::sum(text, "push_gateway_deliveries_total"), 0.0);
+    }
+
     #[test]
     fn only_methods_of_the_contracts_are_labels() {
         let known = |p: &str| super::known_method(p).is_some();

@@ -77,10 +77,34 @@ pub async fn listen(addr: std::net::SocketAddr, who: &str) -> Result<tokio::net:
     tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("{who} cannot listen on {addr}: {e}").into())
 }
 
-/// The router every server builds: its services behind the RPC metrics layer.
+/// The router every server builds: its services behind the RPC metrics layer, behind
+/// gRPC-Web when the server speaks it.
 pub type Router = tonic::transport::server::Router<
-    tower::layer::util::Stack<crate::metrics::RpcMetricsLayer, tower::layer::util::Identity>,
+    Stack<crate::metrics::RpcMetricsLayer, Stack<Either<crate::web::WebLayer, Identity>, Identity>>,
 >;
+
+use tower::{
+    layer::util::{Identity, Stack},
+    util::Either,
+};
+
+/// What [`run`] serves besides health and reflection: the name health reports under,
+/// and whether browsers may call (gRPC-Web, with its CORS). A bare name is a server
+/// without gRPC-Web.
+#[derive(Debug)]
+pub struct Mount {
+    /// The service's full name, e.g. `push.v1.PushGateway`.
+    pub name: &'static str,
+    /// gRPC-Web in front of every service (see [`crate::web`]); HTTP/1.1 is then
+    /// accepted too.
+    pub web: Option<crate::web::WebLayer>,
+}
+
+impl From<&'static str> for Mount {
+    fn from(name: &'static str) -> Self {
+        Mount { name, web: None }
+    }
+}
 
 /// The health service a liveness probe asks: SERVING from start until the process
 /// exits, whatever its dependencies do, so a Redis blip or a drain never restarts it.
@@ -94,7 +118,7 @@ pub const LIVENESS: &str = "liveness";
 /// for `drain_delay`; then `drain` runs (the gateway ends its streams, paced), the
 /// listener closes, and in-flight calls get `shutdown_grace` to finish.
 pub async fn run<P, F>(
-    name: &'static str,
+    mount: impl Into<Mount>,
     listener: tokio::net::TcpListener,
     args: &crate::config::ServeArgs,
     probe: P,
@@ -109,6 +133,7 @@ where
 {
     use crate::health;
 
+    let Mount { name, web } = mount.into();
     let (reporter, health_service) = health::health_reporter();
     // The plaintext health port (for probes of a TLS server): the same statuses.
     let health_only = match args.health_listen {
@@ -140,11 +165,15 @@ where
     tracing::info!(addr = %listener.local_addr()?, service = name, "listening");
     let tls = args.tls()?;
     let router = tonic::transport::Server::builder()
+        .accept_http1(web.is_some())
+        // The first layer is the outermost: a gRPC-Web call is translated before it is
+        // counted, and a CORS preflight is answered before anything else sees it.
+        .layer(tower::util::option_layer(web))
+        .layer(crate::metrics::RpcMetricsLayer)
         .max_concurrent_streams(args.max_concurrent_streams)
         .http2_keepalive_interval(Some(args.keepalive_interval))
         .http2_keepalive_timeout(Some(args.keepalive_timeout))
         .trace_fn(crate::telemetry::rpc_span)
-        .layer(crate::metrics::RpcMetricsLayer)
         .add_service(health_service)
         .add_optional_service((!args.no_reflection).then_some(reflection_v1))
         .add_optional_service((!args.no_reflection).then_some(reflection_v1alpha));

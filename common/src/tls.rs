@@ -184,7 +184,9 @@ pub fn server(cert: PathBuf, key: PathBuf, client_ca: Option<&std::path::Path>) 
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(resolver.clone());
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // h2 for gRPC; http/1.1 for gRPC-Web from clients that speak only that (a server
+    // that does not accept HTTP/1.1 answers them with an HTTP error).
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     if clients.is_some() {
         // A resumed session skips the client certificate check: after a reload removed
         // a CA, its clients could resume. gRPC connections live long; full handshakes

@@ -10,6 +10,17 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
 
+    /// Origins whose pages may call the gateway from a browser (gRPC-Web, which is
+    /// always served on --listen): comma-separated exact origins such as
+    /// `https://app.example.com`, or `*` for any. None: only same-origin pages.
+    #[arg(long = "cors-allow-origin", env = "GATEWAY_CORS_ALLOW_ORIGIN", value_delimiter = ',')]
+    pub cors_allow_origins: Vec<String>,
+
+    /// Serve the operator console (a web page, admin API key required) on this
+    /// address, e.g. `127.0.0.1:9052`; none without it. It serves TLS when --tls-cert does.
+    #[arg(long, env = "GATEWAY_CONSOLE_LISTEN")]
+    pub console_listen: Option<SocketAddr>,
+
     /// presence-svc endpoint.
     #[arg(long, env = "PRESENCE_URL", default_value = "http://127.0.0.1:50061")]
     pub presence_url: String,

@@ -18,10 +18,12 @@
 //!   leases, the audit and the maintenance task (see its layout).
 //! - [`service`]: the `PushGateway` implementation.
 //! - [`watch_caps`]: WatchPresence places per API key.
+//! - [`console`]: the operator console (a web page) on its own port.
 //! - [`serve`]: runs the gRPC server.
 
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod downstream;
 pub mod envelope;
 pub mod history;
@@ -55,7 +57,7 @@ pub fn run(config: Config) -> Result<(), BoxError> {
     }
     runtime.enable_all().build()?.block_on(async {
         push_common::telemetry::init();
-        push_common::metrics::install(config.serve.metrics_listen)?;
+        push_common::metrics::install(config.serve.metrics_listen, config.console_listen.is_some())?;
         let listener = server::listen(config.listen, "push-gateway (--listen / GATEWAY_LISTEN)").await?;
         let result = serve(listener, config, push_common::shutdown::signal()).await;
         push_common::telemetry::shutdown().await;
@@ -119,16 +121,43 @@ pub async fn serve(
     let gateway = service::Gateway::new(internal(&s.presence), internal(&s.profile), parts);
     let service = PushGatewayServer::new(gateway).max_decoding_message_size(s.max_request_bytes);
     let policy = s.policy;
+    let web = push_common::web::layer(&config.cors_allow_origins)?;
+    let (console_stop, console_stopped) = tokio::sync::oneshot::channel::<()>();
+    let console = match config.console_listen {
+        Some(addr) => {
+            let l = server::listen(addr, "the console (--console-listen / GATEWAY_CONSOLE_LISTEN)").await?;
+            let stopped = async move {
+                let _ = console_stopped.await;
+            };
+            let serving = console::serve(l, config.serve.tls()?, service.clone(), policy.clone(), stopped);
+            Some(tokio::spawn(async move {
+                if let Err(e) = serving.await {
+                    tracing::error!(error = %e, "the console stopped");
+                }
+            }))
+        }
+        None => None,
+    };
+
     let (closing, window) = (hub.clone(), config.stream_drain_window);
     let drain = async move {
         closing
             .close_paced(tonic::Status::unavailable("the gateway is shutting down; reconnect and resume"), window)
             .await;
     };
-    let result = server::run(SERVICE_NAME, listener, &config.serve, probe, shutdown, drain, |r| {
+    let mount = server::Mount { name: SERVICE_NAME, web: Some(web) };
+    let result = server::run(mount, listener, &config.serve, probe, shutdown, drain, |r| {
         server::add_guarded(r, service, policy)
     })
     .await;
+    // The console's own streams (a watch, a test subscription) get the same grace as
+    // the gateway's in-flight calls.
+    let _ = console_stop.send(());
+    if let Some(mut c) = console
+        && tokio::time::timeout(config.serve.shutdown_grace, &mut c).await.is_err()
+    {
+        c.abort();
+    }
     hub_task.abort();
     maintenance_task.abort();
     if let Some(r) = reloader {

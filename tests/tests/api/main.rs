@@ -16,3 +16,4 @@ mod redis_tls;
 mod security;
 mod validation;
 mod watch;
+mod web;
