@@ -153,7 +153,10 @@ fn ports_and_health_services_match_the_binaries() {
         let reads = env_of(&cmd);
         let listen_var = reads
             .keys()
-            .find(|k| k.ends_with("_LISTEN") && !["METRICS_LISTEN", "HEALTH_LISTEN"].contains(&k.as_str()))
+            .find(|k| {
+                k.ends_with("_LISTEN")
+                    && !["METRICS_LISTEN", "HEALTH_LISTEN", "GATEWAY_CONSOLE_LISTEN"].contains(&k.as_str())
+            })
             .unwrap()
             .clone();
         let default = reads[&listen_var].clone().unwrap();
