@@ -1,0 +1,479 @@
+//! [`Cursors`]: where a device stands in each history it reads. Pure: no I/O, no clock.
+use std::collections::BTreeMap;
+
+use push_proto::{
+    push::v1::{Audience, Continuity, Cursor, HistoryState, Message},
+    wire::SubscribeResponse,
+};
+
+use crate::history::{History, MessageId};
+
+/// Per history, the epoch of the last [`HistoryState`] and the id of the last message:
+/// what a device sends to resume ([`Cursors::cursors`]) and to acknowledge.
+///
+/// Feed it every stream item ([`Cursors::apply`], or [`Cursors::apply_state`] and
+/// [`Cursors::apply_message`] one by one, states first as the contract asks). It
+///
+/// - **drops duplicates**: a message whose id is not after the last one of its history
+///   (in the same epoch) was seen already. The gateway sends none on one stream; they
+///   come when two streams overlap (a token refresh opens the new stream before
+///   dropping the old one, and the new one replays from the cursors it was given);
+/// - **says what a state means for the app** ([`Change`]): a gap to resync, a group
+///   left (its cursor is forgotten: the gateway refuses it from then on);
+/// - never moves a position back within an epoch, except when the gateway says a gap
+///   starts there (what followed was lost, e.g. a Redis failover rolled the history
+///   back; the ids after it are new messages).
+///
+/// A message of a history it has no position for (no state came first, which the
+/// gateway never does) is let through and not tracked. Neither is a message whose id
+/// does not parse.
+///
+/// ```
+/// use push_client::{Change, Cursors, History};
+/// use push_proto::push::v1::{Audience, Continuity, Cursor, HistoryState, Message};
+///
+/// let state = |continuity: Continuity, id: &str| HistoryState {
+///     cursor: Some(History::Inbox.cursor("1700000000000", id)),
+///     continuity: continuity as i32,
+/// };
+/// let msg = |id: &str| Message { id: id.into(), audience: Audience::User as i32, ..Default::default() };
+///
+/// let mut cursors = Cursors::new();
+/// assert_eq!(cursors.apply_state(&state(Continuity::FromNow, "9-0")), Some(Change::FromNow(History::Inbox)));
+/// assert!(cursors.apply_message(&msg("10-0"))); // new: 10 > 9, as numbers
+/// assert!(!cursors.apply_message(&msg("10-0"))); // a duplicate
+/// assert_eq!(cursors.cursor(&History::Inbox).unwrap().message_id, "10-0");
+///
+/// // After a reconnect the gateway says what was lost, if anything.
+/// assert_eq!(cursors.apply_state(&state(Continuity::Gap, "42-0")), Some(Change::Gap(History::Inbox)));
+///
+/// // Saved and restored, e.g. across an app restart.
+/// let saved: Vec<Cursor> = cursors.cursors();
+/// assert_eq!(Cursors::from_saved(saved).unwrap(), cursors);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cursors {
+    /// The inbox and the broadcast history apart from the groups: a message's history
+    /// is then found from its (audience, group id) without building a key, so applying
+    /// a message allocates nothing.
+    inbox: Option<Position>,
+    all: Option<Position>,
+    groups: BTreeMap<String, Position>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Position {
+    epoch: String,
+    last: MessageId,
+}
+
+/// What a [`HistoryState`] means for the app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing was missed: every message after the position follows (also sent when a
+    /// history's epoch changes while followed live).
+    Resumed(History),
+    /// No position: messages pushed from now on follow.
+    FromNow(History),
+    /// Messages were lost before what follows (trimmed, expired, or the history started
+    /// over): the app must fetch that history's missing part from its backend (or with
+    /// `ListHistory`). A state of a continuity this client does not know is taken as a
+    /// gap too: a needless resync is better than a missed message.
+    Gap(History),
+    /// The user left this group: nothing more follows and its cursor is forgotten.
+    Left(History),
+}
+
+impl Change {
+    /// The history the state was about.
+    pub fn history(&self) -> &History {
+        match self {
+            Change::Resumed(h) | Change::FromNow(h) | Change::Gap(h) | Change::Left(h) => h,
+        }
+    }
+}
+
+/// What [`Cursors::apply`] did with one stream item.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// One per state the item held (naming a history), in order.
+    pub changes: Vec<Change>,
+    /// Messages dropped from the item as already seen.
+    pub duplicates: usize,
+}
+
+/// A saved cursor that cannot be resumed from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cursor {index}: {reason}")]
+pub struct BadCursor {
+    /// Its place in the list given.
+    pub index: usize,
+    pub reason: String,
+}
+
+impl Cursors {
+    /// No position anywhere: a device's first start (the gateway then starts each
+    /// history from the device's acknowledged position, or from now).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Positions saved earlier (from [`Cursors::cursors`]), e.g. across an app restart.
+    /// Every cursor must name a history, an epoch and a message id (`"0-0"` for none);
+    /// of two cursors of one history the later one counts.
+    pub fn from_saved(saved: impl IntoIterator<Item = Cursor>) -> Result<Self, BadCursor> {
+        let mut cursors = Self::new();
+        for (index, c) in saved.into_iter().enumerate() {
+            cursors.insert(&c).map_err(|reason| BadCursor { index, reason })?;
+        }
+        Ok(cursors)
+    }
+
+    /// Sets one history's position, as given (e.g. after the app resynced it).
+    pub fn set(&mut self, cursor: &Cursor) -> Result<(), BadCursor> {
+        self.insert(cursor).map_err(|reason| BadCursor { index: 0, reason })
+    }
+
+    fn insert(&mut self, c: &Cursor) -> Result<(), String> {
+        let history = History::of_cursor(c).ok_or("it names no history (audience, and group_id for a group)")?;
+        if c.epoch.is_empty() {
+            return Err("it has no epoch".into());
+        }
+        let last = c.message_id.parse::<MessageId>().map_err(|e| e.to_string())?;
+        self.put(&history, Position { epoch: c.epoch.clone(), last });
+        Ok(())
+    }
+
+    /// Applies one stream item: its states, then its messages, from which it removes
+    /// the duplicates.
+    pub fn apply(&mut self, item: &mut SubscribeResponse) -> Applied {
+        let changes = item.states.iter().filter_map(|s| self.apply_state(s)).collect();
+        let before = item.messages.len();
+        item.messages.retain(|m| self.apply_message(m));
+        Applied { changes, duplicates: before - item.messages.len() }
+    }
+
+    /// Applies one state; `None` when it names no history.
+    pub fn apply_state(&mut self, state: &HistoryState) -> Option<Change> {
+        let c = state.cursor.as_ref()?;
+        let history = History::of_cursor(c)?;
+        // An id that does not parse (never sent) replays the epoch: duplicates over losses.
+        let at = c.message_id.parse().unwrap_or(MessageId::ZERO);
+        let continuity = Continuity::try_from(state.continuity).ok();
+        match continuity {
+            Some(Continuity::Left) => {
+                self.forget(&history);
+                Some(Change::Left(history))
+            }
+            Some(Continuity::Resumed | Continuity::FromNow) => {
+                match self.position_mut(c.audience, &c.group_id) {
+                    // The same epoch: never back. A stream opened with older cursors than
+                    // what another stream has delivered since resumes behind it.
+                    Some(p) if p.epoch == c.epoch => p.last = p.last.max(at),
+                    _ => self.put(&history, Position { epoch: c.epoch.clone(), last: at }),
+                }
+                Some(match continuity {
+                    Some(Continuity::Resumed) => Change::Resumed(history),
+                    _ => Change::FromNow(history),
+                })
+            }
+            // A gap, or a continuity unknown to this client: the gateway's position
+            // holds, even behind ours (what we had after it is gone from the history).
+            _ => {
+                self.put(&history, Position { epoch: c.epoch.clone(), last: at });
+                Some(Change::Gap(history))
+            }
+        }
+    }
+
+    /// Applies one message: true when it is new (deliver it), false for a duplicate.
+    pub fn apply_message(&mut self, message: &Message) -> bool {
+        let Ok(id) = message.id.parse::<MessageId>() else { return true };
+        match self.position_mut(message.audience, &message.group_id) {
+            Some(p) if id <= p.last => false,
+            Some(p) => {
+                p.last = id;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Every position, as cursors to resume from or to acknowledge: the inbox, the
+    /// broadcast history, then the groups by id.
+    pub fn cursors(&self) -> Vec<Cursor> {
+        let fixed = [(History::Inbox, &self.inbox), (History::All, &self.all)];
+        let fixed = fixed.into_iter().filter_map(|(h, p)| p.as_ref().map(|p| p.cursor(&h)));
+        fixed.chain(self.groups.iter().map(|(g, p)| p.cursor(&History::Group(g.clone())))).collect()
+    }
+
+    /// One history's position.
+    pub fn cursor(&self, history: &History) -> Option<Cursor> {
+        self.position(history).map(|p| p.cursor(history))
+    }
+
+    /// Forgets one history's position.
+    pub fn forget(&mut self, history: &History) {
+        match history {
+            History::Inbox => self.inbox = None,
+            History::All => self.all = None,
+            History::Group(g) => {
+                self.groups.remove(g);
+            }
+        }
+    }
+
+    /// How many histories have a position.
+    pub fn len(&self) -> usize {
+        usize::from(self.inbox.is_some()) + usize::from(self.all.is_some()) + self.groups.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The cursors of this set that are after `acked`'s position in the same history
+    /// (or in a history `acked` has none for): what an ack would move forward.
+    pub(crate) fn after(&self, acked: &Cursors) -> Vec<Cursor> {
+        let mut out = self.cursors();
+        out.retain(|c| {
+            let Some(h) = History::of_cursor(c) else { return false };
+            let id = c.message_id.parse().unwrap_or(MessageId::ZERO);
+            acked.position(&h).is_none_or(|a| is_after(&c.epoch, id, &a.epoch, a.last))
+        });
+        out
+    }
+
+    /// Moves positions forward to `cursors` (those that are after what this set holds).
+    pub(crate) fn advance(&mut self, cursors: &[Cursor]) {
+        for c in cursors {
+            let (Some(h), Ok(id)) = (History::of_cursor(c), c.message_id.parse::<MessageId>()) else { continue };
+            if self.position(&h).is_none_or(|a| is_after(&c.epoch, id, &a.epoch, a.last)) {
+                self.put(&h, Position { epoch: c.epoch.clone(), last: id });
+            }
+        }
+    }
+
+    fn position(&self, history: &History) -> Option<&Position> {
+        match history {
+            History::Inbox => self.inbox.as_ref(),
+            History::All => self.all.as_ref(),
+            History::Group(g) => self.groups.get(g),
+        }
+    }
+
+    /// A position by the wire's (audience, group id): no allocation.
+    fn position_mut(&mut self, audience: i32, group_id: &str) -> Option<&mut Position> {
+        match Audience::try_from(audience).ok()? {
+            Audience::User => self.inbox.as_mut(),
+            Audience::All => self.all.as_mut(),
+            Audience::Group => self.groups.get_mut(group_id),
+            Audience::Unspecified => None,
+        }
+    }
+
+    fn put(&mut self, history: &History, p: Position) {
+        match history {
+            History::Inbox => self.inbox = Some(p),
+            History::All => self.all = Some(p),
+            History::Group(g) => {
+                self.groups.insert(g.clone(), p);
+            }
+        }
+    }
+}
+
+impl Position {
+    fn cursor(&self, history: &History) -> Cursor {
+        history.cursor(&self.epoch, &self.last.to_string())
+    }
+}
+
+/// Whether (epoch, id) is after (other epoch, other id), as the gateway orders acks: a
+/// newer epoch (epochs are numbers, made from Redis's clock), else a later id. Epochs
+/// that are not both numbers are taken as newer, and left to the gateway to judge.
+fn is_after(epoch: &str, id: MessageId, other_epoch: &str, other_id: MessageId) -> bool {
+    if epoch == other_epoch {
+        return id > other_id;
+    }
+    match (epoch.parse::<u64>(), other_epoch.parse::<u64>()) {
+        (Ok(a), Ok(b)) => a > b,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const E1: &str = "1700000000001";
+    const E2: &str = "1700000000002";
+
+    fn state(h: &History, epoch: &str, id: &str, continuity: Continuity) -> HistoryState {
+        HistoryState { cursor: Some(h.cursor(epoch, id)), continuity: continuity as i32 }
+    }
+
+    fn msg(h: &History, id: &str) -> Message {
+        Message { id: id.into(), audience: h.audience() as i32, group_id: h.group_id().into(), ..Default::default() }
+    }
+
+    fn at(c: &Cursors, h: &History) -> Option<(String, String)> {
+        c.cursor(h).map(|c| (c.epoch, c.message_id))
+    }
+
+    fn team() -> History {
+        History::Group("team".into())
+    }
+
+    /// Within a history, a message is new only if its id is after the last one; ids are
+    /// compared as numbers, and each history keeps its own position.
+    #[test]
+    fn messages_after_the_position_are_new_and_the_rest_are_duplicates() {
+        let mut c = Cursors::new();
+        c.apply_state(&state(&History::Inbox, E1, "9-0", Continuity::Resumed));
+        c.apply_state(&state(&History::All, E1, "100-0", Continuity::Resumed));
+        let seen: Vec<bool> = ["9-0", "9-1", "10-0", "10-0", "9-9", "11-0"]
+            .iter()
+            .map(|id| c.apply_message(&msg(&History::Inbox, id)))
+            .collect();
+        assert_eq!(seen, [false, true, true, false, false, true]);
+        assert_eq!(at(&c, &History::Inbox), Some((E1.into(), "11-0".into())));
+        // The broadcast history is untouched by the inbox's ids, and judges its own.
+        assert_eq!(at(&c, &History::All), Some((E1.into(), "100-0".into())));
+        assert!(!c.apply_message(&msg(&History::All, "99-0")));
+        assert!(c.apply_message(&msg(&History::All, "100-1")));
+    }
+
+    /// A stream opened with older cursors (a token refresh's new stream, while the old
+    /// one went on delivering) says RESUMED behind the position: it does not move back,
+    /// so its replay of what was delivered meanwhile is dropped.
+    #[test]
+    fn an_overlapping_stream_does_not_move_a_position_back() {
+        let mut c = Cursors::new();
+        c.apply_state(&state(&History::Inbox, E1, "5-0", Continuity::Resumed));
+        for id in ["6-0", "7-0"] {
+            assert!(c.apply_message(&msg(&History::Inbox, id)));
+        }
+        // The new stream, opened with cursor 5-0.
+        assert_eq!(
+            c.apply_state(&state(&History::Inbox, E1, "5-0", Continuity::Resumed)),
+            Some(Change::Resumed(History::Inbox))
+        );
+        let replayed: Vec<bool> =
+            ["6-0", "7-0", "8-0"].iter().map(|id| c.apply_message(&msg(&History::Inbox, id))).collect();
+        assert_eq!(replayed, [false, false, true]);
+        // A state ahead of the position (an acknowledged one, or a join) moves it.
+        c.apply_state(&state(&History::Inbox, E1, "20-0", Continuity::Resumed));
+        assert!(!c.apply_message(&msg(&History::Inbox, "19-0")));
+    }
+
+    /// A new epoch is a new sequence of ids: its position holds even below the old one.
+    #[test]
+    fn a_new_epoch_starts_its_own_sequence() {
+        let mut c = Cursors::new();
+        c.apply_state(&state(&History::Inbox, E1, "50-0", Continuity::Resumed));
+        assert_eq!(
+            c.apply_state(&state(&History::Inbox, E2, "3-0", Continuity::Resumed)),
+            Some(Change::Resumed(History::Inbox))
+        );
+        assert_eq!(at(&c, &History::Inbox), Some((E2.into(), "3-0".into())));
+        assert!(c.apply_message(&msg(&History::Inbox, "4-0")), "new in the new epoch though below 50-0");
+        assert!(!c.apply_message(&msg(&History::Inbox, "3-0")));
+    }
+
+    /// A gap is the app's to resync, and its position holds even behind ours: the
+    /// history was rolled back, and the ids that follow are new messages.
+    #[test]
+    fn a_gap_is_reported_and_its_position_holds() {
+        let mut c = Cursors::new();
+        c.apply_state(&state(&History::Inbox, E1, "50-0", Continuity::Resumed));
+        assert_eq!(
+            c.apply_state(&state(&History::Inbox, E1, "40-0", Continuity::Gap)),
+            Some(Change::Gap(History::Inbox))
+        );
+        assert!(c.apply_message(&msg(&History::Inbox, "41-0")));
+        // A continuity this client does not know is a gap too.
+        let mut unknown = state(&team(), E1, "1-0", Continuity::Resumed);
+        unknown.continuity = 99;
+        assert_eq!(c.apply_state(&unknown), Some(Change::Gap(team())));
+    }
+
+    /// LEFT forgets the group: it is no longer resumed from or acknowledged, and the
+    /// other histories stay.
+    #[test]
+    fn a_group_left_is_forgotten() {
+        let mut c = Cursors::new();
+        c.apply_state(&state(&History::Inbox, E1, "1-0", Continuity::FromNow));
+        c.apply_state(&state(&team(), E1, "7-0", Continuity::FromNow));
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.apply_state(&state(&team(), E1, "8-0", Continuity::Left)), Some(Change::Left(team())));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.cursor(&team()), None);
+        assert!(c.cursors().iter().all(|c| c.group_id != "team"));
+        // Untracked from then on: let through, not recorded.
+        assert!(c.apply_message(&msg(&team(), "9-0")));
+        assert_eq!(c.len(), 1);
+    }
+
+    /// An item's states apply before its messages, and its duplicates are removed.
+    #[test]
+    fn an_item_applies_states_first_and_drops_duplicates() {
+        let mut c = Cursors::new();
+        let mut item = SubscribeResponse {
+            messages: vec![msg(&team(), "3-0"), msg(&team(), "4-0"), msg(&team(), "4-0"), msg(&History::All, "1-0")],
+            states: vec![
+                state(&team(), E1, "3-0", Continuity::Resumed),
+                state(&History::All, E1, "0-0", Continuity::Gap),
+                HistoryState::default(),
+            ],
+            encoded: vec![],
+        };
+        let applied = c.apply(&mut item);
+        assert_eq!(applied.changes, [Change::Resumed(team()), Change::Gap(History::All)]);
+        assert_eq!(applied.duplicates, 2);
+        let ids: Vec<&str> = item.messages.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["4-0", "1-0"]);
+    }
+
+    #[test]
+    fn saved_cursors_restore_and_bad_ones_are_named() {
+        let mut c = Cursors::new();
+        for h in [History::Inbox, History::All, team(), History::Group("a".into())] {
+            c.apply_state(&state(&h, E1, "12-3", Continuity::Resumed));
+        }
+        let saved = c.cursors();
+        let order: Vec<String> = saved.iter().map(|c| History::of_cursor(c).unwrap().to_string()).collect();
+        assert_eq!(order, ["inbox", "all", "group:a", "group:team"]);
+        assert_eq!(Cursors::from_saved(saved.clone()).unwrap(), c);
+
+        for (bad, why) in [
+            (Cursor { audience: 0, ..saved[0].clone() }, "names no history"),
+            (Cursor { group_id: String::new(), ..saved[2].clone() }, "names no history"),
+            (Cursor { epoch: String::new(), ..saved[0].clone() }, "no epoch"),
+            (Cursor { message_id: "x".into(), ..saved[0].clone() }, "not a message id"),
+        ] {
+            let err = Cursors::from_saved([saved[1].clone(), bad]).unwrap_err();
+            assert_eq!(err.index, 1);
+            assert!(err.reason.contains(why), "{err}");
+        }
+    }
+
+    /// What an ack would move forward: later ids in the same epoch, newer epochs, and
+    /// histories not acknowledged yet; never back.
+    #[test]
+    fn acks_only_move_forward() {
+        let cursors = |list: &[(&History, &str, &str)]| {
+            Cursors::from_saved(list.iter().map(|(h, e, id)| h.cursor(e, id))).unwrap()
+        };
+        let mut acked = cursors(&[(&History::Inbox, E1, "10-0"), (&History::All, E2, "5-0")]);
+        let now = cursors(&[(&History::Inbox, E1, "9-0"), (&History::All, E1, "99-0"), (&team(), E1, "1-0")]);
+        let forward: Vec<Cursor> = now.after(&acked);
+        assert_eq!(forward, [team().cursor(E1, "1-0")], "older ids and epochs are not acked");
+        let now = cursors(&[(&History::Inbox, E1, "11-0"), (&History::All, "1800000000000", "1-0")]);
+        assert_eq!(now.after(&acked).len(), 2);
+        acked.advance(&now.cursors());
+        acked.advance(&[History::Inbox.cursor(E1, "2-0")]);
+        assert_eq!(at(&acked, &History::Inbox), Some((E1.into(), "11-0".into())));
+        assert!(now.after(&acked).is_empty());
+    }
+}
