@@ -1,16 +1,21 @@
 //! A device: one open `Subscribe` stream, read in the background.
+//!
+//! Built on push-client's single-attempt layer ([`Subscription`]) and its position
+//! tracker ([`Cursors`]): the stream is recorded exactly as the gateway sends it
+//! (duplicates included, so the suites can assert there are none), and where to resume
+//! is what a real device would send.
 use std::{
-    collections::BTreeMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use push_proto::push::v1::{Cursor, HistoryState, Message, SubscribeRequest, push_gateway_client::PushGatewayClient};
+use push_client::{Cursors, Subscription};
+use push_proto::push::v1::{Cursor, HistoryState, Message, SubscribeRequest};
 use tokio::{sync::mpsc, task::JoinHandle};
-use tonic::{Status, Streaming, transport::Channel};
+use tonic::{Status, transport::Channel};
 
-use crate::{SendBearer, client::channel, wait::eventually};
+use crate::{client::channel, wait::eventually};
 
 /// A device's open stream. Its messages are read in the background: into a queue that
 /// [`Device::next`] takes from, and into a record of everything received and of where
@@ -18,7 +23,7 @@ use crate::{SendBearer, client::channel, wait::eventually};
 pub struct Device {
     rx: mpsc::UnboundedReceiver<Result<Message, Status>>,
     task: JoinHandle<()>,
-    track: Arc<Mutex<Track>>,
+    record: Arc<Mutex<Record>>,
 }
 
 /// Where a device connects: a gateway's address (a connection of its own) or a
@@ -75,28 +80,25 @@ impl DeviceOptions {
             Target::Addr(addr) => channel(addr).await,
             Target::Channel(channel) => channel,
         };
-        let bearer = SendBearer::new(self.bearer.as_deref()).expect("ascii token");
-        let mut c = PushGatewayClient::with_interceptor(channel, bearer);
         let req = SubscribeRequest {
             user_id: user.into(),
             device_id: device.into(),
             cursors: self.cursors,
             strict_resume: self.strict,
         };
-        let stream = c.subscribe(req).await?.into_inner();
+        let stream = Subscription::open(channel, self.bearer.as_deref(), req).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let track = Arc::new(Mutex::new(Track::default()));
-        let task = tokio::spawn(read(stream, tx, track.clone()));
-        Ok(Device { rx, task, track })
+        let record = Arc::new(Mutex::new(Record::default()));
+        let task = tokio::spawn(read(stream, tx, record.clone()));
+        Ok(Device { rx, task, record })
     }
 }
 
-/// What a device remembers: per history its epoch and last message id, every
-/// HistoryState it was sent, and every message.
+/// What a device remembers: where it stands ([`Cursors`]), every HistoryState it was
+/// sent, and every message as it came.
 #[derive(Default)]
-struct Track {
-    /// (audience, group id) → (epoch, last message id).
-    positions: BTreeMap<(i32, String), (String, String)>,
+struct Record {
+    cursors: Cursors,
     states: Vec<HistoryState>,
     received: Vec<Received>,
 }
@@ -104,16 +106,16 @@ struct Track {
 /// A message as received: (audience, group id, message id, topic).
 pub type Received = (i32, String, String, String);
 
-/// Reads the stream until it ends, recording into `track` and queueing into `tx`.
+/// Reads the stream until it ends, recording into `record` and queueing into `tx`.
 async fn read(
-    mut stream: Streaming<push_proto::wire::SubscribeResponse>,
+    mut stream: Subscription,
     tx: mpsc::UnboundedSender<Result<Message, Status>>,
-    track: Arc<Mutex<Track>>,
+    record: Arc<Mutex<Record>>,
 ) {
     loop {
-        match stream.message().await {
+        match stream.next().await {
             Ok(Some(item)) => {
-                track.lock().unwrap().record(&item.states, &item.messages);
+                record.lock().unwrap().record(&item.states, &item.messages);
                 for m in item.messages {
                     if tx.send(Ok(m)).is_err() {
                         return;
@@ -129,18 +131,17 @@ async fn read(
     }
 }
 
-impl Track {
+impl Record {
+    /// Records one item: states first, then messages. A duplicate is recorded as
+    /// received (the suites look for them) and does not move the cursors.
     fn record(&mut self, states: &[HistoryState], messages: &[Message]) {
         for s in states {
-            let c = s.cursor.clone().unwrap_or_default();
-            self.positions.insert((c.audience, c.group_id), (c.epoch, c.message_id));
+            self.cursors.apply_state(s);
             self.states.push(s.clone());
         }
         for m in messages {
+            self.cursors.apply_message(m);
             self.received.push((m.audience, m.group_id.clone(), m.id.clone(), m.topic.clone()));
-            if let Some(p) = self.positions.get_mut(&(m.audience, m.group_id.clone())) {
-                p.1 = m.id.clone();
-            }
         }
     }
 }
@@ -158,33 +159,25 @@ impl Device {
         DeviceOptions::default()
     }
 
-    /// Where to resume: a cursor per history this device has been told about.
+    /// Where to resume: a cursor per history this device has been told about (and has not
+    /// been told it left).
     pub fn cursors(&self) -> Vec<Cursor> {
-        let t = self.track.lock().unwrap();
-        t.positions
-            .iter()
-            .map(|((audience, group_id), (epoch, message_id))| Cursor {
-                audience: *audience,
-                group_id: group_id.clone(),
-                epoch: epoch.clone(),
-                message_id: message_id.clone(),
-            })
-            .collect()
+        self.record.lock().unwrap().cursors.cursors()
     }
 
     /// Every message received so far: (audience, group id, message id, topic).
     pub fn received(&self) -> Vec<Received> {
-        self.track.lock().unwrap().received.clone()
+        self.record.lock().unwrap().received.clone()
     }
 
     /// The topics of every message received so far, in order.
     pub fn topics(&self) -> Vec<String> {
-        self.track.lock().unwrap().received.iter().map(|r| r.3.clone()).collect()
+        self.record.lock().unwrap().received.iter().map(|r| r.3.clone()).collect()
     }
 
     /// How many messages were received so far.
     pub fn received_count(&self) -> usize {
-        self.track.lock().unwrap().received.len()
+        self.record.lock().unwrap().received.len()
     }
 
     /// True once the stream has ended (its reader stopped).
@@ -194,13 +187,14 @@ impl Device {
 
     /// The HistoryStates received so far.
     pub fn states(&self) -> Vec<HistoryState> {
-        self.track.lock().unwrap().states.clone()
+        self.record.lock().unwrap().states.clone()
     }
 
-    /// Waits (up to 10 s) until the stream has reported a state for `n` histories.
+    /// Waits (up to 10 s) until the stream has reported a state for `n` histories (that it
+    /// still follows).
     pub async fn wait_states(&self, n: usize) {
         eventually(Duration::from_secs(10), &format!("history states for {n} histories"), async || {
-            let have = self.track.lock().unwrap().positions.len();
+            let have = self.record.lock().unwrap().cursors.len();
             (have >= n, have)
         })
         .await;
