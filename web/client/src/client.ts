@@ -63,6 +63,12 @@ export interface PushClientOptions {
   strictResume?: boolean;
   /** Reconnection delays. */
   backoff?: BackoffOptions;
+  /**
+   * In a browser, follow its `offline` and `online` events (default true): going offline
+   * ends the stream at once (a stream over a vanished network may never fail by
+   * itself), and coming back online retries at once instead of waiting out the backoff.
+   */
+  watchNetwork?: boolean;
 }
 
 /** The stream is open (again): the gateway answered with where every history stands. */
@@ -120,6 +126,12 @@ export interface PushClientEvents {
   disconnected: DisconnectedEvent;
   stopped: StoppedEvent;
 }
+
+/** The window's online/offline events, in a browser (none in Node). */
+const browserEvents: Pick<EventTarget, "addEventListener" | "removeEventListener"> | undefined =
+  typeof globalThis.addEventListener === "function" && typeof navigator !== "undefined" && "onLine" in navigator
+    ? globalThis
+    : undefined;
 
 interface Token {
   value: string;
@@ -193,6 +205,10 @@ export class PushClient extends Emitter<PushClientEvents> {
     this.#running = true;
     this.#attempt = 0;
     this.#left.clear();
+    if (this.#opts.watchNetwork !== false && browserEvents) {
+      browserEvents.addEventListener("offline", this.#offline);
+      browserEvents.addEventListener("online", this.#online);
+    }
     void this.#open();
   }
 
@@ -479,6 +495,21 @@ export class PushClient extends Emitter<PushClientEvents> {
     this.#cursors.set(key, next);
   }
 
+  /** The browser went offline: end the stream now and retry (with backoff). */
+  readonly #offline = (): void => {
+    if (!this.#running || !this.#active) return; // already waiting to retry
+    for (const s of [this.#active, this.#next]) if (s) this.#retire(s);
+    this.#active = this.#next = undefined;
+    this.#failed({ code: Code.Unavailable, codeName: "UNAVAILABLE", message: "the browser went offline" });
+  };
+
+  /** The browser is online again: a pending retry happens now. */
+  readonly #online = (): void => {
+    if (!this.#running || this.#retryTimer === undefined) return;
+    clearTimeout(this.#retryTimer);
+    void this.#open();
+  };
+
   #retire(stream: Stream): void {
     stream.retired = true;
     stream.abort.abort();
@@ -492,6 +523,8 @@ export class PushClient extends Emitter<PushClientEvents> {
     this.#retryTimer = this.#refreshTimer = undefined;
     for (const s of [this.#active, this.#next]) if (s) this.#retire(s);
     this.#active = this.#next = undefined;
+    browserEvents?.removeEventListener("offline", this.#offline);
+    browserEvents?.removeEventListener("online", this.#online);
   }
 
   #halt(status: Status): void {

@@ -31,18 +31,23 @@ export class Emitter<Events extends object> {
 
   /**
    * Calls every listener of `type`. A listener that throws does not stop the others
-   * or the emitter: its error is rethrown asynchronously (an uncaught error in the
-   * page or process, where it is seen).
+   * or the emitter: its error goes to `listenerError`, which rethrows it asynchronously
+   * (an uncaught error in the page or process, where it is seen).
    */
   protected emit<K extends keyof Events>(type: K, event: Events[K]): void {
     for (const listener of [...(this.#listeners.get(type) ?? [])]) {
       try {
         (listener as Listener<Events[K]>)(event);
       } catch (err) {
-        queueMicrotask(() => {
-          throw err;
-        });
+        this.listenerError(err);
       }
     }
+  }
+
+  /** What happens to an error a listener threw: rethrown asynchronously, by default. */
+  protected listenerError(err: unknown): void {
+    queueMicrotask(() => {
+      throw err;
+    });
   }
 }

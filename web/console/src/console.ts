@@ -19,7 +19,8 @@ interface Session {
   gw: Gateway;
   abort: AbortController;
   timers: ReturnType<typeof setInterval>[];
-  receiver?: { userId: string; client: PushClient; ready: Promise<void> };
+  /** The stream open for a test push, if any. */
+  receiver?: PushClient;
 }
 
 let session: Session | undefined;
@@ -85,7 +86,7 @@ function signOut(): void {
   if (s) {
     s.abort.abort();
     s.timers.forEach(clearInterval);
-    s.receiver?.client.stop();
+    s.receiver?.stop();
   }
   ($("api-key") as HTMLInputElement).value = "";
   $("dashboard").classList.add("hidden");
@@ -226,49 +227,61 @@ async function loadGroup(s: Session, group: string, token: string): Promise<void
 
 // ---- test push, watched arriving ----
 
-/** Opens (or reuses) the console's stream for `userId`; resolves once it is attached. */
-function receiver(s: Session, userId: string): Promise<void> {
-  if (s.receiver?.userId === userId) return s.receiver.ready;
-  s.receiver?.client.stop();
+/** How long the console's stream waits for a test push before it gives up. */
+const ARRIVAL_TIMEOUT_MS = 15_000;
+
+/**
+ * Opens a stream as `userId` (with the admin key, under this page's own device id), for
+ * one test push: resolves once the gateway has attached it, so a push made afterwards
+ * arrives on it. It is a presence session of the user while it is open, so it is closed
+ * as soon as the push arrived.
+ */
+async function openReceiver(s: Session, userId: string): Promise<PushClient> {
+  s.receiver?.stop();
   const client = new PushClient({
     baseUrl: location.origin,
     getToken: async () => s.key,
     userId,
     deviceId: consoleDevice,
-    backoff: { maxMs: 5000 },
+    backoff: { maxMs: 2000 },
   });
+  s.receiver = client;
   const state = $("receiver-state");
+  client.on("connected", () => (state.textContent = `(open as ${userId}, device ${consoleDevice})`));
+  client.on("disconnected", (e) => (state.textContent = `(reconnecting: ${e.status.codeName})`));
+  client.on("stopped", (e) => (state.textContent = e.status ? `(failed: ${e.status.codeName} ${e.status.message})` : "(closed)"));
+  client.on("message", (m) => showArrival(userId, m));
   const ready = new Promise<void>((resolve, reject) => {
     client.once("connected", () => resolve());
     client.once("stopped", (e) => reject(new Error(e.status ? `${e.status.codeName}: ${e.status.message}` : "stopped")));
   });
-  client.on("connected", () => (state.textContent = `(as ${userId}, device ${consoleDevice})`));
-  client.on("disconnected", (e) => (state.textContent = `(reconnecting: ${e.status.codeName})`));
-  client.on("stopped", (e) => e.status && (state.textContent = `(stopped: ${e.status.codeName})`));
-  client.on("message", (m) => showArrival(userId, m));
-  s.receiver = { userId, client, ready };
   client.start();
-  return ready;
+  await ready;
+  return client;
 }
 
+/** Message id → when the console pushed it (performance.now()). */
 const sentAt = new Map<string, number>();
+/** Message id → resolves when it arrives on the console's stream. */
+const waiting = new Map<string, () => void>();
 
 function showArrival(userId: string, m: Message): void {
   const list = $("push-received");
   list.querySelector("li.empty")?.remove();
   const text = new TextDecoder().decode(m.payload);
   const sent = sentAt.get(m.id);
-  const li = item(
-    "",
-    { "data-testid": "received-message", "data-message-id": m.id, "data-topic": m.topic, "data-user": userId },
-    span(m.id, "time"),
-    span(m.topic, "tag msg"),
-    span(text, "grow"),
-    span(sent !== undefined ? `${Math.round(performance.now() - sent)} ms` : "", "muted"),
+  list.prepend(
+    item(
+      "",
+      { "data-testid": "received-message", "data-message-id": m.id, "data-topic": m.topic, "data-user": userId },
+      span(m.id, "time"),
+      span(m.topic, "tag msg"),
+      span(text, "grow"),
+      span(sent !== undefined ? `${Math.max(0, Math.round(performance.now() - sent))} ms` : "", "muted"),
+    ),
   );
-  list.prepend(li);
   while (list.children.length > 50) list.lastElementChild?.remove();
-  if (sent !== undefined) $("push-result").textContent = `message ${m.id} arrived`;
+  waiting.get(m.id)?.();
 }
 
 async function sendPush(s: Session): Promise<void> {
@@ -277,6 +290,7 @@ async function sendPush(s: Session): Promise<void> {
   const topic = ($("push-topic") as HTMLInputElement).value.trim();
   const payload = new TextEncoder().encode(($("push-text") as HTMLTextAreaElement).value);
   const result = $("push-result");
+  result.removeAttribute("data-message-id");
   const users = target.split(/[\s,]+/).filter(Boolean);
   let who = ($("push-receiver") as HTMLInputElement).value.trim();
   if (kind === "users" && users.length === 0) throw new Error("name at least one user");
@@ -289,18 +303,39 @@ async function sendPush(s: Session): Promise<void> {
   }
   if (!who) throw new Error("name a user to watch the push arrive as");
   result.textContent = `opening a stream as ${who}…`;
-  await receiver(s, who);
-  result.textContent = "pushing…";
-  const started = performance.now();
-  const common = { topic, payload, contentType: "text/plain; charset=utf-8", sender: "console" };
-  let id: string;
-  if (kind === "users") id = (await s.gw.pushToUsers({ ...common, userIds: users })).messageId;
-  else if (kind === "group") id = (await s.gw.pushToGroup({ ...common, groupId: target })).messageId;
-  else id = (await s.gw.pushToAll(common)).messageId;
-  sentAt.set(id, started);
-  const arrived = document.querySelector(`[data-testid=received-message][data-message-id="${CSS.escape(id)}"]`);
-  result.textContent = arrived ? `message ${id} arrived` : `pushed ${id}; waiting for it on ${who}'s stream…`;
-  result.setAttribute("data-message-id", id);
+  const receiver = await openReceiver(s, who);
+  try {
+    result.textContent = "pushing…";
+    const started = performance.now();
+    const common = { topic, payload, contentType: "text/plain; charset=utf-8", sender: "console" };
+    let id: string;
+    if (kind === "users") id = (await s.gw.pushToUsers({ ...common, userIds: users })).messageId;
+    else if (kind === "group") id = (await s.gw.pushToGroup({ ...common, groupId: target })).messageId;
+    else id = (await s.gw.pushToAll(common)).messageId;
+    sentAt.set(id, started);
+    result.setAttribute("data-message-id", id);
+    const arrived = document.querySelector(`[data-testid=received-message][data-message-id="${CSS.escape(id)}"]`);
+    if (!arrived) {
+      result.textContent = `pushed ${id}; waiting for it on ${who}'s stream…`;
+      const came = await new Promise<boolean>((resolve) => {
+        const timer = setTimeout(() => resolve(false), ARRIVAL_TIMEOUT_MS);
+        waiting.set(id, () => {
+          clearTimeout(timer);
+          resolve(true);
+        });
+      }).finally(() => waiting.delete(id));
+      if (!came) {
+        result.textContent = `pushed ${id}; it did not arrive on ${who}'s stream within ${ARRIVAL_TIMEOUT_MS / 1000} s`;
+        return;
+      }
+    }
+    result.textContent = `message ${id} arrived`;
+  } finally {
+    if (s.receiver === receiver) {
+      receiver.stop();
+      s.receiver = undefined;
+    }
+  }
 }
 
 // ---- wiring ----
