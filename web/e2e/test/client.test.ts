@@ -1,0 +1,333 @@
+// @push/client from Node against a real system (gRPC-Web over the gateway's main port):
+// delivery, resume, gaps, acks, groups left, token refresh, and when it reconnects or
+// stops.
+import assert from "node:assert/strict";
+import { after, afterEach, before, describe, test } from "node:test";
+import { randomBytes } from "node:crypto";
+import { Audience, PushClient, tokenTimes, type CursorSnapshot, type PushClientOptions } from "@push/client";
+import { DeliveryState } from "@push/client/gen";
+import { Recorder } from "../src/recorder.js";
+import { System } from "../src/system.js";
+import { eventually, sleep } from "../src/wait.js";
+
+const enc = (s: string) => new TextEncoder().encode(s);
+const uid = (what: string) => `${what}-${randomBytes(4).toString("hex")}`;
+
+describe("@push/client against a real gateway", () => {
+  let sys: System;
+  const clients: PushClient[] = [];
+
+  before(async () => {
+    // Two replicas (one may be crashed while the other takes pushes); tokens expire
+    // exactly at `exp` and streams are checked every second, so a token the client
+    // failed to refresh would end its stream.
+    sys = await System.start({ gateways: 2, gatewayArgs: ["--jwt-leeway", "0s", "--stream-lease", "3s"] });
+  });
+  after(async () => {
+    await sys?.stop();
+  });
+  afterEach(() => {
+    for (const c of clients.splice(0)) c.stop();
+  });
+
+  /** A device of `user` on gateway `gw`, with tokens from the test's auth service. */
+  function device(user: string, options: Partial<PushClientOptions> = {}, gw = 0) {
+    const tokens: string[] = [];
+    const client = new PushClient({
+      baseUrl: sys.gateways[gw]!.url,
+      deviceId: "d1",
+      getToken: async () => {
+        const t = sys.deviceToken(user);
+        tokens.push(t);
+        return t;
+      },
+      backoff: { initialMs: 100, maxMs: 1000 },
+      ...options,
+    });
+    clients.push(client);
+    return { client, rec: new Recorder(client), tokens };
+  }
+
+  /** Pushes `text` to `user` through gateway `gw` with the publish key; the message id. */
+  async function push(user: string, text: string, gw = 0): Promise<string> {
+    const res = await sys.backend(sys.publishKey, gw).pushToUsers({ userIds: [user], topic: "test", payload: enc(text) });
+    return res.messageId;
+  }
+
+  test("a pushed message arrives once, with its id, and moves the inbox cursor", async () => {
+    const user = uid("ann");
+    const { client, rec } = device(user);
+    client.start();
+    await rec.nth("connected");
+    const ids = [await push(user, "m1"), await push(user, "m2"), await push(user, "m3")];
+    await rec.text("m3");
+    assert.deepEqual(rec.texts, ["m1", "m2", "m3"]);
+    assert.deepEqual(
+      rec.messages.map((m) => m.id),
+      ids,
+    );
+    assert.equal(rec.messages[0]!.audience, Audience.USER);
+    const inbox = client.cursors().find((c) => c.audience === "user");
+    assert.ok(inbox && inbox.epoch !== "", "the inbox cursor has the epoch the stream reported");
+    assert.equal(inbox.messageId, ids[2]);
+  });
+
+  test("a device that comes back with its saved cursors gets exactly what it missed", async () => {
+    const user = uid("bob");
+    const a = device(user);
+    a.client.start();
+    await a.rec.nth("connected");
+    for (const t of ["m1", "m2", "m3"]) await push(user, t);
+    await a.rec.text("m3");
+    const saved: CursorSnapshot[] = JSON.parse(JSON.stringify(a.client.cursors())); // as in localStorage
+    a.client.stop();
+
+    for (const t of ["m4", "m5", "m6"]) await push(user, t);
+    const b = device(user, { cursors: saved });
+    b.client.start();
+    await b.rec.text("m6");
+    await push(user, "m7");
+    await b.rec.text("m7");
+    assert.deepEqual(b.rec.texts, ["m4", "m5", "m6", "m7"]);
+    assert.equal(b.rec.of("gap").length, 0);
+  });
+
+  test("when its replica crashes it reconnects with backoff and misses nothing, once each, in order", async () => {
+    const user = uid("cid");
+    const [gw0] = sys.gateways;
+    const { client, rec } = device(user, {}, 0);
+    client.start();
+    await rec.nth("connected");
+    await push(user, "m1", 1);
+    await rec.text("m1");
+
+    await sys.crash(gw0!);
+    for (const t of ["m2", "m3", "m4", "m5"]) await push(user, t, 1); // the other replica takes pushes meanwhile
+    const d = await rec.nth("disconnected");
+    assert.ok(d.retryIn >= 0 && d.retryIn <= 1000, `retryIn ${d.retryIn} within the backoff`);
+    await sys.restart(gw0!);
+    await rec.nth("connected", 2, 30_000);
+    await push(user, "m6", 1);
+    await rec.text("m6");
+    assert.deepEqual(rec.texts, ["m1", "m2", "m3", "m4", "m5", "m6"]);
+    assert.equal(rec.of("stopped").length, 0);
+  });
+
+  test("a cursor the history cannot honour is a gap event, then what is retained follows", async () => {
+    const user = uid("dee");
+    await push(user, "g1");
+    await push(user, "g2");
+    const { client, rec } = device(user, { cursors: [{ audience: "user", groupId: "", epoch: "0", messageId: "0-0" }] });
+    client.start();
+    await rec.text("g2");
+    const [gap] = rec.of("gap");
+    assert.ok(gap, "a gap event");
+    assert.equal(gap.audience, "user");
+    assert.equal(gap.previous?.epoch, "0");
+    assert.notEqual(gap.epoch, "0");
+    assert.deepEqual(rec.texts, ["g1", "g2"]);
+    const gapAt = rec.events.findIndex((e) => e.kind === "gap");
+    const firstMessageAt = rec.events.findIndex((e) => e.kind === "message");
+    assert.ok(gapAt < firstMessageAt, "the gap is told before the messages after it");
+  });
+
+  test("ack sends the cursors, never backwards, and a later stream without cursors starts there", async () => {
+    const user = uid("eve");
+    const { client, rec } = device(user, { deviceId: "acker" });
+    client.start();
+    await rec.nth("connected");
+    const ids = [await push(user, "a1"), await push(user, "a2")];
+    await rec.text("a2");
+
+    const sent = await client.ack();
+    assert.equal(sent.length, 1);
+    assert.equal(sent[0]!.audience, "user");
+    assert.equal(sent[0]!.messageId, ids[1]);
+    const status = await sys.backend().getDeliveryStatus({ messageId: ids[1], audience: Audience.USER, userIds: [user] });
+    assert.equal(status.deliveries[0]!.state, DeliveryState.DELIVERED);
+    assert.deepEqual(status.deliveries[0]!.deviceIds, ["acker"]);
+
+    assert.deepEqual(await client.ack(), [], "nothing new: nothing sent");
+    assert.deepEqual(await client.ack([{ ...sent[0]!, messageId: ids[0]! }]), [], "an older position is not sent");
+    client.stop();
+
+    await push(user, "a3");
+    const later = device(user, { deviceId: "acker" });
+    later.client.start();
+    await later.rec.text("a3");
+    await push(user, "a4");
+    await later.rec.text("a4");
+    assert.deepEqual(later.rec.texts, ["a3", "a4"], "starts after the acknowledged a2");
+  });
+
+  test("a group left while away: its messages up to the leave, then a left event and the cursor is forgotten", async () => {
+    const user = uid("fay");
+    const group = uid("team");
+    const admin = sys.backend();
+    await admin.joinGroup({ groupId: group, userIds: [user] });
+    const a = device(user);
+    a.client.start();
+    await a.rec.nth("connected");
+    await admin.pushToGroup({ groupId: group, topic: "team", payload: enc("x1") });
+    await a.rec.text("x1");
+    assert.equal(a.rec.messages[0]!.groupId, group);
+    const saved = a.client.cursors();
+    assert.ok(saved.some((c) => c.audience === "group" && c.groupId === group));
+    a.client.stop();
+
+    await admin.pushToGroup({ groupId: group, topic: "team", payload: enc("x2") });
+    await admin.leaveGroup({ groupId: group, userIds: [user] });
+    await admin.pushToGroup({ groupId: group, topic: "team", payload: enc("x3") });
+    const b = device(user, { cursors: saved });
+    b.client.start();
+    const left = await b.rec.nth("left");
+    assert.equal(left.groupId, group);
+    assert.deepEqual(b.rec.texts, ["x2"], "what was pushed while a member, not after");
+    assert.ok(!b.client.cursors().some((c) => c.audience === "group"), "the group's cursor is forgotten");
+  });
+
+  test("tokens are refreshed before they expire, new stream before the old one closes: no disconnect, no loss", async () => {
+    const user = uid("gus");
+    const tokens: string[] = [];
+    const { client, rec } = device(user, {
+      // 7 s tokens: refreshed 5 s before exp (10% of the lifetime is less).
+      getToken: async () => {
+        const t = sys.deviceToken(user, 7);
+        tokens.push(t);
+        return t;
+      },
+    });
+    client.start();
+    await rec.nth("connected");
+    const sent: string[] = [];
+    // Push until the first token has been expired for two of the gateway's checks (every
+    // second here): a stream still on it would have been ended with UNAUTHENTICATED.
+    const firstExp = tokenTimes(tokens[0]!).exp!;
+    for (let i = 1; Date.now() < (firstExp + 2) * 1000 || tokens.length < 3; i++) {
+      const text = `r${i}`;
+      await push(user, text);
+      sent.push(text);
+      await sleep(250);
+      assert.ok(i < 200, "within 50 s");
+    }
+    await push(user, "last");
+    sent.push("last");
+    await rec.text("last");
+    assert.deepEqual(rec.texts, sent);
+    assert.equal(rec.of("disconnected").length, 0, "the refresh never interrupted the stream");
+    assert.equal(rec.of("connected").length, 1);
+  });
+
+  test("a stream ended by the backend's Logout (UNAUTHENTICATED) comes back at once with a fresh token", async () => {
+    const user = uid("hal");
+    const { client, rec, tokens } = device(user, { deviceId: "phone" });
+    client.start();
+    await rec.nth("connected");
+    await sys.backend().logout({ userId: user, sessionId: "phone" });
+    const d = await rec.nth("disconnected");
+    assert.equal(d.status.codeName, "UNAUTHENTICATED");
+    assert.equal(d.retryIn, 0);
+    await rec.nth("connected", 2);
+    assert.equal(tokens.length, 2, "a fresh token for the new stream");
+    await push(user, "back");
+    await rec.text("back");
+  });
+
+  test("UNAUTHENTICATED again with a fresh token stops the client", async () => {
+    const user = uid("ida");
+    let calls = 0;
+    const { client, rec } = device(user, {
+      getToken: async () => {
+        calls++;
+        return sys.forgedToken(user);
+      },
+    });
+    client.start();
+    const stopped = await rec.nth("stopped");
+    assert.equal(stopped.status?.codeName, "UNAUTHENTICATED");
+    assert.equal(calls, 2, "one retry with a fresh token, then stop");
+    assert.equal(client.running, false);
+  });
+
+  test("a newer stream of the same device replaces it: ABORTED stops the client", async () => {
+    const user = uid("jon");
+    const { client, rec } = device(user, { deviceId: "tablet" });
+    client.start();
+    await rec.nth("connected");
+    const admin = sys.backend();
+    const others = new AbortController();
+    const opened: Promise<void>[] = [];
+    // --max-streams-per-device is 4: the fifth stream of the device replaces the oldest.
+    for (let i = 0; i < 4; i++) {
+      opened.push(
+        (async () => {
+          try {
+            for await (const _ of admin.subscribe({ userId: user, deviceId: "tablet" }, { signal: others.signal }));
+          } catch {
+            // ended by the abort below
+          }
+        })(),
+      );
+    }
+    try {
+      const stopped = await rec.nth("stopped");
+      assert.equal(stopped.status?.codeName, "ABORTED");
+      assert.equal(rec.of("disconnected").length, 0, "not retried");
+    } finally {
+      others.abort();
+      await Promise.all(opened);
+    }
+  });
+
+  test("Disconnect: reconnect=true comes back, reconnect=false (a ban) stops with PERMISSION_DENIED", async () => {
+    const user = uid("kim");
+    const { client, rec } = device(user);
+    client.start();
+    await rec.nth("connected");
+    const admin = sys.backend();
+    await admin.disconnect({ userId: user, reason: "move along", reconnect: true });
+    const d = await rec.nth("disconnected");
+    assert.equal(d.status.codeName, "UNAVAILABLE");
+    await rec.nth("connected", 2);
+    await admin.disconnect({ userId: user, reason: "banned", reconnect: false });
+    const stopped = await rec.nth("stopped");
+    assert.equal(stopped.status?.codeName, "PERMISSION_DENIED");
+  });
+
+  test("strictResume: a cursor that cannot be honoured stops with FAILED_PRECONDITION, delivering nothing", async () => {
+    const user = uid("lou");
+    await push(user, "s1");
+    const { client, rec } = device(user, {
+      strictResume: true,
+      cursors: [{ audience: "user", groupId: "", epoch: "0", messageId: "0-0" }],
+    });
+    client.start();
+    const stopped = await rec.nth("stopped");
+    assert.equal(stopped.status?.codeName, "FAILED_PRECONDITION");
+    assert.deepEqual(rec.texts, []);
+    // The app resyncs the history (ListHistory), sets a fresh cursor and starts again.
+    const history = await sys.backend().listHistory({ audience: Audience.USER, userId: user, oldestFirst: true });
+    const last = history.messages.at(-1)!;
+    client.setCursor({ audience: "user", groupId: "", epoch: history.epoch, messageId: last.id });
+    client.start();
+    await rec.nth("connected");
+    await push(user, "s2");
+    await rec.text("s2");
+    assert.deepEqual(rec.texts, ["s2"]);
+  });
+
+  test("stop() ends the stream: nothing more arrives and the device goes offline", async () => {
+    const user = uid("max");
+    const { client, rec } = device(user, { deviceId: "watch" });
+    client.start();
+    await rec.nth("connected");
+    const admin = sys.backend();
+    await eventually("online", async () => (await admin.getPresence({ userIds: [user] })).presences[0]!.online);
+    client.stop();
+    assert.deepEqual(rec.of("stopped").at(-1), {});
+    await eventually("offline", async () => !(await admin.getPresence({ userIds: [user] })).presences[0]!.online);
+    await push(user, "after");
+    await sleep(300);
+    assert.deepEqual(rec.texts, []);
+  });
+});
