@@ -1,7 +1,8 @@
 //! push-loadgen: opens device streams against a deployment, pushes, and measures.
 //!
 //! It opens `--streams` Subscribe streams (one HTTP/2 connection each, or spread over
-//! `--connections`), then `--pushers` concurrent callers push to all, to random users or
+//! `--connections`) with push-client, as devices would: a stream that ends (a replica
+//! drained, a slow reader cut off) reconnects and resumes from its cursors. Then `--pushers` concurrent callers push to all, to random users or
 //! to random groups, at `--rate` pushes/s in total or as fast as they can, for
 //! `--duration`. Each payload starts with the push's sequence number and its send time
 //! (same machine clock), so every receipt yields an end-to-end latency, and the last
@@ -19,6 +20,7 @@ use std::{
 
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
+use push_client::{Client, Event, Gateway};
 use push_common::auth::SendBearer;
 use push_common::config::duration;
 use push_proto::push::v1 as pb;
@@ -27,7 +29,7 @@ use tonic::transport::Channel;
 
 mod workers;
 
-use workers::{client, connect, push_loop, read};
+use workers::{client, connect, endpoint, push_loop, read};
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 enum Mode {
@@ -245,18 +247,30 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
         let channel = shared_channels.get(i % shared_channels.len().max(1)).cloned();
         opened.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
-            let channel = match channel {
-                Some(c) => c,
-                None => connect(&args.target).await?,
+            let gateway: Gateway = match channel {
+                Some(c) => c.into(),
+                None => endpoint(&args.target)?.into(),
             };
-            let mut c = client(channel, &args.bearer);
-            let (user_id, device_id) = (user(&args, i), format!("{}-d", args.prefix));
-            let req = pb::SubscribeRequest { user_id, device_id, cursors: vec![], strict_resume: false };
-            let stream = c.subscribe(req).await?.into_inner();
+            let mut device = Client::builder([gateway]).user(user(&args, i)).device(format!("{}-d", args.prefix));
+            if let Some(bearer) = &args.bearer {
+                device = device.token(bearer.as_str());
+            }
+            let (device, mut events) = device.connect()?;
+            // A stream that does not open is counted as a failure, not retried: the run
+            // reports what the gateway refused. Once open, the client resumes with its
+            // cursors whenever the stream ends.
+            match events.recv().await {
+                Some(Event::Connected { .. }) => {}
+                Some(Event::Disconnected { status, .. } | Event::Stopped { status, .. }) => {
+                    device.close();
+                    return Err(anyhow::Error::new(status));
+                }
+                other => anyhow::bail!("the stream's first event was {other:?}"),
+            }
             drop(permit);
             shared.open_streams.fetch_add(1, Relaxed);
             shared.group_opened[i % args.groups].fetch_add(1, Relaxed);
-            tokio::spawn(read(shared, i % 16, stream));
+            tokio::spawn(read(shared, i % 16, events));
             anyhow::Ok(i)
         }));
     }

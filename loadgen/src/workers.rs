@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use push_client::{Event, Events};
 use push_common::auth::SendBearer;
 use push_proto::push::v1::{self as pb, push_gateway_client::PushGatewayClient};
 use tonic::transport::{Channel, Endpoint};
@@ -22,54 +23,81 @@ pub(crate) fn client(channel: Channel, bearer: &Option<String>) -> Client {
     PushGatewayClient::with_interceptor(channel, bearer).max_decoding_message_size(16 << 20)
 }
 
-pub(crate) async fn connect(target: &str) -> anyhow::Result<Channel> {
+/// The gateway as every connection of the run reaches it: windows wide enough that a
+/// flat-out broadcast is not throttled by HTTP/2 flow control.
+pub(crate) fn endpoint(target: &str) -> anyhow::Result<Endpoint> {
     Ok(Endpoint::from_shared(target.to_owned())?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(10))
         .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(4 << 20)
-        .connect()
-        .await?)
+        .initial_connection_window_size(4 << 20))
 }
 
-/// Reads one stream until it ends, recording every delivery.
-pub(crate) async fn read(
-    shared: Arc<Shared>,
-    shard: usize,
-    mut stream: tonic::Streaming<push_proto::wire::SubscribeResponse>,
-) {
-    loop {
-        match stream.message().await {
-            Ok(Some(item)) => {
-                let now = now_ns();
-                let mut h = shared.latency[shard].lock().unwrap_or_else(|e| e.into_inner());
-                for m in &item.messages {
-                    let p = &m.payload;
-                    if p.len() < 16 {
-                        continue;
-                    }
+pub(crate) async fn connect(target: &str) -> anyhow::Result<Channel> {
+    Ok(endpoint(target)?.connect().await?)
+}
+
+/// Reads one device's events until it stops, recording every delivery. Latencies are
+/// gathered per stream item (the messages that arrived together, `buffered() == 0` at
+/// the last one) and recorded under one lock, as before the client crate. (An item
+/// whose last messages were duplicates would be flushed with the next one; a reconnect
+/// resumes from exactly what was handed out, so the load generator gets none.)
+pub(crate) async fn read(shared: Arc<Shared>, shard: usize, mut events: Events) {
+    // (sequence number, latency in µs) of the current item's messages.
+    let mut batch: Vec<(usize, u64)> = Vec::with_capacity(64);
+    let (mut now, mut count_in_item) = (0u64, 0u64);
+    let mut open = true;
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Message(m) => {
+                if count_in_item == 0 {
+                    now = now_ns();
+                }
+                count_in_item += 1;
+                let p = &m.payload;
+                if p.len() >= 16 {
                     let seq = u64::from_be_bytes(p[..8].try_into().unwrap_or_default()) as usize;
                     let sent = u64::from_be_bytes(p[8..16].try_into().unwrap_or_default());
-                    let _ = h.record((now.saturating_sub(sent) / 1000).max(1));
-                    if let Some(slot) = shared.last_rx.get(seq) {
-                        slot.fetch_max(now, Relaxed);
-                    }
+                    batch.push((seq, (now.saturating_sub(sent) / 1000).max(1)));
                 }
-                drop(h);
-                shared.deliveries.fetch_add(item.messages.len() as u64, Relaxed);
-                shared.last_receipt.fetch_max(now, Relaxed);
+                if events.buffered() == 0 {
+                    let mut h = shared.latency[shard].lock().unwrap_or_else(|e| e.into_inner());
+                    for (seq, latency) in batch.drain(..) {
+                        let _ = h.record(latency);
+                        if let Some(slot) = shared.last_rx.get(seq) {
+                            slot.fetch_max(now, Relaxed);
+                        }
+                    }
+                    drop(h);
+                    shared.deliveries.fetch_add(count_in_item, Relaxed);
+                    shared.last_receipt.fetch_max(now, Relaxed);
+                    count_in_item = 0;
+                }
             }
-            Ok(None) => {
-                count(&shared.stream_errors, "ended".into());
+            Event::Connected { .. } => {
+                if !open {
+                    open = true;
+                    shared.open_streams.fetch_add(1, Relaxed);
+                }
+            }
+            Event::Disconnected { status, .. } => {
+                count(&shared.stream_errors, format!("{:?}", status.code()));
+                if open {
+                    open = false;
+                    shared.open_streams.fetch_sub(1, Relaxed);
+                }
+            }
+            Event::Stopped { status, .. } => {
+                count(&shared.stream_errors, format!("{:?} (stopped)", status.code()));
                 break;
             }
-            Err(s) => {
-                count(&shared.stream_errors, format!("{:?}", s.code()));
-                break;
-            }
+            Event::Gap(_) => count(&shared.stream_errors, "gap".into()),
+            Event::Left(_) => {}
         }
     }
-    shared.open_streams.fetch_sub(1, Relaxed);
+    if open {
+        shared.open_streams.fetch_sub(1, Relaxed);
+    }
 }
 
 /// A small xorshift: the loadgen needs cheap spread, not cryptographic randomness.
