@@ -2,14 +2,18 @@
 //! (HTTP/1.1 or HTTP/2, binary or base64 text) to gRPC in front of every service, behind
 //! CORS for the origins the operator names.
 use tonic::codegen::http::{HeaderName, HeaderValue, Method};
-use tower::layer::util::Stack;
+use tower::{
+    layer::util::{Identity, Stack},
+    util::Either,
+};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::Error;
 
-/// The layer a server that speaks gRPC-Web puts in front of its services: CORS
-/// (outermost: a preflight never reaches a service), then the gRPC-Web translation.
-pub type WebLayer = Stack<tonic_web::GrpcWebLayer, CorsLayer>;
+/// The layer a server that speaks gRPC-Web puts in front of its services: CORS when
+/// origins are configured (outermost: a preflight never reaches a service), then the
+/// gRPC-Web translation.
+pub type WebLayer = Stack<tonic_web::GrpcWebLayer, Either<CorsLayer, Identity>>;
 
 /// Headers a browser's gRPC-Web call sends that CORS must allow: credentials, the
 /// content type, the gRPC-Web markers and the deadline.
@@ -25,26 +29,27 @@ const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// gRPC-Web with CORS for `origins`: exact origins (`https://app.example.com`, scheme,
 /// host and port as the browser sends them) or `*` alone for any origin. With no origin,
-/// only same-origin pages (and non-browser clients) can call. Credentials are the
-/// `authorization` header, never cookies, so no origin gets `Allow-Credentials`.
+/// only same-origin pages (and non-browser clients) can call, and no response carries
+/// CORS headers. Credentials are the `authorization` header, never cookies, so no
+/// origin gets `Allow-Credentials`.
 pub fn layer(origins: &[String]) -> Result<WebLayer, Error> {
-    let mut cors = CorsLayer::new()
+    let cors = CorsLayer::new()
         .allow_methods([Method::POST, Method::OPTIONS])
         .allow_headers(ALLOW_HEADERS.map(HeaderName::from_static))
         .expose_headers(EXPOSE_HEADERS.map(HeaderName::from_static))
         .max_age(MAX_AGE);
-    cors = match origins {
-        [] => cors,
-        [any] if any == "*" => cors.allow_origin(AllowOrigin::any()),
+    let cors = match origins {
+        [] => None,
+        [any] if any == "*" => Some(cors.allow_origin(AllowOrigin::any())),
         list => {
             let mut values = Vec::with_capacity(list.len());
             for o in list {
                 values.push(origin(o)?);
             }
-            cors.allow_origin(AllowOrigin::list(values))
+            Some(cors.allow_origin(AllowOrigin::list(values)))
         }
     };
-    Ok(Stack::new(tonic_web::GrpcWebLayer::new(), cors))
+    Ok(Stack::new(tonic_web::GrpcWebLayer::new(), tower::util::option_layer(cors)))
 }
 
 /// One exact origin: `scheme://host[:port]`, no path, no trailing slash.

@@ -134,6 +134,13 @@ async fn grpc_web_authenticates_as_grpc_does() {
     };
     assert_eq!(count("k-publish").await.unwrap_err().code(), Code::PermissionDenied);
     assert!(count("k-presence").await.is_ok());
+
+    // No --cors-allow-origin: a page of another origin is not let in.
+    let mut req = tonic::Request::new(pb::CountOnlineUsersRequest {});
+    req.metadata_mut().insert("origin", ORIGIN.parse().unwrap());
+    req.metadata_mut().insert("authorization", "Bearer k-presence".parse().unwrap());
+    let resp = web_client(app.gateway.addr, None).count_online_users(req).await.unwrap();
+    assert!(resp.metadata().get("access-control-allow-origin").is_none(), "{:?}", resp.metadata());
 }
 
 #[tokio::test]
