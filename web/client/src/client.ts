@@ -21,7 +21,7 @@ import {
 } from "./cursors.js";
 import { Emitter } from "./emitter.js";
 import { compareIds, NO_MESSAGE } from "./ids.js";
-import { ENDED, isRetryable, statusOf, type Status } from "./status.js";
+import { ENDED, isRetryable, resyncHistory, statusOf, type Status } from "./status.js";
 import { refreshAt } from "./token.js";
 
 /** Reconnection delays: exponential with full jitter. */
@@ -114,6 +114,8 @@ export interface StoppedEvent {
    * `stop()`.
    */
   status?: Status;
+  /** For FAILED_PRECONDITION: the history to resync before starting again with a fresh cursor for it. */
+  resync?: HistoryRef;
 }
 
 /** The events of a PushClient. */
@@ -326,6 +328,7 @@ export class PushClient extends Emitter<PushClientEvents> {
     });
     void (async () => {
       let status = ENDED;
+      let resync: HistoryRef | undefined;
       try {
         const responses = this.#rpc.subscribe(request, {
           signal: stream.abort.signal,
@@ -341,8 +344,9 @@ export class PushClient extends Emitter<PushClientEvents> {
         }
       } catch (err) {
         status = statusOf(err);
+        resync = resyncHistory(err);
       }
-      if (!stream.retired) this.#ended(stream, status);
+      if (!stream.retired) this.#ended(stream, status, resync);
     })();
     return stream;
   }
@@ -361,7 +365,7 @@ export class PushClient extends Emitter<PushClientEvents> {
     if (stream.announce) this.emit("connected", { cursors });
   }
 
-  #ended(stream: Stream, status: Status): void {
+  #ended(stream: Stream, status: Status, resync?: HistoryRef): void {
     if (!this.#running) return;
     if (stream === this.#next) {
       // The refreshed stream failed; the current one goes on. Try again shortly.
@@ -383,18 +387,18 @@ export class PushClient extends Emitter<PushClientEvents> {
       ) {
         return;
       }
-      this.#halt(status);
+      this.#halt(status, resync);
       return;
     }
     if (status.code === Code.Unauthenticated && stream.token.afterUnauthenticated && !stream.connected) {
       this.#halt(status);
       return;
     }
-    this.#failed(status);
+    this.#failed(status, resync);
   }
 
   /** After a failed stream (or getToken): retry, or stop. */
-  #failed(status: Status): void {
+  #failed(status: Status, resync?: HistoryRef): void {
     if (status.code === Code.Unauthenticated) {
       // Expired, or logged out by the backend: a fresh token, at once.
       this.#tokenRejected = true;
@@ -402,7 +406,7 @@ export class PushClient extends Emitter<PushClientEvents> {
       return;
     }
     if (!isRetryable(status.code)) {
-      this.#halt(status);
+      this.#halt(status, resync);
       return;
     }
     const initial = this.#opts.backoff?.initialMs ?? 500;
@@ -527,8 +531,8 @@ export class PushClient extends Emitter<PushClientEvents> {
     browserEvents?.removeEventListener("online", this.#online);
   }
 
-  #halt(status: Status): void {
+  #halt(status: Status, resync?: HistoryRef): void {
     this.#shutdown();
-    this.emit("stopped", { status });
+    this.emit("stopped", resync ? { status, resync } : { status });
   }
 }

@@ -304,6 +304,7 @@ describe("@push/client against a real gateway", () => {
     client.start();
     const stopped = await rec.nth("stopped");
     assert.equal(stopped.status?.codeName, "FAILED_PRECONDITION");
+    assert.deepEqual(stopped.resync, { audience: "user", groupId: "" }, "it names the history to resync");
     assert.deepEqual(rec.texts, []);
     // The app resyncs the history (ListHistory), sets a fresh cursor and starts again.
     const history = await sys.backend().listHistory({ audience: Audience.USER, userId: user, oldestFirst: true });
