@@ -4,7 +4,8 @@
 # then the end-to-end suite once more, each test on its own Redis Cluster.
 # Extra arguments go to cargo test (e.g. ./scripts/test.sh -p push-tests presence).
 # Then the Kubernetes manifests are rendered, validated and policy-scanned offline
-# (scripts/check-deploy.sh; tools from PyPI into .run/, once).
+# (scripts/check-deploy.sh; tools from PyPI into .run/, once). Last, without arguments,
+# the browser side: scripts/test-web.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/ensure-redis.sh
@@ -17,3 +18,5 @@ if [ $# -eq 0 ]; then
   PUSH_TEST_REDIS=cluster cargo test -p push-tests --test api --locked -- --test-threads 1
 fi
 ./scripts/check-deploy.sh
+# The browser side (web/: the TypeScript client and the console, in Node and chromium).
+if [ $# -eq 0 ]; then ./scripts/test-web.sh; fi
