@@ -126,9 +126,14 @@ pub enum Event {
     /// [`History::of`]). Never one seen before.
     Message(Message),
     /// Messages of this history were lost before the ones that follow (trimmed beyond
-    /// the retention, or the history started over). Resync it from your backend.
+    /// the retention, or the history started over). Resync it from your backend. Told
+    /// once per gap: the gateway may report one gap twice before the next message of
+    /// the history (a replay that finds more trimmed, a reconnect in between).
     Gap(History),
     /// The user left this group: nothing more comes from it; its cursor is forgotten.
+    /// Told when the client resumes with a cursor for a group its user has left (while
+    /// it was away, or while it was connected: an open stream just stops receiving the
+    /// group, and acks leave it out).
     Left(History),
     /// The stream ended or could not be opened; the client tries again in `retry_in`
     /// (zero when it only needs a fresh token).
@@ -231,6 +236,7 @@ impl Builder {
             next_gateway: 0,
             token: None,
             refusals: 0,
+            gapped: Vec::new(),
         };
         Ok((Client { shared }, events))
     }
@@ -346,8 +352,9 @@ impl Client {
     /// handling): with the device's token, on the current (or last) stream's gateway.
     /// Only what is after the last acknowledged position of each history is sent, so
     /// acks never go back; with nothing new, nothing is sent. A cursor the gateway
-    /// refuses because its user is no longer in the group is left out (a
-    /// [`Event::Left`] follows) and the others are acknowledged.
+    /// refuses because the user is no longer in that group (left while this client was
+    /// connected: the gateway tells an open stream nothing, the next resume brings
+    /// [`Event::Left`]) is left out and not sent again; the others are acknowledged.
     pub async fn ack(&self, cursors: impl IntoIterator<Item = Cursor>) -> Result<(), Error> {
         let wanted = Cursors::from_saved(cursors)?;
         let mut acked = self.shared.acked.lock().await;
@@ -363,13 +370,14 @@ impl Client {
         Ok(())
     }
 
-    /// Sends one Ack; returns the cursors it acknowledged.
-    async fn send_ack(&self, mut conn: Conn, mut cursors: Vec<Cursor>) -> Result<Vec<Cursor>, Error> {
-        let mut refreshed = false;
-        let mut pruned = false;
-        loop {
+    /// Sends one Ack; returns the cursors now settled: acknowledged, or refused as not
+    /// the user's to acknowledge (not to be sent again).
+    async fn send_ack(&self, mut conn: Conn, chunk: Vec<Cursor>) -> Result<Vec<Cursor>, Error> {
+        let mut cursors = chunk.clone();
+        let (mut refreshed, mut pruned) = (false, false);
+        while !cursors.is_empty() {
             let status = match self.ack_once(&conn, cursors.clone()).await {
-                Ok(()) => return Ok(cursors),
+                Ok(()) => break,
                 Err(s) => s,
             };
             match status.code() {
@@ -383,11 +391,14 @@ impl Client {
                     refreshed = true;
                 }
                 Code::InvalidArgument if !pruned => {
+                    // A group the user left while this stream was open: the gateway tells
+                    // an open stream nothing (the next resume brings CONTINUITY_LEFT) and
+                    // refuses acks for it. The other histories are acknowledged.
                     let refused = refused_cursors(&status);
-                    if refused.is_empty() || refused.len() == cursors.len() {
+                    if refused.is_empty() {
                         return Err(status.into());
                     }
-                    tracing::warn!(?refused, "the gateway refused acks for histories the user no longer reads");
+                    tracing::debug!(?refused, "the gateway refused acks for histories the user no longer reads");
                     let mut i = 0;
                     cursors.retain(|_| {
                         i += 1;
@@ -398,6 +409,7 @@ impl Client {
                 _ => return Err(status.into()),
             }
         }
+        Ok(chunk)
     }
 
     async fn ack_once(&self, conn: &Conn, cursors: Vec<Cursor>) -> Result<(), Status> {
@@ -517,6 +529,10 @@ pub struct Events {
     token: Option<Token>,
     /// UNAUTHENTICATED answers in a row: the second, with a fresh token, stops.
     refusals: u8,
+    /// Histories told a gap with no message since: a further GAP state of one of them
+    /// (the gateway may send a second while it replays, or again after a reconnect) is
+    /// the same gap, and is not told twice.
+    gapped: Vec<History>,
 }
 
 impl Events {
@@ -558,12 +574,22 @@ impl Events {
         let mut cursors = lock(&self.shared.cursors);
         for state in self.states.by_ref() {
             match cursors.apply_state(&state) {
-                Some(Change::Gap(h)) => return Some(Event::Gap(h)),
-                Some(Change::Left(h)) => return Some(Event::Left(h)),
+                Some(Change::Gap(h)) if !self.gapped.contains(&h) => {
+                    self.gapped.push(h.clone());
+                    return Some(Event::Gap(h));
+                }
+                Some(Change::Left(h)) => {
+                    self.gapped.retain(|g| *g != h);
+                    return Some(Event::Left(h));
+                }
                 _ => {}
             }
         }
-        self.messages.by_ref().find(|m| cursors.apply_message(m)).map(Event::Message)
+        let m = self.messages.by_ref().find(|m| cursors.apply_message(m))?;
+        if !self.gapped.is_empty() {
+            self.gapped.retain(|g| g.audience() as i32 != m.audience || g.group_id() != m.group_id);
+        }
+        Some(Event::Message(m))
     }
 
     /// Waits for whatever comes next in the current phase.
