@@ -104,8 +104,18 @@ pub struct Claims<'a> {
 /// A device token for `sub` signed with `hs1`, good for ten minutes, with the audience
 /// and issuer the gateway expects.
 pub fn device_token(sub: &str) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let claims = Claims { sub, exp: now + 600, aud: "push", iss: "auth.example" };
+    device_token_expiring_at(sub, unix_now() + 600)
+}
+
+/// Seconds since the Unix epoch, as a token's `exp` counts them.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Like [`device_token`], expiring at `exp` (seconds since the epoch; in the past for
+/// an expired one).
+pub fn device_token_expiring_at(sub: &str, exp: u64) -> String {
+    let claims = Claims { sub, exp, aud: "push", iss: "auth.example" };
     let header =
         jsonwebtoken::Header { kid: Some("hs1".into()), ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256) };
     jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(HS_SECRET.as_bytes())).unwrap()

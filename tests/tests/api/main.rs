@@ -1,5 +1,6 @@
 //! One integration-test binary (one link) with a module per area.
 mod backend;
+mod client;
 mod events;
 mod faults;
 mod gateway;
