@@ -113,6 +113,28 @@ describe("@push/client against a real gateway", () => {
     assert.equal(rec.of("stopped").length, 0);
   });
 
+  test("when its replica drains (SIGTERM) the stream ends UNAVAILABLE and it comes back, missing nothing", async () => {
+    const user = uid("dan");
+    const [gw0] = sys.gateways;
+    const { client, rec } = device(user, {}, 0);
+    client.start();
+    await rec.nth("connected");
+    await push(user, "d1", 1);
+    await rec.text("d1");
+
+    const stopping = gw0!.stop("SIGTERM");
+    const d = await rec.nth("disconnected");
+    assert.equal(d.status.codeName, "UNAVAILABLE", `drained: ${d.status.message}`);
+    for (const t of ["d2", "d3", "d4"]) await push(user, t, 1);
+    await stopping;
+    await sys.restart(gw0!);
+    await eventually("connected again", () => rec.of("connected").length >= 2, 30_000);
+    await push(user, "d5", 1);
+    await rec.text("d5");
+    assert.deepEqual(rec.texts, ["d1", "d2", "d3", "d4", "d5"]);
+    assert.equal(rec.of("stopped").length, 0);
+  });
+
   test("a cursor the history cannot honour is a gap event, then what is retained follows", async () => {
     const user = uid("dee");
     await push(user, "g1");
