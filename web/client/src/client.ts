@@ -309,8 +309,9 @@ export class PushClient extends Emitter<PushClientEvents> {
       token = await this.#getToken(false);
     } catch (err) {
       if (run !== this.#run) return;
-      const s = statusOf(err);
-      this.#failed({ ...s, message: `getToken failed: ${s.message}` });
+      // Whatever getToken threw, it is retried with backoff (stop() ends it).
+      const message = `getToken failed: ${err instanceof Error ? err.message : String(err)}`;
+      this.#failed({ code: Code.Unavailable, codeName: "UNAVAILABLE", message });
       return;
     }
     if (run !== this.#run) return;
@@ -481,6 +482,7 @@ export class PushClient extends Emitter<PushClientEvents> {
       }
     }
     for (const message of response.messages) {
+      if (!this.#running) return; // a listener stopped the client
       const audience = audienceName(message.audience);
       if (!audience) continue;
       const ref: HistoryRef = { audience, groupId: audience === "group" ? message.groupId : "" };

@@ -255,6 +255,24 @@ describe("@push/client against a real gateway", () => {
     await rec.text("back");
   });
 
+  test("a getToken that fails is retried with backoff", async () => {
+    const user = uid("ivy");
+    let calls = 0;
+    const { client, rec } = device(user, {
+      getToken: async () => {
+        if (++calls <= 2) throw new Error("auth service down");
+        return sys.deviceToken(user);
+      },
+    });
+    client.start();
+    await rec.nth("connected");
+    const ds = rec.of("disconnected");
+    assert.equal(ds.length, 2);
+    assert.ok(ds.every((d) => d.status.codeName === "UNAVAILABLE" && /auth service down/.test(d.status.message)));
+    await push(user, "in");
+    await rec.text("in");
+  });
+
   test("UNAUTHENTICATED again with a fresh token stops the client", async () => {
     const user = uid("ida");
     let calls = 0;
