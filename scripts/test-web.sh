@@ -23,6 +23,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then
+  echo "FAILED: web/ needs Node 20 or later (node:test, fetch streams); this is $(node --version)" >&2
+  exit 1
+fi
+
 (cd web && npm ci --no-audit --no-fund --loglevel=error)
 
 # Regenerate and rebuild; what is committed must not change.
