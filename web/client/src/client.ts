@@ -21,7 +21,7 @@ import {
 } from "./cursors.js";
 import { Emitter } from "./emitter.js";
 import { compareIds, NO_MESSAGE } from "./ids.js";
-import { ENDED, isRetryable, resyncHistory, statusOf, type Status } from "./status.js";
+import { ENDED, isRetryable, refusedCursors, resyncHistory, statusOf, type Status } from "./status.js";
 import { refreshAt } from "./token.js";
 
 /** Reconnection delays: exponential with full jitter. */
@@ -167,6 +167,10 @@ export class PushClient extends Emitter<PushClientEvents> {
   readonly #acked = new Map<string, CursorSnapshot>();
   /** Histories left during this run: late messages of them are dropped. */
   readonly #left = new Set<string>();
+  /** Histories whose acks the gateway refused (a group left while connected): not sent again. */
+  readonly #ackRefused = new Set<string>();
+  /** Histories whose gap was told and that had no message since: the same gap is not told twice. */
+  readonly #gapped = new Set<string>();
   #running = false;
   /** Bumped by stop(): continuations of an earlier run see it and do nothing. */
   #run = 0;
@@ -207,6 +211,7 @@ export class PushClient extends Emitter<PushClientEvents> {
     this.#running = true;
     this.#attempt = 0;
     this.#left.clear();
+    this.#gapped.clear();
     if (this.#opts.watchNetwork !== false && browserEvents) {
       browserEvents.addEventListener("offline", this.#offline);
       browserEvents.addEventListener("online", this.#online);
@@ -252,20 +257,35 @@ export class PushClient extends Emitter<PushClientEvents> {
    */
   ack(positions?: CursorSnapshot[]): Promise<CursorSnapshot[]> {
     const run = async (): Promise<CursorSnapshot[]> => {
-      const send = (positions ?? this.cursors())
+      let send = (positions ?? this.cursors())
         .map(checkSnapshot)
-        .filter((c) => c.epoch !== "" && c.messageId !== NO_MESSAGE && !this.#left.has(historyKey(c)))
+        .filter((c) => c.epoch !== "" && c.messageId !== NO_MESSAGE)
+        .filter((c) => !this.#left.has(historyKey(c)) && !this.#ackRefused.has(historyKey(c)))
         .filter((c) => {
           const prev = this.#acked.get(historyKey(c));
           return !prev || isAfter(c, prev);
         });
       if (send.length === 0) return [];
-      const request = create(AckRequestSchema, {
-        userId: this.#opts.userId ?? "",
-        deviceId: this.#opts.deviceId,
-        cursors: send.map(toCursor),
-      });
-      await this.#unary((headers) => this.#rpc.ack(request, { headers }));
+      const ack = (cursors: CursorSnapshot[]) => {
+        const request = create(AckRequestSchema, {
+          userId: this.#opts.userId ?? "",
+          deviceId: this.#opts.deviceId,
+          cursors: cursors.map(toCursor),
+        });
+        return this.#unary((headers) => this.#rpc.ack(request, { headers }));
+      };
+      try {
+        await ack(send);
+      } catch (err) {
+        // A group the user left while this stream was open: the gateway tells an open
+        // stream nothing (the next resume brings `left`) and refuses acks for it. Leave
+        // those out, for good, and acknowledge the others.
+        const refused = refusedCursors(err);
+        if (refused.length === 0) throw err;
+        for (const i of refused) if (send[i]) this.#ackRefused.add(historyKey(send[i]));
+        send = send.filter((_, i) => !refused.includes(i));
+        if (send.length > 0) await ack(send);
+      }
       for (const c of send) {
         const prev = this.#acked.get(historyKey(c));
         if (!prev || isAfter(c, prev)) this.#acked.set(historyKey(c), c);
@@ -463,17 +483,23 @@ export class PushClient extends Emitter<PushClientEvents> {
       const ref: HistoryRef = { audience, groupId: audience === "group" ? c.groupId : "" };
       const key = historyKey(ref);
       const previous = this.#cursors.get(key);
+      this.#ackRefused.delete(key);
       const next: CursorSnapshot = { ...ref, epoch: c.epoch, messageId: c.messageId || NO_MESSAGE };
       switch (state.continuity) {
         case Continuity.LEFT:
           this.#cursors.delete(key);
           this.#acked.delete(key);
           this.#left.add(key);
+          this.#gapped.delete(key);
           this.emit("left", { ...ref, previous: previous && { ...previous } });
           continue;
         case Continuity.GAP:
           this.#left.delete(key);
           this.#advance(key, previous, next);
+          // One gap may be reported twice before the history's next message (a replay
+          // that found more trimmed, a reconnect in between): it is told once.
+          if (this.#gapped.has(key)) continue;
+          this.#gapped.add(key);
           this.emit("gap", { ...ref, epoch: c.epoch, messageId: next.messageId, previous: previous && { ...previous } });
           continue;
         default: // RESUMED, FROM_NOW
@@ -491,6 +517,7 @@ export class PushClient extends Emitter<PushClientEvents> {
       const cursor = this.#cursors.get(key);
       if (cursor && compareIds(message.id, cursor.messageId) <= 0) continue; // a duplicate
       this.#cursors.set(key, { ...ref, epoch: cursor?.epoch ?? "", messageId: message.id });
+      this.#gapped.delete(key);
       this.emit("message", message);
     }
   }

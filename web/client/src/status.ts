@@ -67,49 +67,76 @@ export function isRetryable(code: number): boolean {
   }
 }
 
+/** The encoded details of type `type` ("google.rpc.X") an error carries. */
+function details(err: unknown, type: string): Uint8Array[] {
+  return ConnectError.from(err).details.flatMap((d) =>
+    "type" in d && d.type === type && d.value instanceof Uint8Array ? [d.value] : [],
+  );
+}
+
 /**
  * The history a FAILED_PRECONDITION of a strict resume names: its
  * google.rpc.PreconditionFailure violation of type "CURSOR", whose subject is "inbox",
  * "all" or "group:<id>". Read from the wire (the detail's proto is not the contract's).
  */
 export function resyncHistory(err: unknown): HistoryRef | undefined {
-  const e = ConnectError.from(err);
-  if (e.code !== Code.FailedPrecondition) return undefined;
-  for (const d of e.details) {
-    if (!("type" in d) || d.type !== "google.rpc.PreconditionFailure" || !(d.value instanceof Uint8Array)) continue;
-    try {
-      for (const v of violations(d.value)) {
-        if (v.type !== "CURSOR") continue;
-        if (v.subject === "inbox") return { audience: "user", groupId: "" };
-        if (v.subject === "all") return { audience: "all", groupId: "" };
-        if (v.subject.startsWith("group:")) return { audience: "group", groupId: v.subject.slice(6) };
-      }
-    } catch {
-      // not a PreconditionFailure after all
+  if (ConnectError.from(err).code !== Code.FailedPrecondition) return undefined;
+  for (const value of details(err, "google.rpc.PreconditionFailure")) {
+    // Violation { string type = 1; string subject = 2; ... }
+    for (const [type, subject] of pairs(value)) {
+      if (type !== "CURSOR") continue;
+      if (subject === "inbox") return { audience: "user", groupId: "" };
+      if (subject === "all") return { audience: "all", groupId: "" };
+      if (subject.startsWith("group:")) return { audience: "group", groupId: subject.slice(6) };
     }
   }
   return undefined;
 }
 
-/** The violations (type, subject) of an encoded google.rpc.PreconditionFailure. */
-function violations(bytes: Uint8Array): { type: string; subject: string }[] {
-  const out: { type: string; subject: string }[] = [];
-  const r = new BinaryReader(bytes);
-  while (r.pos < r.len) {
-    const [field, wire] = r.tag();
-    if (field !== 1 || wire !== WireType.LengthDelimited) {
-      r.skip(wire);
-      continue;
+/**
+ * The indexes of the request's `cursors` an INVALID_ARGUMENT names in its
+ * google.rpc.BadRequest (field "cursors[3]", ...): an Ack's cursors for groups the user
+ * is no longer in.
+ */
+export function refusedCursors(err: unknown): number[] {
+  if (ConnectError.from(err).code !== Code.InvalidArgument) return [];
+  const out = new Set<number>();
+  for (const value of details(err, "google.rpc.BadRequest")) {
+    // FieldViolation { string field = 1; string description = 2; }
+    for (const [field] of pairs(value)) {
+      const m = /^cursors\[(\d+)\]/.exec(field);
+      if (m) out.add(Number(m[1]));
     }
-    const v = new BinaryReader(r.bytes());
-    const violation = { type: "", subject: "" };
-    while (v.pos < v.len) {
-      const [f, w] = v.tag();
-      if (f === 1 && w === WireType.LengthDelimited) violation.type = v.string();
-      else if (f === 2 && w === WireType.LengthDelimited) violation.subject = v.string();
-      else v.skip(w);
+  }
+  return [...out].sort((a, b) => a - b);
+}
+
+/**
+ * The first two string fields of each item of field 1 (a repeated message) of an
+ * encoded message: (type, subject) of a PreconditionFailure's violations, (field,
+ * description) of a BadRequest's. Nothing when the bytes are not such a message.
+ */
+function pairs(bytes: Uint8Array): [string, string][] {
+  const out: [string, string][] = [];
+  try {
+    const r = new BinaryReader(bytes);
+    while (r.pos < r.len) {
+      const [field, wire] = r.tag();
+      if (field !== 1 || wire !== WireType.LengthDelimited) {
+        r.skip(wire);
+        continue;
+      }
+      const v = new BinaryReader(r.bytes());
+      const item: [string, string] = ["", ""];
+      while (v.pos < v.len) {
+        const [f, w] = v.tag();
+        if ((f === 1 || f === 2) && w === WireType.LengthDelimited) item[f - 1] = v.string();
+        else v.skip(w);
+      }
+      out.push(item);
     }
-    out.push(violation);
+  } catch {
+    return [];
   }
   return out;
 }

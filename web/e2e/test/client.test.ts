@@ -142,8 +142,9 @@ describe("@push/client against a real gateway", () => {
     const { client, rec } = device(user, { cursors: [{ audience: "user", groupId: "", epoch: "0", messageId: "0-0" }] });
     client.start();
     await rec.text("g2");
+    assert.equal(rec.of("gap").length, 1, "one gap event");
     const [gap] = rec.of("gap");
-    assert.ok(gap, "a gap event");
+    assert.ok(gap);
     assert.equal(gap.audience, "user");
     assert.equal(gap.previous?.epoch, "0");
     assert.notEqual(gap.epoch, "0");
@@ -180,6 +181,31 @@ describe("@push/client against a real gateway", () => {
     await push(user, "a4");
     await later.rec.text("a4");
     assert.deepEqual(later.rec.texts, ["a3", "a4"], "starts after the acknowledged a2");
+  });
+
+  test("a group left while connected: ack leaves its cursor out, for good, and acknowledges the rest", async () => {
+    const user = uid("flo");
+    const group = uid("crew");
+    const admin = sys.backend();
+    await admin.joinGroup({ groupId: group, userIds: [user] });
+    const { client, rec } = device(user, { deviceId: "acker" });
+    client.start();
+    await rec.nth("connected");
+    await admin.pushToGroup({ groupId: group, topic: "crew", payload: enc("c1") });
+    const inboxId = await push(user, "i1");
+    await rec.text("c1");
+    await rec.text("i1");
+    await admin.leaveGroup({ groupId: group, userIds: [user] });
+
+    const sent = await client.ack();
+    assert.deepEqual(
+      sent.map((c) => c.audience),
+      ["user"],
+      "the inbox is acknowledged, the group's refused cursor left out",
+    );
+    const status = await admin.getDeliveryStatus({ messageId: inboxId, audience: Audience.USER, userIds: [user] });
+    assert.equal(status.deliveries[0]!.state, DeliveryState.DELIVERED);
+    assert.deepEqual(await client.ack(), [], "the refused cursor is not sent again");
   });
 
   test("a group left while away: its messages up to the leave, then a left event and the cursor is forgotten", async () => {
