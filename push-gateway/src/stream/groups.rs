@@ -26,14 +26,19 @@ pub(super) async fn reconcile(shared: &Arc<Shared>, s: &Arc<Stream>, plan: &Plan
 }
 
 /// Attaches `s` to the groups its user joined (replaying each from the plan's start, in
-/// a task) and detaches it from those the user left.
+/// a task) and detaches it from those the user left (telling the device, see [`settle`]).
 async fn apply(shared: &Arc<Shared>, s: &Arc<Stream>, plan: &Plan) -> Result<(), Error> {
     let since = shared.store.user_groups_since(&s.user).await?;
     let mut now: Vec<GroupId> = since.keys().cloned().collect();
     now.sort();
     let (joined, left) = s.swap_groups(now);
     shared.hub.detach(s, &shared.group_channels(&left));
-    s.queue.forget(&left);
+    // A group the stream follows ends with a CONTINUITY_LEFT state, after what was
+    // pushed to it before the leave; one it does not follow is simply forgotten.
+    let followed: Vec<(GroupId, Pos)> =
+        left.iter().filter_map(|g| s.queue.position(&Source::Group(g.clone())).map(|p| (g.clone(), p))).collect();
+    s.queue.forget(&left.iter().filter(|g| !followed.iter().any(|(f, _)| f == *g)).cloned().collect::<Vec<_>>());
+    settle(shared, s, followed, false, false).await?;
     if joined.is_empty() {
         return Ok(());
     }
@@ -79,23 +84,42 @@ async fn apply(shared: &Arc<Shared>, s: &Arc<Stream>, plan: &Plan) -> Result<(),
 /// arrives, and the audit does not follow them.
 pub(super) async fn departed(shared: &Arc<Shared>, s: &Arc<Stream>, plan: &Plan) -> Result<(), Error> {
     let current = s.groups();
-    let gone: Vec<(&GroupId, Pos)> = plan.group_cursors().filter(|(g, _)| !current.contains(g)).collect();
+    let gone: Vec<(GroupId, Pos)> =
+        plan.group_cursors().filter(|(g, _)| !current.contains(g)).map(|(g, p)| (g.clone(), p)).collect();
+    settle(shared, s, gone, plan.strict, true).await
+}
+
+/// Ends the stream's part in groups its user left, each from a position (a cursor of
+/// the device's, or where the stream got to while following it live): what was pushed
+/// to the group up to the leave is replayed from there (in a task), then a
+/// `CONTINUITY_LEFT` state follows. `establish`: the stream does not follow the group
+/// yet (a resume), so its position is set up from the cursor first.
+async fn settle(
+    shared: &Arc<Shared>,
+    s: &Arc<Stream>,
+    gone: Vec<(GroupId, Pos)>,
+    strict: bool,
+    establish: bool,
+) -> Result<(), Error> {
     if gone.is_empty() {
         return Ok(());
     }
-    let names: Vec<&GroupId> = gone.iter().map(|(g, _)| *g).collect();
+    let names: Vec<&GroupId> = gone.iter().map(|(g, _)| g).collect();
     let left = shared.store.left_at(&s.user, &names).await?;
     let mut owed = Vec::new();
     for ((g, cursor), at) in gone.into_iter().zip(left) {
-        let source = Source::Group(g.clone());
+        let source = Source::Group(g);
         match at {
             Some(at) if at.epoch == cursor.epoch && at.id > cursor.id => {
-                let from = replay::establish(shared, s, &source, Start::After(cursor), plan.strict).await?;
+                let from = match establish {
+                    true => replay::establish(shared, s, &source, Start::After(cursor), strict).await?,
+                    false => None,
+                };
                 owed.push((source, from.unwrap_or(cursor), at));
             }
             // Without a record of the leave in the cursor's epoch, what was owed is gone.
-            Some(at) if plan.strict && at.epoch != cursor.epoch => return Err(replay::unhonoured(&source, cursor)),
-            None if plan.strict => return Err(replay::unhonoured(&source, cursor)),
+            Some(at) if strict && at.epoch != cursor.epoch => return Err(replay::unhonoured(&source, cursor)),
+            None if strict => return Err(replay::unhonoured(&source, cursor)),
             at => s.queue.left(&source, at.unwrap_or(cursor)),
         }
     }

@@ -581,15 +581,18 @@ async fn acks_from_the_client_show_in_delivery_status() {
     run.client.ack(cursors).await.unwrap();
     assert_eq!(status(&mut c, &two, pb::Audience::User, "").await, delivered);
 
-    // Ann leaves the group after one more of its messages: the open stream is told
-    // nothing, so the client still holds the group's cursor, which the gateway now
-    // refuses; the inbox is acknowledged all the same.
+    // Ann leaves the group after one more of its messages: the open stream tells the
+    // client (Left), which forgets the group's cursor; the inbox is acknowledged.
     c.push_to_group(to_group("team", "g2")).await.unwrap();
     run.received(4).await;
     c.leave_group(pb::LeaveGroupRequest { group_id: "team".into(), user_ids: vec!["ann".into()] }).await.unwrap();
     let three = c.push_to_users(to_users(&["ann"], "three")).await.unwrap().into_inner().message_id;
     run.received(5).await;
-    assert!(run.client.cursors().iter().any(|c| c.group_id == "team"));
+    eventually(WAIT, "the client is told ann left the group", async || {
+        let left = run.summary().contains(&"left group:team".to_string());
+        (left && run.client.cursors().iter().all(|c| c.group_id != "team"), run.summary())
+    })
+    .await;
     run.client.ack_all().await.unwrap();
     assert_eq!(status(&mut c, &three, pb::Audience::User, "").await, delivered);
 }

@@ -361,6 +361,38 @@ async fn a_group_message_pushed_while_a_member_reaches_it_after_it_left() {
     assert_eq!(d.topics(), ["while-member", "marker"]);
 }
 
+/// A user who leaves a group while their device's stream is open: the stream tells the
+/// device at once (CONTINUITY_LEFT, after the group's messages from before the leave),
+/// so it forgets the cursor instead of acking it (which Ack would refuse) until its next
+/// reconnect; nothing of the group follows.
+#[tokio::test]
+async fn a_live_stream_is_told_when_its_user_leaves_a_group() {
+    let app = App::start().await;
+    let mut c = app.gateway_client().await;
+    join(&mut c, "team", &["ann"]).await;
+    let mut d = Device::connect(app.gateway.addr, "ann", "phone").await.unwrap();
+    d.wait_states(3).await;
+    c.push_to_group(to_group("team", "before-leave")).await.unwrap();
+    assert_eq!(d.next().await.topic, "before-leave");
+    leave(&mut c, "team", &["ann"]).await;
+    let left = |d: &Device| {
+        d.states().iter().any(|s| {
+            let c = s.cursor.as_ref().unwrap();
+            c.group_id == "team" && s.continuity == Continuity::Left as i32
+        })
+    };
+    eventually(Duration::from_secs(5), "the open stream is told its user left the group", async || left(&d)).await;
+    assert!(d.cursors().iter().all(|c| c.group_id != "team"), "{:?}", d.cursors());
+    c.push_to_group(to_group("team", "after-leave")).await.unwrap();
+    c.push_to_users(to_users(&["ann"], "marker")).await.unwrap();
+    assert_eq!(d.next().await.topic, "marker");
+    assert_eq!(d.topics(), ["before-leave", "marker"]);
+    // The device's cursors are all accepted by Ack.
+    let mut ack = pb::AckRequest { user_id: "ann".into(), device_id: "phone".into(), cursors: d.cursors() };
+    ack.cursors.retain(|c| c.message_id != "0-0");
+    c.ack(ack).await.unwrap();
+}
+
 /// A full Redis (`maxmemory` reached, `noeviction`) refuses writes: a backend is told
 /// UNAVAILABLE, "storage is full; retry", the same as for any storage outage it should
 /// retry, not INTERNAL (which reads as a bug of ours); reads still answer.
