@@ -1,14 +1,16 @@
 //! [`Client`]: the long-running device client. [`Events`] drives it: each
 //! [`Events::recv`] hands out what came, and opens, reconnects and refreshes as needed.
 use std::{
+    collections::{BTreeMap, VecDeque},
     future::Future,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
-use push_proto::push::v1::{
-    AckRequest, Cursor, HistoryState, Message, SubscribeRequest, push_gateway_client::PushGatewayClient,
+use push_proto::{
+    push::v1::{AckRequest, Cursor, HistoryState, Message, SubscribeRequest, push_gateway_client::PushGatewayClient},
+    wire::SubscribeResponse,
 };
 use tokio::{sync::watch, time::Instant};
 use tonic::{
@@ -21,9 +23,9 @@ use crate::{
     Error,
     backoff::Backoff,
     cursors::{Change, Cursors},
-    history::History,
+    history::{History, MessageId},
     subscription::{Subscription, bearer},
-    token::{BoxError, Fixed, Token, TokenSource},
+    token::{BoxError, Fixed, MIN_REFRESH, Token, TokenSource},
 };
 
 /// Where a gateway is: a URL, a configured [`Endpoint`] (TLS, window sizes...), or a
@@ -126,14 +128,14 @@ pub enum Event {
     /// [`History::of`]). Never one seen before.
     Message(Message),
     /// Messages of this history were lost before the ones that follow (trimmed beyond
-    /// the retention, or the history started over). Resync it from your backend. Told
-    /// once per gap: the gateway may report one gap twice before the next message of
-    /// the history (a replay that finds more trimmed, a reconnect in between).
+    /// the retention, or the history started over). Resync it from your backend, and
+    /// persist cursors only once it is resynced. Told once per gap: a GAP state that is
+    /// the same (epoch and point) as the last one told for the history is not told
+    /// again; any other is, across reconnects too.
     Gap(History),
     /// The user left this group: nothing more comes from it; its cursor is forgotten.
-    /// Told when the client resumes with a cursor for a group its user has left (while
-    /// it was away, or while it was connected: an open stream just stops receiving the
-    /// group, and acks leave it out).
+    /// Told live when its user leaves the group (after what was pushed to it before the
+    /// leave), or when the client resumes with a cursor for a group left while away.
     Left(History),
     /// The stream ended or could not be opened; the client tries again in `retry_in`
     /// (zero when it only needs a fresh token).
@@ -154,6 +156,8 @@ pub struct Builder {
     cursors: Vec<Cursor>,
     strict: bool,
     backoff: (Duration, Duration),
+    token_timeout: Duration,
+    open_timeout: Duration,
 }
 
 impl Builder {
@@ -171,8 +175,8 @@ impl Builder {
     }
 
     /// Where fresh device tokens come from: called before the first attempt, again
-    /// ahead of each token's expiry (its `exp`, read from the JWT), and after the
-    /// gateway refused one.
+    /// ahead of each token's expiry (from its `exp` and `iat`, read from the JWT), and
+    /// after the gateway refused one.
     pub fn token_source(mut self, source: impl TokenSource) -> Self {
         self.source = Some(Arc::new(source));
         self
@@ -206,6 +210,21 @@ impl Builder {
         self
     }
 
+    /// How long the token source may take to answer (default 30 s). One that does not
+    /// answer in time counts as UNAVAILABLE: the client backs off and asks again.
+    pub fn token_timeout(mut self, timeout: Duration) -> Self {
+        self.token_timeout = timeout;
+        self
+    }
+
+    /// How long opening a stream may take, from connecting until the gateway's
+    /// response headers (default 15 s). A gateway that does not answer in time counts
+    /// as UNAVAILABLE: the client backs off and tries the next one.
+    pub fn open_timeout(mut self, timeout: Duration) -> Self {
+        self.open_timeout = timeout;
+        self
+    }
+
     /// The client and its events. Nothing is sent until [`Events::recv`] is awaited.
     pub fn connect(self) -> Result<(Client, Events), Error> {
         if self.gateways.is_empty() {
@@ -218,8 +237,17 @@ impl Builder {
         let cursors = Cursors::from_saved(self.cursors)?;
         let (closed, closed_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
-            config: Config { targets, user: self.user, device: self.device, strict: self.strict, source: self.source },
+            config: Config {
+                targets,
+                user: self.user,
+                device: self.device,
+                strict: self.strict,
+                source: self.source,
+                token_timeout: self.token_timeout,
+                open_timeout: self.open_timeout,
+            },
             cursors: Mutex::new(cursors),
+            handed: Mutex::new(Cursors::new()),
             conn: Mutex::new(None),
             acked: tokio::sync::Mutex::new(Cursors::new()),
             closed,
@@ -231,12 +259,13 @@ impl Builder {
             phase: Phase::Start,
             states: Vec::new().into_iter(),
             messages: Vec::new().into_iter(),
+            queued: VecDeque::new(),
             backoff: Backoff::new(initial, max),
-            refresh_backoff: Backoff::new(initial.max(Duration::from_millis(100)), max),
+            token_backoff: Backoff::new(MIN_REFRESH, max.max(MIN_REFRESH)),
+            rng: fastrand::Rng::new(),
             next_gateway: 0,
             token: None,
-            refusals: 0,
-            gapped: Vec::new(),
+            gaps: BTreeMap::new(),
         };
         Ok((Client { shared }, events))
     }
@@ -249,6 +278,18 @@ struct Config {
     device: String,
     strict: bool,
     source: Option<Arc<dyn TokenSource>>,
+    token_timeout: Duration,
+    open_timeout: Duration,
+}
+
+impl Config {
+    /// A token from the source, within the token timeout.
+    async fn fetch_token(&self, source: &dyn TokenSource) -> Result<String, BoxError> {
+        match tokio::time::timeout(self.token_timeout, source.token()).await {
+            Ok(answer) => answer,
+            Err(_) => Err(format!("no answer within {:?}", self.token_timeout).into()),
+        }
+    }
 }
 
 /// What the handle and the events share.
@@ -258,6 +299,11 @@ struct Shared {
     /// it may persist and acknowledge, and where a new stream resumes. A std mutex:
     /// held for a few map operations, never across an await.
     cursors: Mutex<Cursors>,
+    /// Per history, the epoch and id of the last message [`Events::recv`] handed out:
+    /// what [`Client::ack_all`] acknowledges. Positions that come from states only (a
+    /// history followed from now, a gap, a join) are not here: the app has not handled
+    /// anything there. Locked after `cursors` when both are.
+    handed: Mutex<Cursors>,
     /// The current (or last) stream's channel and token, for acks.
     conn: Mutex<Option<Conn>>,
     /// What was acknowledged, so acks never go back. A tokio mutex: held across the Ack
@@ -299,10 +345,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 ///         Event::Stopped { status, .. } => eprintln!("stopped: {status:?}"),
 ///         _ => {}
 ///     }
-///     // After a batch: what was handled is persisted and acknowledged.
+///     // After a batch: what was handled (gaps resynced included) is persisted and
+///     // acknowledged. An ack that fails (not connected yet, a gateway going away) is
+///     // not the end of the app: the next one acknowledges it too.
 ///     if events.buffered() == 0 {
 ///         save(client.cursors());
-///         client.ack_all().await?;
+///         if let Err(e) = client.ack_all().await {
+///             eprintln!("ack: {e}");
+///         }
 ///     }
 /// }
 /// # Ok(())
@@ -331,30 +381,43 @@ impl Client {
             cursors: Vec::new(),
             strict: false,
             backoff: (Duration::from_millis(500), Duration::from_secs(30)),
+            token_timeout: Duration::from_secs(30),
+            open_timeout: Duration::from_secs(15),
         }
     }
 
-    /// Where the device stands: per history, the epoch and the last message
-    /// [`Events::recv`] handed out (messages received but not handed out yet are not
-    /// counted). Persist them after handling, and pass them to
-    /// [`Builder::cursors`] next time.
+    /// Where the device stands, to resume from: per history, the epoch of the last
+    /// state and the last message [`Events::recv`] handed out (messages received but
+    /// not handed out yet are not counted). Persist them after handling (a gap only
+    /// once that history is resynced: a cursor saved past an unhandled gap hides the
+    /// loss after a restart), and pass them to [`Builder::cursors`] next time.
     pub fn cursors(&self) -> Vec<Cursor> {
         lock(&self.shared.cursors).cursors()
     }
 
-    /// Acknowledges everything handed out so far ([`Client::cursors`]).
+    /// What the app was handed: per history, the epoch and id of the last message
+    /// [`Events::recv`] returned. This is what [`Client::ack_all`] acknowledges; unlike
+    /// [`Client::cursors`] it holds no position that only a state gave (a history
+    /// followed from now, a gap's point, a join).
+    pub fn delivered(&self) -> Vec<Cursor> {
+        lock(&self.shared.handed).cursors()
+    }
+
+    /// Acknowledges every message handed out so far ([`Client::delivered`]).
     pub async fn ack_all(&self) -> Result<(), Error> {
-        let cursors = self.cursors();
+        let cursors = self.delivered();
         self.ack(cursors).await
     }
 
-    /// Acknowledges `cursors` (typically a snapshot of [`Client::cursors`] taken after
-    /// handling): with the device's token, on the current (or last) stream's gateway.
-    /// Only what is after the last acknowledged position of each history is sent, so
-    /// acks never go back; with nothing new, nothing is sent. A cursor the gateway
-    /// refuses because the user is no longer in that group (left while this client was
-    /// connected: the gateway tells an open stream nothing, the next resume brings
-    /// [`Event::Left`]) is left out and not sent again; the others are acknowledged.
+    /// Acknowledges `cursors` (positions of messages the app handled, e.g. a snapshot of
+    /// [`Client::delivered`]): with the device's token, on the current (or last)
+    /// stream's gateway. Only what is after the last acknowledged position of each
+    /// history is sent, so acks never go back; with nothing new, nothing is sent. A
+    /// cursor the gateway refuses because the user is not in that group (any more: left
+    /// in the moment before the stream's [`Event::Left`] came) is left out and not sent
+    /// again; the others are acknowledged. The gateway names one refused cursor per
+    /// answer: each is left out in turn (one more call per cursor at most) until the
+    /// rest goes through.
     pub async fn ack(&self, cursors: impl IntoIterator<Item = Cursor>) -> Result<(), Error> {
         let wanted = Cursors::from_saved(cursors)?;
         let mut acked = self.shared.acked.lock().await;
@@ -362,54 +425,52 @@ impl Client {
         if forward.is_empty() {
             return Ok(());
         }
-        let conn = lock(&self.shared.conn).clone().ok_or(Error::NotConnected)?;
+        if lock(&self.shared.conn).is_none() {
+            return Err(Error::NotConnected);
+        }
         for chunk in forward.chunks(MAX_ACK_CURSORS) {
-            let sent = self.send_ack(conn.clone(), chunk.to_vec()).await?;
-            acked.advance(&sent);
+            let (mut cursors, mut settled, mut refreshed) = (chunk.to_vec(), Vec::new(), false);
+            let result = loop {
+                if cursors.is_empty() {
+                    break Ok(());
+                }
+                match self.send_ack(cursors.clone(), &mut refreshed).await {
+                    Ok(()) => {
+                        settled.append(&mut cursors);
+                        break Ok(());
+                    }
+                    Err(e) if leave_out_refused(&mut cursors, &mut settled, &e) => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            // Refused cursors are settled even when a later call failed: not sent again.
+            acked.advance(&settled);
+            result?;
         }
         Ok(())
     }
 
-    /// Sends one Ack; returns the cursors now settled: acknowledged, or refused as not
-    /// the user's to acknowledge (not to be sent again).
-    async fn send_ack(&self, mut conn: Conn, chunk: Vec<Cursor>) -> Result<Vec<Cursor>, Error> {
-        let mut cursors = chunk.clone();
-        let (mut refreshed, mut pruned) = (false, false);
-        while !cursors.is_empty() {
-            let status = match self.ack_once(&conn, cursors.clone()).await {
-                Ok(()) => break,
-                Err(s) => s,
-            };
-            match status.code() {
-                Code::Unauthenticated if !refreshed => {
-                    let Some(source) = self.shared.config.source.clone() else { return Err(status.into()) };
-                    let token: Arc<str> = source.token().await.map_err(Error::Token)?.into();
-                    conn.token = Some(token.clone());
-                    if let Some(c) = lock(&self.shared.conn).as_mut() {
-                        c.token = Some(token);
-                    }
-                    refreshed = true;
+    /// Sends one Ack on the current connection; once per [`Client::ack`] call, a
+    /// refused token is replaced by a fresh one and the call tried again.
+    async fn send_ack(&self, cursors: Vec<Cursor>, refreshed: &mut bool) -> Result<(), Error> {
+        let conn = lock(&self.shared.conn).clone().ok_or(Error::NotConnected)?;
+        let status = match self.ack_once(&conn, cursors.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(s) => s,
+        };
+        let config = &self.shared.config;
+        match (status.code(), config.source.as_ref()) {
+            (Code::Unauthenticated, Some(source)) if !*refreshed => {
+                *refreshed = true;
+                let token: Arc<str> = config.fetch_token(&**source).await.map_err(Error::Token)?.into();
+                if let Some(c) = lock(&self.shared.conn).as_mut() {
+                    c.token = Some(token.clone());
                 }
-                Code::InvalidArgument if !pruned => {
-                    // A group the user left while this stream was open: the gateway tells
-                    // an open stream nothing (the next resume brings CONTINUITY_LEFT) and
-                    // refuses acks for it. The other histories are acknowledged.
-                    let refused = refused_cursors(&status);
-                    if refused.is_empty() {
-                        return Err(status.into());
-                    }
-                    tracing::debug!(?refused, "the gateway refused acks for histories the user no longer reads");
-                    let mut i = 0;
-                    cursors.retain(|_| {
-                        i += 1;
-                        !refused.contains(&(i - 1))
-                    });
-                    pruned = true;
-                }
-                _ => return Err(status.into()),
+                let conn = Conn { token: Some(token), ..conn };
+                Ok(self.ack_once(&conn, cursors).await?)
             }
+            _ => Err(status.into()),
         }
-        Ok(chunk)
     }
 
     async fn ack_once(&self, conn: &Conn, cursors: Vec<Cursor>) -> Result<(), Status> {
@@ -435,6 +496,29 @@ impl Client {
     }
 }
 
+/// After an Ack of `cursors` failed with `error`: when the gateway refused cursors as
+/// not the user's (INVALID_ARGUMENT naming `cursors[i]`; it names one per answer),
+/// moves them from `cursors` to `settled` (not to be sent again) and returns true: the
+/// rest is sent again. Each call after the first has left out at least one cursor, so
+/// there is one more call per cursor at most.
+fn leave_out_refused(cursors: &mut Vec<Cursor>, settled: &mut Vec<Cursor>, error: &Error) -> bool {
+    let refused = match error.status() {
+        Some(s) if s.code() == Code::InvalidArgument => refused_cursors(s),
+        _ => return false,
+    };
+    let refused: Vec<usize> = refused.into_iter().filter(|i| *i < cursors.len()).collect();
+    if refused.is_empty() {
+        return false;
+    }
+    // A group the user is not in (any more: left before the stream's LEFT state came).
+    // The other histories are acknowledged.
+    tracing::debug!(?refused, "the gateway refused acks for histories the user no longer reads");
+    for i in refused.into_iter().rev() {
+        settled.push(cursors.remove(i));
+    }
+    true
+}
+
 /// The indexes of the cursors an INVALID_ARGUMENT names (`cursors[i]...`).
 fn refused_cursors(status: &Status) -> Vec<usize> {
     let details = status.get_error_details();
@@ -457,12 +541,20 @@ struct Attempt {
     /// The token it used (fetched or not), kept whatever the outcome so that a retry
     /// does not ask the token source again.
     token: Option<Token>,
-    outcome: Result<(Subscription, Channel), Failure>,
+    outcome: Result<Opened, Failure>,
+}
+
+/// A stream that opened: the gateway answered with its headers.
+struct Opened {
+    sub: Subscription,
+    channel: Channel,
+    /// The histories it was given cursors for: each gets a state first.
+    histories: Vec<History>,
 }
 
 enum Failure {
     Status(Status),
-    /// The token source failed.
+    /// The token source failed (or did not answer in time).
     Token(BoxError),
     /// A refresh got the token in use back: there is nothing to refresh to.
     SameToken,
@@ -488,24 +580,53 @@ struct Live {
     channel: Channel,
     since: Instant,
     refresh: Refresh,
+    /// Refreshes in a row that failed, or whose stream was dropped for not continuing
+    /// from where this one got to.
+    failed_refreshes: u32,
     /// How the stream ended while its successor was being opened (it is not read any
-    /// more; the successor's outcome decides what happens).
+    /// more; the successor decides whether the client reconnects).
     ended: Option<Status>,
 }
 
 enum Refresh {
-    /// When to open a stream with a fresh token (`None`: the token does not expire).
+    /// When to open a stream with a fresh token (`None`: not any more, or the token
+    /// does not expire).
     At(Option<Instant>),
     /// Opening it, while the current stream goes on.
     Opening(Opening),
+    /// It is open; its first items are held (not handed out) until its states show it
+    /// continues from where the current stream got to, while the current one goes on.
+    Judging(Box<Successor>),
 }
+
+/// A stream opened by a refresh, not switched to yet.
+struct Successor {
+    sub: Subscription,
+    channel: Channel,
+    token: Option<Token>,
+    /// The histories it has not sent a state for yet.
+    pending: Vec<History>,
+    /// What it sent so far.
+    items: Vec<SubscribeResponse>,
+    /// When to give up on it.
+    deadline: Instant,
+}
+
+/// Most items held from a successor before it is judged (its states come first, so
+/// this is a successor that says nothing about some history).
+const MAX_HELD_ITEMS: usize = 64;
+/// Refreshes in a row that may fail (or be dropped) before the client stops trying,
+/// and leaves the current stream until it ends.
+const MAX_FAILED_REFRESHES: u32 = 8;
 
 /// What one wait of [`Events::recv`] produced.
 enum Woke {
     Closed,
-    Item(Result<Option<push_proto::wire::SubscribeResponse>, Status>),
+    Item(Result<Option<SubscribeResponse>, Status>),
     RefreshDue,
     Refreshed(Attempt),
+    SuccessorItem(Result<Option<SubscribeResponse>, Status>),
+    SuccessorLate,
     Opened(Attempt),
     Waited,
 }
@@ -522,17 +643,20 @@ pub struct Events {
     /// The current item, being handed out: states first, then messages.
     states: std::vec::IntoIter<HistoryState>,
     messages: std::vec::IntoIter<Message>,
+    /// Items to hand out after it (a refreshed stream's first ones).
+    queued: VecDeque<SubscribeResponse>,
     backoff: Backoff,
-    /// For refreshes that fail while the stream goes on.
-    refresh_backoff: Backoff,
+    /// For tokens that come (nearly) expired, and refreshes that get the token in use
+    /// back.
+    token_backoff: Backoff,
+    rng: fastrand::Rng,
     next_gateway: usize,
+    /// The token of the current stream (or of the next attempt).
     token: Option<Token>,
-    /// UNAUTHENTICATED answers in a row: the second, with a fresh token, stops.
-    refusals: u8,
-    /// Histories told a gap with no message since: a further GAP state of one of them
-    /// (the gateway may send a second while it replays, or again after a reconnect) is
-    /// the same gap, and is not told twice.
-    gapped: Vec<History>,
+    /// Per history, the last gap told (epoch and point): the same one again (the
+    /// gateway may send it twice while it replays, or again after a reconnect) is not
+    /// told twice; any other is.
+    gaps: BTreeMap<History, (String, String)>,
 }
 
 impl Events {
@@ -563,31 +687,54 @@ impl Events {
     /// Messages received and not handed out yet (some may turn out duplicates): 0 means
     /// the next [`Events::recv`] waits for the gateway, so a batch was just handled.
     pub fn buffered(&self) -> usize {
-        self.messages.len()
+        self.messages.len() + self.queued.iter().map(|i| i.messages.len()).sum::<usize>()
     }
 
-    /// The next event of the current item, updating the cursors as it goes.
+    /// The next event of the items received, updating the cursors as it goes.
     fn buffered_event(&mut self) -> Option<Event> {
-        if self.states.len() == 0 && self.messages.len() == 0 {
-            return None;
+        loop {
+            if self.states.len() == 0 && self.messages.len() == 0 {
+                let item = self.queued.pop_front()?;
+                self.states = item.states.into_iter();
+                self.messages = item.messages.into_iter();
+            }
+            if let Some(e) = self.next_of_item() {
+                return Some(e);
+            }
         }
+    }
+
+    /// The next event of the current item, if any.
+    fn next_of_item(&mut self) -> Option<Event> {
         let mut cursors = lock(&self.shared.cursors);
         for state in self.states.by_ref() {
             match cursors.apply_state(&state) {
-                Some(Change::Gap(h)) if !self.gapped.contains(&h) => {
-                    self.gapped.push(h.clone());
-                    return Some(Event::Gap(h));
+                Some(Change::Gap(h)) => {
+                    let c = state.cursor.as_ref()?;
+                    // "5" and "5-0" are one point.
+                    let point =
+                        c.message_id.parse::<MessageId>().map_or_else(|_| c.message_id.clone(), |id| id.to_string());
+                    let gap = (c.epoch.clone(), point);
+                    if self.gaps.get(&h) != Some(&gap) {
+                        self.gaps.insert(h.clone(), gap);
+                        return Some(Event::Gap(h));
+                    }
                 }
                 Some(Change::Left(h)) => {
-                    self.gapped.retain(|g| *g != h);
+                    self.gaps.remove(&h);
+                    lock(&self.shared.handed).forget(&h);
                     return Some(Event::Left(h));
                 }
                 _ => {}
             }
         }
         let m = self.messages.by_ref().find(|m| cursors.apply_message(m))?;
-        if !self.gapped.is_empty() {
-            self.gapped.retain(|g| g.audience() as i32 != m.audience || g.group_id() != m.group_id);
+        // What the app is handed, to acknowledge: the message's position, when it has one.
+        if let Some(h) = History::of(&m)
+            && let Some(c) = cursors.cursor(&h)
+            && c.message_id.parse::<MessageId>() == m.id.parse::<MessageId>()
+        {
+            lock(&self.shared.handed).advance_to(&h, &c);
         }
         Some(Event::Message(m))
     }
@@ -613,21 +760,24 @@ impl Events {
             },
             Phase::Open(live) => {
                 let Live { sub, refresh, ended, .. } = &mut **live;
-                let due = match refresh {
-                    Refresh::At(at) => *at,
-                    Refresh::Opening(_) => None,
+                let (due, late) = match refresh {
+                    Refresh::At(at) => (*at, None),
+                    Refresh::Opening(_) => (None, None),
+                    Refresh::Judging(next) => (None, Some(next.deadline)),
                 };
-                let refreshing = async {
+                let successor = async {
                     match refresh {
-                        Refresh::Opening(attempt) => attempt.await,
+                        Refresh::Opening(attempt) => Woke::Refreshed(attempt.await),
+                        Refresh::Judging(next) => Woke::SuccessorItem(next.sub.next().await),
                         Refresh::At(_) => std::future::pending().await,
                     }
                 };
                 tokio::select! {
                     _ = closed.changed() => Woke::Closed,
                     item = sub.next(), if ended.is_none() => Woke::Item(item),
-                    a = refreshing => Woke::Refreshed(a),
+                    w = successor => w,
                     _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => Woke::RefreshDue,
+                    _ = tokio::time::sleep_until(late.unwrap_or_else(Instant::now)), if late.is_some() => Woke::SuccessorLate,
                 }
             }
             Phase::Stopped => Woke::Closed,
@@ -660,20 +810,22 @@ impl Events {
                 None
             }
             Woke::Refreshed(a) => self.refreshed(a),
+            Woke::SuccessorItem(item) => self.judge(item),
+            Woke::SuccessorLate => self.drop_successor("it did not state every history in time"),
         }
     }
 
     /// A stream opened, or could not be.
     fn opened(&mut self, a: Attempt) -> Option<Event> {
         let Phase::Opening { gateway, .. } = self.phase else { return None };
-        self.token = a.token;
+        self.adopt(a.token);
         match a.outcome {
-            Ok((sub, channel)) => {
+            Ok(Opened { sub, channel, .. }) => {
                 tracing::debug!(gateway, "stream open");
-                self.refusals = 0;
                 self.set_conn(&channel);
                 let refresh = Refresh::At(self.token.as_ref().and_then(|t| t.refresh_at));
-                let live = Live { sub, gateway, channel, since: Instant::now(), refresh, ended: None };
+                let live =
+                    Live { sub, gateway, channel, since: Instant::now(), refresh, failed_refreshes: 0, ended: None };
                 self.phase = Phase::Open(Box::new(live));
                 Some(Event::Connected { gateway })
             }
@@ -681,10 +833,31 @@ impl Events {
         }
     }
 
+    /// Makes `token` the one in use, scheduling its refresh if it is new: ahead of its
+    /// end ([`crate::token::refresh_in`]), or after a backoff when it came (nearly)
+    /// expired, so a source that hands out such tokens is not asked every second.
+    fn adopt(&mut self, token: Option<Token>) {
+        self.token = token.map(|mut t| {
+            if !t.scheduled {
+                t.scheduled = true;
+                t.refresh_at = t.refresh_in.map(|d| {
+                    if d >= MIN_REFRESH {
+                        self.token_backoff.reset();
+                        t.received + d
+                    } else {
+                        t.received + self.token_backoff.next().max(MIN_REFRESH)
+                    }
+                });
+            }
+            t
+        });
+    }
+
     /// The stream ended with `status`.
     fn ended(&mut self, status: Status) -> Option<Event> {
+        let verdict = self.verdict(&status);
         let Phase::Open(live) = &mut self.phase else { return None };
-        if matches!(live.refresh, Refresh::Opening(_)) {
+        if !matches!(live.refresh, Refresh::At(_)) && verdict != Verdict::Stop {
             // Its successor is being opened: that decides.
             tracing::debug!(?status, "the stream ended while its successor opened");
             live.ended = Some(status);
@@ -694,46 +867,33 @@ impl Events {
         Some(self.failed(gateway, Some(up), status))
     }
 
-    /// The stream with a fresh token opened (make-before-break: the old one is dropped
-    /// now, and the new one's replay of what the old one delivered meanwhile is dropped
-    /// as duplicates), or could not be.
+    /// The stream with a fresh token opened (its first items are judged before the
+    /// client switches to it), or could not be.
     fn refreshed(&mut self, a: Attempt) -> Option<Event> {
         let Phase::Open(live) = &mut self.phase else { return None };
         match a.outcome {
-            Ok((sub, channel)) => {
-                tracing::debug!(gateway = live.gateway, "token refreshed; stream replaced");
-                live.sub = sub;
-                live.ended = None;
-                live.refresh = Refresh::At(a.token.as_ref().and_then(|t| t.refresh_at));
-                self.token = a.token;
-                self.refusals = 0;
-                self.refresh_backoff.reset();
-                self.set_conn(&channel);
+            Ok(Opened { sub, channel, histories }) => {
+                let deadline = Instant::now() + self.shared.config.open_timeout;
+                let next = Successor { sub, channel, token: a.token, pending: histories, items: Vec::new(), deadline };
+                live.refresh = Refresh::Judging(Box::new(next));
+                None
+            }
+            Err(Failure::SameToken) if live.ended.is_none() => {
+                // Nothing to refresh to yet: ask again later (if the token expires
+                // meanwhile, the gateway ends the stream and a reconnect follows).
+                let wait = self.token_backoff.next().max(MIN_REFRESH);
+                tracing::debug!(?wait, "the token source gave the token in use back; the stream goes on");
+                live.refresh = Refresh::At(Some(Instant::now() + wait));
                 None
             }
             Err(f) => {
-                // A fresh token the gateway did not refuse serves the next attempts; a
-                // refused one does not replace the one the stream still runs on.
-                if let (Failure::Status(s), Some(t)) = (&f, a.token)
-                    && s.code() != Code::Unauthenticated
-                {
-                    self.token = Some(t);
-                }
-                let status = match (&f, live.ended.take()) {
+                let status = match (f, live.ended.take()) {
                     // The old stream is gone too: reconnect as after any end.
                     (Failure::SameToken, Some(ended)) => ended,
-                    (_, Some(_)) => failure_status(f),
-                    (_, None) => {
+                    (f, Some(_)) => failure_status(f),
+                    (f, None) => {
                         let status = failure_status(f);
-                        if verdict(status.code()) == Verdict::Stop {
-                            let gateway = live.gateway;
-                            return Some(self.failed(gateway, None, status));
-                        }
-                        // The stream goes on; try again later (if the token expires
-                        // meanwhile, the gateway ends the stream and a reconnect follows).
-                        let wait = self.refresh_backoff.next().max(Duration::from_secs(1));
-                        tracing::warn!(?status, ?wait, "could not refresh the token; the stream goes on");
-                        live.refresh = Refresh::At(Some(Instant::now() + wait));
+                        self.retry_refresh(&format!("{}: {}", status.code(), status.message()));
                         return None;
                     }
                 };
@@ -743,17 +903,92 @@ impl Events {
         }
     }
 
+    /// An item (or the end) of the successor being judged. It is switched to once every
+    /// history it was given a cursor for has a state, and every state it sent so far
+    /// continues from where the client is now (at or before its positions, in the same
+    /// epoch); it is dropped as soon as one does not.
+    fn judge(&mut self, item: Result<Option<SubscribeResponse>, Status>) -> Option<Event> {
+        let Phase::Open(live) = &mut self.phase else { return None };
+        let Refresh::Judging(next) = &mut live.refresh else { return None };
+        let item = match item {
+            Ok(Some(item)) => item,
+            Ok(None) => return self.drop_successor("it ended"),
+            Err(s) => return self.drop_successor(&format!("it ended: {}: {}", s.code(), s.message())),
+        };
+        next.items.push(item);
+        let broken = {
+            let cursors = lock(&self.shared.cursors);
+            next.items.iter().flat_map(|i| &i.states).find(|s| !cursors.continues(s)).cloned()
+        };
+        if let Some(state) = broken {
+            return self.drop_successor(&format!("it does not continue from the current position: {state:?}"));
+        }
+        for state in &next.items.last().expect("just pushed").states {
+            if let Some(h) = state.cursor.as_ref().and_then(History::of_cursor) {
+                next.pending.retain(|p| *p != h);
+            }
+        }
+        if !next.pending.is_empty() {
+            if next.items.len() >= MAX_HELD_ITEMS {
+                return self.drop_successor("it did not state every history");
+            }
+            return None;
+        }
+        // Switch: the current stream is dropped; what the successor sent is handed out
+        // next, its overlap with what was handed out dropped as duplicates.
+        let Refresh::Judging(next) = std::mem::replace(&mut live.refresh, Refresh::At(None)) else { unreachable!() };
+        let Successor { sub, channel, token, items, .. } = *next;
+        tracing::debug!(gateway = live.gateway, "token refreshed; stream replaced");
+        live.sub = sub;
+        live.channel = channel.clone();
+        live.ended = None;
+        live.failed_refreshes = 0;
+        self.queued.extend(items);
+        self.adopt(token);
+        let Phase::Open(live) = &mut self.phase else { return None };
+        live.refresh = Refresh::At(self.token.as_ref().and_then(|t| t.refresh_at));
+        self.set_conn(&channel);
+        None
+    }
+
+    /// Drops the successor being judged: the current stream goes on, and the refresh is
+    /// tried again later; if the current stream has ended meanwhile, the client
+    /// reconnects as after any end.
+    fn drop_successor(&mut self, why: &str) -> Option<Event> {
+        let Phase::Open(live) = &mut self.phase else { return None };
+        live.refresh = Refresh::At(None);
+        if let Some(status) = live.ended.take() {
+            tracing::debug!(why, "the stream ended and its successor is dropped; reconnecting");
+            let (gateway, up) = (live.gateway, live.since.elapsed());
+            return Some(self.failed(gateway, Some(up), status));
+        }
+        self.retry_refresh(why);
+        None
+    }
+
+    /// A refresh failed, or its stream was dropped, while the current stream goes on:
+    /// try again in 1-5 s, up to [`MAX_FAILED_REFRESHES`] times in a row; then leave
+    /// the stream until it ends (its token expired: a reconnect with a fresh one).
+    fn retry_refresh(&mut self, why: &str) {
+        let Phase::Open(live) = &mut self.phase else { return };
+        live.failed_refreshes += 1;
+        if live.failed_refreshes >= MAX_FAILED_REFRESHES {
+            tracing::warn!(why, "could not refresh the token; no more attempts on this stream");
+            live.refresh = Refresh::At(None);
+            return;
+        }
+        let wait = Duration::from_secs(1) + Duration::from_secs(4).mul_f64(self.rng.f64());
+        tracing::warn!(why, ?wait, "could not refresh the token; the stream goes on");
+        live.refresh = Refresh::At(Some(Instant::now() + wait));
+    }
+
     /// What to do after `status` ended (or refused) a stream on `gateway` that had been
     /// up for `up`.
     fn failed(&mut self, gateway: usize, up: Option<Duration>, status: Status) -> Event {
-        match verdict(status.code()) {
+        match self.verdict(&status) {
             Verdict::Stop => self.stop(status),
             Verdict::Reauthenticate => {
-                self.refusals += 1;
-                if self.refusals >= 2 {
-                    return self.stop(status);
-                }
-                // Once, at once, with a fresh token and on the same gateway.
+                // At once, with a fresh token and on the same gateway.
                 if let Some(t) = self.token.as_mut() {
                     t.refused = true;
                 }
@@ -775,10 +1010,20 @@ impl Events {
         }
     }
 
+    /// What `status`, ending (or refusing) a stream, asks of the client: see
+    /// [`verdict`]; UNAUTHENTICATED stops only when the token was fetched after a
+    /// refusal already, and is retried after a backoff when there is no token source
+    /// to get another from.
+    fn verdict(&self, status: &Status) -> Verdict {
+        match verdict(status.code(), self.shared.config.strict) {
+            Verdict::Reauthenticate if self.shared.config.source.is_none() => Verdict::Retry,
+            Verdict::Reauthenticate if self.token.as_ref().is_some_and(|t| t.after_refusal) => Verdict::Stop,
+            v => v,
+        }
+    }
+
     fn stop(&mut self, status: Status) -> Event {
-        self.phase = Phase::Stopped;
-        self.states = Vec::new().into_iter();
-        self.messages = Vec::new().into_iter();
+        self.stop_quietly();
         let resync = (status.code() == Code::FailedPrecondition).then(|| resync_history(&status)).flatten();
         tracing::debug!(?status, ?resync, "stopped");
         Event::Stopped { status, resync }
@@ -788,6 +1033,7 @@ impl Events {
         self.phase = Phase::Stopped;
         self.states = Vec::new().into_iter();
         self.messages = Vec::new().into_iter();
+        self.queued.clear();
     }
 
     fn set_conn(&self, channel: &Channel) {
@@ -829,12 +1075,15 @@ enum Verdict {
 /// What a status that ends (or refuses) a stream asks of the device (docs/DELIVERY.md):
 /// ABORTED is a stream replaced by a newer one of the same device, PERMISSION_DENIED a
 /// ban (or a token of another user), INVALID_ARGUMENT a request that will not get
-/// better, FAILED_PRECONDITION a strict resume that cannot be honoured. Everything
-/// else (UNAVAILABLE on a drain or a Disconnect with reconnect, RESOURCE_EXHAUSTED for a
-/// slow device or too many streams, a lost connection...) passes.
-fn verdict(code: Code) -> Verdict {
+/// better, FAILED_PRECONDITION under strict resume a position that cannot be honoured
+/// (the app resyncs). UNAUTHENTICATED asks for a fresh token. Everything else
+/// (UNAVAILABLE on a drain or a Disconnect with reconnect, RESOURCE_EXHAUSTED for a
+/// slow device or too many streams, a lost connection, UNIMPLEMENTED or NOT_FOUND from
+/// a proxy in the way...) passes: retried after a backoff.
+fn verdict(code: Code, strict: bool) -> Verdict {
     match code {
-        Code::Aborted | Code::PermissionDenied | Code::InvalidArgument | Code::FailedPrecondition => Verdict::Stop,
+        Code::Aborted | Code::PermissionDenied | Code::InvalidArgument => Verdict::Stop,
+        Code::FailedPrecondition if strict => Verdict::Stop,
         Code::Unauthenticated => Verdict::Reauthenticate,
         _ => Verdict::Retry,
     }
@@ -857,7 +1106,9 @@ fn resync_history(status: &Status) -> Option<History> {
 
 /// Opens a stream on `gateway` (on `channel` when given), with the token in use or a
 /// fresh one (`fetch`). With `refresh`, a fresh token equal to the one in use ends it
-/// early: opening a stream with it would change nothing.
+/// early: opening a stream with it would change nothing. The token source has
+/// `token_timeout` to answer, and the stream `open_timeout` to open (connection and
+/// response headers); past either, the attempt fails as UNAVAILABLE.
 fn opening(
     shared: &Arc<Shared>,
     gateway: usize,
@@ -870,15 +1121,24 @@ fn opening(
     Box::pin(async move {
         let mut token = current.clone();
         if let (true, Some(source)) = (fetch, shared.config.source.as_ref()) {
-            match source.token().await {
+            match shared.config.fetch_token(&**source).await {
                 Ok(t) if refresh && current.as_ref().is_some_and(|c| *c.value == *t) => {
                     return Attempt { token: current, outcome: Err(Failure::SameToken) };
                 }
-                Ok(t) => token = Some(Token::new(t)),
+                Ok(t) => {
+                    let after_refusal = !refresh && current.as_ref().is_some_and(|c| c.refused);
+                    token = Some(Token::new(t, after_refusal));
+                }
                 Err(e) => return Attempt { token: current, outcome: Err(Failure::Token(e)) },
             }
         }
-        let outcome = open(&shared, gateway, channel, token.as_ref()).await.map_err(Failure::Status);
+        let timeout = shared.config.open_timeout;
+        let outcome = match tokio::time::timeout(timeout, open(&shared, gateway, channel, token.as_ref())).await {
+            Ok(opened) => opened.map_err(Failure::Status),
+            Err(_) => Err(Failure::Status(Status::unavailable(format!(
+                "the gateway did not open the stream within {timeout:?}"
+            )))),
+        };
         Attempt { token, outcome }
     })
 }
@@ -888,7 +1148,7 @@ async fn open(
     gateway: usize,
     channel: Option<Channel>,
     token: Option<&Token>,
-) -> Result<(Subscription, Channel), Status> {
+) -> Result<Opened, Status> {
     let channel = match channel {
         Some(c) => c,
         None => shared.config.targets[gateway].channel().await?,
@@ -896,14 +1156,16 @@ async fn open(
     let config = &shared.config;
     // The cursors of this moment: everything handed out so far (nothing is buffered
     // while a stream opens, except during a refresh, whose overlap is deduplicated).
+    let cursors = lock(&shared.cursors).cursors();
+    let histories = cursors.iter().filter_map(History::of_cursor).collect();
     let request = SubscribeRequest {
         user_id: config.user.clone(),
         device_id: config.device.clone(),
-        cursors: lock(&shared.cursors).cursors(),
+        cursors,
         strict_resume: config.strict,
     };
     let sub = Subscription::open(channel.clone(), token.map(|t| &*t.value), request).await?;
-    Ok((sub, channel))
+    Ok(Opened { sub, channel, histories })
 }
 
 /// Apps run the client in tasks of their own: the handle, the events and the future of
@@ -925,14 +1187,32 @@ mod tests {
 
     #[test]
     fn statuses_decide_between_retrying_reauthenticating_and_stopping() {
-        for code in [Code::Aborted, Code::PermissionDenied, Code::InvalidArgument, Code::FailedPrecondition] {
-            assert_eq!(verdict(code), Verdict::Stop, "{code:?}");
+        for strict in [false, true] {
+            for code in [Code::Aborted, Code::PermissionDenied, Code::InvalidArgument] {
+                assert_eq!(verdict(code, strict), Verdict::Stop, "{code:?}");
+            }
+            assert_eq!(verdict(Code::Unauthenticated, strict), Verdict::Reauthenticate);
+            for code in [
+                Code::Unavailable,
+                Code::ResourceExhausted,
+                Code::DeadlineExceeded,
+                Code::Internal,
+                Code::Unknown,
+                Code::Unimplemented,
+                Code::NotFound,
+                Code::DataLoss,
+                Code::Cancelled,
+                Code::AlreadyExists,
+                Code::OutOfRange,
+                Code::Ok,
+            ] {
+                assert_eq!(verdict(code, strict), Verdict::Retry, "{code:?}");
+            }
         }
-        assert_eq!(verdict(Code::Unauthenticated), Verdict::Reauthenticate);
-        for code in [Code::Unavailable, Code::ResourceExhausted, Code::DeadlineExceeded, Code::Internal, Code::Unknown]
-        {
-            assert_eq!(verdict(code), Verdict::Retry, "{code:?}");
-        }
+        // A strict resume that cannot be honoured stops (naming the history); without
+        // strict resume the gateway has no reason to say it, and it is retried.
+        assert_eq!(verdict(Code::FailedPrecondition, true), Verdict::Stop);
+        assert_eq!(verdict(Code::FailedPrecondition, false), Verdict::Retry);
     }
 
     #[test]
@@ -1009,5 +1289,207 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+    use push_proto::push::v1::{Audience, Continuity};
+
+    const E1: &str = "1700000000001";
+    const E2: &str = "1700000000002";
+
+    fn state(h: &History, epoch: &str, id: &str, continuity: Continuity) -> HistoryState {
+        HistoryState { cursor: Some(h.cursor(epoch, id)), continuity: continuity as i32 }
+    }
+
+    fn msg(id: &str) -> Message {
+        Message { id: id.into(), audience: Audience::User as i32, topic: id.into(), ..Default::default() }
+    }
+
+    /// A client that never connects: items are fed to its events by hand.
+    fn offline() -> (Client, Events) {
+        Client::builder(["http://127.0.0.1:1"]).device("d").connect().unwrap()
+    }
+
+    /// Hands one item to `events` as if the gateway sent it; returns what `recv` tells
+    /// of it, in short.
+    fn feed(events: &mut Events, states: Vec<HistoryState>, messages: Vec<Message>) -> Vec<String> {
+        events.states = states.into_iter();
+        events.messages = messages.into_iter();
+        let mut out = Vec::new();
+        while let Some(e) = events.buffered_event() {
+            out.push(match e {
+                Event::Message(m) => format!("message {}", m.id),
+                Event::Gap(h) => format!("gap {h}"),
+                Event::Left(h) => format!("left {h}"),
+                other => format!("{other:?}"),
+            });
+        }
+        out
+    }
+
+    /// A gap is told unless it is the very one told last for that history (same epoch,
+    /// same point, "5" being "5-0"): a second gap at another point or in another epoch
+    /// is a second loss, told even when no message came in between (a reconnect).
+    #[test]
+    fn a_gap_is_told_unless_it_is_the_one_told_last() {
+        let (_client, mut events) = offline();
+        let gap = |epoch: &str, id: &str| state(&History::Inbox, epoch, id, Continuity::Gap);
+        assert_eq!(feed(&mut events, vec![gap(E1, "5-0")], vec![]), ["gap inbox"]);
+        assert_eq!(feed(&mut events, vec![gap(E1, "5")], vec![]), Vec::<String>::new(), "the same gap again");
+        assert_eq!(feed(&mut events, vec![gap(E1, "9-0")], vec![]), ["gap inbox"], "another point");
+        assert_eq!(feed(&mut events, vec![gap(E2, "9-0")], vec![]), ["gap inbox"], "another epoch");
+        assert_eq!(feed(&mut events, vec![gap(E2, "9-0")], vec![msg("10-0")]), ["message 10-0"]);
+        assert_eq!(feed(&mut events, vec![gap(E2, "9-0")], vec![]), Vec::<String>::new(), "still the same gap");
+        assert_eq!(feed(&mut events, vec![gap(E2, "12-0")], vec![]), ["gap inbox"]);
+        // Another history's gaps are its own.
+        assert_eq!(feed(&mut events, vec![state(&History::All, E2, "12-0", Continuity::Gap)], vec![]), ["gap all"]);
+    }
+
+    /// Acks carry only what the app was handed in Message events: positions that only
+    /// a state gave (from now, a gap's point, a join) are resumed from, not acked.
+    #[test]
+    fn only_positions_of_messages_handed_out_are_acknowledged() {
+        let (client, mut events) = offline();
+        let team = History::Group("team".into());
+        feed(
+            &mut events,
+            vec![
+                state(&History::Inbox, E1, "5-0", Continuity::FromNow),
+                state(&History::All, E1, "7-0", Continuity::Resumed),
+                state(&team, E1, "3-0", Continuity::FromNow),
+            ],
+            vec![],
+        );
+        assert_eq!(client.cursors().len(), 3);
+        assert_eq!(client.delivered(), [], "nothing was handed out");
+        feed(&mut events, vec![], vec![msg("6-0"), msg("6-0")]);
+        assert_eq!(client.delivered(), [History::Inbox.cursor(E1, "6-0")]);
+        // A gap moves the position (to resume from), not what was handed out.
+        feed(&mut events, vec![state(&History::Inbox, E2, "40-0", Continuity::Gap)], vec![]);
+        assert_eq!(client.cursors()[0], History::Inbox.cursor(E2, "40-0"));
+        assert_eq!(client.delivered(), [History::Inbox.cursor(E1, "6-0")]);
+        feed(&mut events, vec![], vec![msg("41-0")]);
+        assert_eq!(client.delivered(), [History::Inbox.cursor(E2, "41-0")]);
+        // A message whose id does not parse is handed out, and has no position.
+        assert_eq!(feed(&mut events, vec![], vec![msg("not-an-id")]), ["message not-an-id"]);
+        assert_eq!(client.delivered(), [History::Inbox.cursor(E2, "41-0")]);
+        // A group left is not acknowledged any more.
+        let group_msg = Message { audience: Audience::Group as i32, group_id: "team".into(), ..msg("4-0") };
+        feed(&mut events, vec![], vec![group_msg]);
+        assert_eq!(client.delivered().len(), 2);
+        assert_eq!(feed(&mut events, vec![state(&team, E1, "4-0", Continuity::Left)], vec![]), ["left group:team"]);
+        assert_eq!(client.delivered(), [History::Inbox.cursor(E2, "41-0")]);
+    }
+
+    /// A token that comes (nearly) expired is refreshed after a growing, jittered wait,
+    /// never within a second; one with a life ahead of it is refreshed ahead of its end,
+    /// and starts the waits over.
+    #[tokio::test(start_paused = true)]
+    async fn tokens_that_come_expired_are_refreshed_after_a_backoff() {
+        let (_client, mut events) = offline();
+        let jwt = |life: u64| {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            let claims = format!(r#"{{"iat":1000,"exp":{}}}"#, 1000 + life);
+            format!("{}.{}.sig", b64.encode("{}"), b64.encode(claims))
+        };
+        let mut wait = |life: u64| {
+            let t = Token::new(jwt(life), false);
+            let received = t.received;
+            events.adopt(Some(t));
+            events.token.as_ref().unwrap().refresh_at.unwrap() - received
+        };
+        let waits: Vec<Duration> = (0..8).map(|_| wait(0)).collect();
+        assert!(waits.iter().all(|w| *w >= Duration::from_secs(1)), "{waits:?}");
+        for (n, w) in waits.iter().enumerate() {
+            assert!(*w <= Duration::from_secs(1 << n).max(Duration::from_secs(1)), "{n}: {waits:?}");
+        }
+        assert!(waits.iter().any(|w| *w > Duration::from_secs(2)), "the waits grow: {waits:?}");
+        assert_eq!(wait(40), Duration::from_secs(35), "5 s ahead of its end");
+        assert!(wait(3) <= Duration::from_secs(1), "the waits started over");
+    }
+
+    /// A token source that never answers is given up on after the token timeout, as
+    /// UNAVAILABLE, and asked again after a backoff: the client does not hang.
+    #[tokio::test(start_paused = true)]
+    async fn a_token_source_that_never_answers_times_out() {
+        let (_client, mut events) = Client::builder(["http://127.0.0.1:1"])
+            .device("d")
+            .token_source(std::future::pending::<Result<String, BoxError>>)
+            .backoff(Duration::from_millis(1), Duration::from_millis(2))
+            .connect()
+            .unwrap();
+        for _ in 0..2 {
+            let event = tokio::time::timeout(Duration::from_secs(3600), events.recv()).await;
+            match event.expect("an event, not a hang") {
+                Some(Event::Disconnected { status, .. }) => {
+                    assert_eq!(status.code(), Code::Unavailable);
+                    assert!(status.message().contains("token source"), "{status:?}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    /// A gateway that takes the connection and never answers is given up on after the
+    /// open timeout, as UNAVAILABLE, and the client moves on: it does not hang.
+    #[tokio::test]
+    async fn a_gateway_that_never_answers_times_out() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = silent.accept().await {
+                conns.push(c);
+            }
+        });
+        let (_client, mut events) = Client::builder([format!("http://{addr}")])
+            .device("d")
+            .open_timeout(Duration::from_millis(200))
+            .backoff(Duration::from_millis(1), Duration::from_millis(2))
+            .connect()
+            .unwrap();
+        for _ in 0..2 {
+            let event = tokio::time::timeout(Duration::from_secs(60), events.recv()).await;
+            match event.expect("an event, not a hang") {
+                Some(Event::Disconnected { status, .. }) => {
+                    assert_eq!(status.code(), Code::Unavailable);
+                    assert!(status.message().contains("did not open the stream"), "{status:?}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        held.abort();
+    }
+
+    /// The gateway refuses one cursor per answer: each is left out in turn (settled, not
+    /// to be sent again) until the rest goes through, or another error ends the ack;
+    /// the cursors refused before it stay settled.
+    #[test]
+    fn refused_ack_cursors_are_left_out_one_answer_at_a_time() {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let refusal = |i: usize| -> Error {
+            let details = ErrorDetails::with_bad_request_violation(format!("cursors[{i}].group_id"), "not a member");
+            Status::with_error_details(Code::InvalidArgument, "bad", details).into()
+        };
+        let group = |g: &str| History::Group(g.into()).cursor(E1, "1-0");
+        let all = vec![History::Inbox.cursor(E1, "1-0"), group("a"), group("b"), group("c")];
+        // The gateway's answers to the successive calls: "a" refused, then "c" (index
+        // 2 of what is left), then another error.
+        let mut answers = vec![refusal(1), refusal(2), Error::from(Status::unavailable("going away"))].into_iter();
+        let (mut cursors, mut settled) = (all.clone(), Vec::new());
+        let mut calls = 0;
+        let last = loop {
+            calls += 1;
+            let e = answers.next().unwrap();
+            if !leave_out_refused(&mut cursors, &mut settled, &e) {
+                break e;
+            }
+        };
+        assert_eq!(calls, 3);
+        assert_eq!(last.status().unwrap().code(), Code::Unavailable);
+        assert_eq!(settled, [group("a"), group("c")]);
+        assert_eq!(cursors, [all[0].clone(), group("b")]);
+        // A refusal that names nothing sent, or another kind of error, ends it.
+        assert!(!leave_out_refused(&mut cursors, &mut settled, &refusal(5)));
+        assert!(!leave_out_refused(&mut cursors, &mut settled, &Status::invalid_argument("no details").into()));
     }
 }

@@ -199,6 +199,41 @@ impl Cursors {
         }
     }
 
+    /// Whether a stream whose state this is continues seamlessly from this set's
+    /// position: what a client asks of a second stream before it drops the first (a
+    /// token refresh). It does when it resumes in the same epoch at or before the
+    /// position (the overlap is dropped as duplicates), or starts a history this set
+    /// has no position for, or says the group was left. It does not on a gap (or a
+    /// continuity unknown to this client), in another epoch, or ahead of the position
+    /// (what is in between would be skipped).
+    ///
+    /// ```
+    /// use push_client::{Cursors, History};
+    /// use push_proto::push::v1::{Continuity, HistoryState};
+    ///
+    /// let state = |continuity: Continuity, epoch: &str, id: &str| HistoryState {
+    ///     cursor: Some(History::Inbox.cursor(epoch, id)),
+    ///     continuity: continuity as i32,
+    /// };
+    /// let cursors = Cursors::from_saved([History::Inbox.cursor("17", "9-0")]).unwrap();
+    /// assert!(cursors.continues(&state(Continuity::Resumed, "17", "5-0")));
+    /// assert!(!cursors.continues(&state(Continuity::Resumed, "17", "10-0")));
+    /// assert!(!cursors.continues(&state(Continuity::Resumed, "18", "1-0")));
+    /// assert!(!cursors.continues(&state(Continuity::Gap, "17", "5-0")));
+    /// ```
+    pub fn continues(&self, state: &HistoryState) -> bool {
+        let Some(c) = state.cursor.as_ref() else { return true };
+        let Some(history) = History::of_cursor(c) else { return true };
+        match Continuity::try_from(state.continuity).ok() {
+            Some(Continuity::Left) => true,
+            Some(Continuity::Resumed | Continuity::FromNow) => match self.position(&history) {
+                None => true,
+                Some(p) => p.epoch == c.epoch && c.message_id.parse().unwrap_or(MessageId::ZERO) <= p.last,
+            },
+            _ => false,
+        }
+    }
+
     /// Every position, as cursors to resume from or to acknowledge: the inbox, the
     /// broadcast history, then the groups by id.
     pub fn cursors(&self) -> Vec<Cursor> {
@@ -242,6 +277,13 @@ impl Cursors {
             acked.position(&h).is_none_or(|a| is_after(&c.epoch, id, &a.epoch, a.last))
         });
         out
+    }
+
+    /// Sets one history's position to `cursor`'s (a message handed out), as it is.
+    pub(crate) fn advance_to(&mut self, history: &History, cursor: &Cursor) {
+        if let Ok(last) = cursor.message_id.parse() {
+            self.put(history, Position { epoch: cursor.epoch.clone(), last });
+        }
     }
 
     /// Moves positions forward to `cursors` (those that are after what this set holds).

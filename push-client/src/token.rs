@@ -32,7 +32,9 @@ pub type TokenFuture = Pin<Box<dyn Future<Output = Result<String, BoxError>> + S
 /// ```
 ///
 /// Return a token issued for this call, not a cached one about to expire: the client
-/// asks ahead of the expiry and schedules the next refresh from the token's `exp`.
+/// asks ahead of the expiry and schedules the next refresh from the token's lifetime
+/// (`exp - iat`), counted from when it came. Answer within the client's token timeout
+/// ([`crate::Builder::token_timeout`], 30 s by default).
 pub trait TokenSource: Send + Sync + 'static {
     fn token(&self) -> TokenFuture;
 }
@@ -64,17 +66,36 @@ impl TokenSource for Fixed {
 #[derive(Clone, Debug)]
 pub(crate) struct Token {
     pub value: Arc<str>,
-    /// When to fetch the next one; `None` when it does not say when it expires (not a
-    /// JWT, or no `exp`): then only a refusal makes the client fetch another.
+    /// When it came (monotonic: the device's wall clock may be wrong or change).
+    pub received: Instant,
+    /// How long after `received` it should be replaced, from its claims; `None` when it
+    /// does not say when it expires (not a JWT, or no `exp`): then only a refusal makes
+    /// the client fetch another.
+    pub refresh_in: Option<Duration>,
+    /// When the client fetches the next one (set by the client from `refresh_in`, which
+    /// may be pushed back when tokens come already expired).
     pub refresh_at: Option<Instant>,
+    /// Whether `refresh_at` was set.
+    pub scheduled: bool,
     /// Set once the gateway refused it: fetch another before the next attempt.
     pub refused: bool,
+    /// Fetched because the one before was refused: if the gateway refuses this one too,
+    /// the client stops.
+    pub after_refusal: bool,
 }
 
 impl Token {
-    pub fn new(value: String) -> Self {
-        let refresh_at = expiry(&value).map(|exp| Instant::now() + refresh_after(exp, SystemTime::now()));
-        Token { value: value.into(), refresh_at, refused: false }
+    pub fn new(value: String, after_refusal: bool) -> Self {
+        let refresh_in = claims(&value).map(|(exp, iat)| refresh_in(lifetime(exp, iat, SystemTime::now())));
+        Token {
+            value: value.into(),
+            received: Instant::now(),
+            refresh_in,
+            refresh_at: None,
+            scheduled: false,
+            refused: false,
+            after_refusal,
+        }
     }
 
     /// Whether to fetch another before using it.
@@ -83,24 +104,29 @@ impl Token {
     }
 }
 
-/// Shortest wait before a refresh: a source that hands out tokens about to expire (or
-/// the same token again) is asked at most this often.
-const MIN_REFRESH: Duration = Duration::from_secs(1);
-/// Refresh at least this long before the expiry...
+/// A refresh due sooner than this after the token came means the token is (nearly)
+/// expired already: the next refresh is backed off instead.
+pub(crate) const MIN_REFRESH: Duration = Duration::from_secs(1);
+/// Refresh at least this long before the end of the token's life...
 const MIN_MARGIN: Duration = Duration::from_secs(5);
 
-/// How long after `now` to refresh a token that expires at `exp`: a margin of 10% of
-/// its remaining life, at least 5 s, but no more than half of it (a short-lived token is
-/// still used for a while), and never sooner than a second.
-pub(crate) fn refresh_after(exp: SystemTime, now: SystemTime) -> Duration {
-    let life = exp.duration_since(now).unwrap_or_default();
-    let margin = (life / 10).max(MIN_MARGIN).min(life / 2);
-    (life - margin).max(MIN_REFRESH)
+/// A token's lifetime: `exp - iat` when it says when it was issued (so a device clock
+/// that is off does not matter), else `exp - now` by the device's clock.
+pub(crate) fn lifetime(exp: SystemTime, iat: Option<SystemTime>, now: SystemTime) -> Duration {
+    exp.duration_since(iat.unwrap_or(now)).unwrap_or_default()
 }
 
-/// The `exp` claim of a JWT, read without verifying anything (the gateway verifies;
-/// the client only needs to know when to ask for the next token).
-pub(crate) fn expiry(token: &str) -> Option<SystemTime> {
+/// How long after it came to refresh a token that lives `life`: a margin of 10% of its
+/// life, at least 5 s, ahead of its end. Below [`MIN_REFRESH`] (zero for a token that
+/// is expired already), the client backs off instead.
+pub(crate) fn refresh_in(life: Duration) -> Duration {
+    life.saturating_sub((life / 10).max(MIN_MARGIN))
+}
+
+/// The `exp` and `iat` claims of a JWT, read without verifying anything (the gateway
+/// verifies; the client only needs to know when to ask for the next token). `None`
+/// without an `exp`.
+pub(crate) fn claims(token: &str) -> Option<(SystemTime, Option<SystemTime>)> {
     // Signers omit the padding (RFC 7515); accept it anyway.
     const URL_SAFE: GeneralPurpose = GeneralPurpose::new(
         &alphabet::URL_SAFE,
@@ -112,8 +138,11 @@ pub(crate) fn expiry(token: &str) -> Option<SystemTime> {
         return None;
     }
     let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE.decode(payload).ok()?).ok()?;
-    let exp = claims.get("exp")?.as_f64()?;
-    (exp.is_finite() && exp >= 0.0).then(|| UNIX_EPOCH + Duration::from_secs_f64(exp.min(1e11)))
+    let time = |name: &str| {
+        let t = claims.get(name)?.as_f64()?;
+        (t.is_finite() && t >= 0.0).then(|| UNIX_EPOCH + Duration::from_secs_f64(t.min(1e11)))
+    };
+    Some((time("exp")?, time("iat")))
 }
 
 #[cfg(test)]
@@ -125,15 +154,21 @@ mod tests {
         format!("{}.{}.sig", b64.encode(r#"{"alg":"HS256"}"#), b64.encode(payload))
     }
 
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
     #[test]
-    fn reads_exp_from_a_jwt_and_nothing_from_anything_else() {
+    fn reads_exp_and_iat_from_a_jwt_and_nothing_from_anything_else() {
+        assert_eq!(claims(&jwt(r#"{"sub":"ann","exp":1700000000}"#)), Some((at(1700000000), None)));
         assert_eq!(
-            expiry(&jwt(r#"{"sub":"ann","exp":1700000000}"#)),
-            Some(UNIX_EPOCH + Duration::from_secs(1700000000))
+            claims(&jwt(r#"{"exp":1700000000.5,"iat":1699999000}"#)),
+            Some((UNIX_EPOCH + Duration::from_millis(1700000000500), Some(at(1699999000))))
         );
-        assert_eq!(expiry(&jwt(r#"{"exp":1700000000.5}"#)), Some(UNIX_EPOCH + Duration::from_millis(1700000000500)));
+        assert_eq!(claims(&jwt(r#"{"exp":10,"iat":"then"}"#)), Some((at(10), None)), "a bad iat is none");
         for not in [
             jwt(r#"{"sub":"ann"}"#),
+            jwt(r#"{"iat":1700000000}"#),
             jwt(r#"{"exp":"soon"}"#),
             jwt(r#"{"exp":-1}"#),
             jwt("not json"),
@@ -142,21 +177,38 @@ mod tests {
             "a.b.c.d".into(),
             "a.!!!.c".into(),
         ] {
-            assert_eq!(expiry(&not), None, "{not}");
+            assert_eq!(claims(&not), None, "{not}");
         }
         // With padding, too.
         let padded = format!("x.{}.y", base64::engine::general_purpose::URL_SAFE.encode(r#"{"exp":10}"#));
-        assert_eq!(expiry(&padded), Some(UNIX_EPOCH + Duration::from_secs(10)));
+        assert_eq!(claims(&padded), Some((at(10), None)));
+    }
+
+    /// The lifetime is exp - iat when the token has an iat, whatever the device's
+    /// clock says: a device whose clock is an hour ahead of the issuer's still uses an
+    /// hour-long token for most of its hour (it did not see it as expired, refreshing
+    /// every second).
+    #[test]
+    fn the_lifetime_comes_from_iat_when_there_is_one() {
+        let issued = at(1_000_000);
+        let exp = issued + Duration::from_secs(3600);
+        let ahead = exp + Duration::from_secs(60);
+        assert_eq!(lifetime(exp, Some(issued), ahead), Duration::from_secs(3600));
+        assert_eq!(lifetime(exp, None, ahead), Duration::ZERO, "without iat: by the device's clock");
+        assert_eq!(lifetime(exp, None, issued + Duration::from_secs(600)), Duration::from_secs(3000));
+        assert_eq!(lifetime(issued, Some(exp), issued), Duration::ZERO, "iat after exp");
+        let t = Token::new(jwt(r#"{"iat":1000000,"exp":1003600}"#), false);
+        assert_eq!(t.refresh_in, Some(Duration::from_secs(3240)));
+        assert_eq!(Token::new("api-key".into(), false).refresh_in, None);
     }
 
     #[test]
-    fn refreshes_ahead_of_the_expiry_by_a_margin() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let after = |secs: u64| refresh_after(now + Duration::from_secs(secs), now);
+    fn refreshes_ahead_of_the_end_by_ten_percent_and_at_least_five_seconds() {
+        let after = |secs: u64| refresh_in(Duration::from_secs(secs));
         assert_eq!(after(3600), Duration::from_secs(3240), "10% of an hour");
         assert_eq!(after(30), Duration::from_secs(25), "at least 5 s ahead");
-        assert_eq!(after(6), Duration::from_secs(3), "at most half the life");
-        assert_eq!(after(1), MIN_REFRESH, "not sooner than a second");
-        assert_eq!(refresh_after(now - Duration::from_secs(5), now), MIN_REFRESH, "already expired");
+        assert_eq!(after(6), Duration::from_secs(1));
+        assert_eq!(after(4), Duration::ZERO, "shorter than the margin: at once (the client backs off)");
+        assert_eq!(after(0), Duration::ZERO, "already expired");
     }
 }

@@ -1,9 +1,10 @@
 //! The device client (push-client) against real services, with device tokens: it moves
 //! to another replica when its gateway dies or drains and misses nothing, refreshes its
-//! token before it expires without a loss or a duplicate, resumes after being cut off
-//! as too slow, tells gaps and groups left as events, stops for good on ABORTED,
-//! PERMISSION_DENIED, a refused fresh token or a strict resume it cannot honour, and
-//! acknowledges what it was handed.
+//! token before it expires without a loss or a duplicate (keeping its stream when the
+//! refresh fails or its new stream cannot continue from where the old one got to),
+//! resumes after being cut off as too slow, tells every gap and group left as events,
+//! stops for good on ABORTED, PERMISSION_DENIED, a refused fresh token or a strict
+//! resume it cannot honour, and acknowledges exactly the messages it handed out.
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -73,13 +74,21 @@ struct Run {
 }
 
 impl Run {
-    fn start(client: Client, mut events: Events) -> Run {
+    fn start(client: Client, events: Events) -> Run {
+        Run::paced(client, events, Duration::ZERO)
+    }
+
+    /// An app that takes `pace` to handle each event.
+    fn paced(client: Client, mut events: Events, pace: Duration) -> Run {
         let log = Arc::new(Mutex::new(Vec::new()));
         let task = tokio::spawn({
             let log = log.clone();
             async move {
                 while let Some(e) = events.recv().await {
                     log.lock().unwrap().push(e);
+                    if !pace.is_zero() {
+                        tokio::time::sleep(pace).await;
+                    }
                 }
             }
         });
@@ -289,16 +298,16 @@ async fn a_client_whose_gateway_shuts_down_resumes_on_another_and_misses_nothing
     moves_to_the_other_replica(&app, addr, async || draining.shutdown().await).await;
 }
 
-/// Tokens that live 4 s, on a gateway without leeway that ends a stream as soon as its
-/// token expires: the client opens the next stream with a fresh token before that, so
-/// its stream never ends, and the overlap of the two streams is not seen twice.
+/// Tokens that live 8 s, on a gateway without leeway that ends a stream as soon as its
+/// token expires: the client opens the next stream with a fresh token 5 s before that,
+/// so its stream never ends, and the overlap of the two streams is not seen twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_is_refreshed_before_it_expires_without_a_loss_or_a_duplicate() {
     let (app, _creds) = secure(&["--jwt-leeway", "0s", "--stream-lease", "900ms"]).await;
     let tokens = Tokens::default();
     let (client, events) = Client::builder([app.gateway.url()])
         .device("phone")
-        .token_source(tokens.source("ann", 4))
+        .token_source(tokens.source("ann", 8))
         .backoff(ms(20), ms(200))
         .connect()
         .unwrap();
@@ -595,4 +604,211 @@ async fn acks_from_the_client_show_in_delivery_status() {
     .await;
     run.client.ack_all().await.unwrap();
     assert_eq!(status(&mut c, &three, pb::Audience::User, "").await, delivered);
+}
+
+/// A token refresh while the client is far behind its stream (a backlog it has not
+/// read, which the inbox no longer holds): the new stream, opened with the client's
+/// cursors, reports a gap that the old stream does not have. The client drops the new
+/// stream, not the old one, and gets the whole backlog once, with no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refreshed_stream_that_cannot_continue_is_dropped_and_the_old_one_goes_on() {
+    let (app, _creds) = secure(&["--inbox-max-len", "10"]).await;
+    let tokens = Tokens::default();
+    // Refreshed 2 s after it came (5 s ahead of its end).
+    let (client, mut events) = Client::builder([app.gateway.url()])
+        .device("phone")
+        .token_source(tokens.source("ann", 7))
+        .backoff(ms(20), ms(200))
+        .connect()
+        .unwrap();
+    eventually(WAIT, "the client follows its histories", async || {
+        let _ = tokio::time::timeout(ms(20), events.recv()).await;
+        client.cursors().len() == 2
+    })
+    .await;
+    // A backlog in many items, unread; the inbox keeps only its last entries (10, or
+    // up to a node of Redis's stream more: trimming with ~).
+    let mut c = authorized(app.gateway.addr, "k-admin").await;
+    let payload = vec![7u8; 4 * 1024];
+    let mut sent = Vec::new();
+    for k in 0..250 {
+        let req = pb::PushToUsersRequest { payload: payload.clone().into(), ..to_users(&["ann"], &format!("m{k}")) };
+        sent.push((History::Inbox, c.push_to_users(req).await.unwrap().into_inner().message_id));
+    }
+    // Past the refresh time: the refresh opens its stream as soon as the client reads
+    // again (an app that takes a moment per message), with the client still at the
+    // start of the backlog.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let run = Run::paced(client, events, ms(2));
+    run.received_all(&sent).await;
+    eventually(WAIT, "a refresh was tried", async || (tokens.calls() >= 2, tokens.calls())).await;
+    assert_exactly_once_in_order(&sent, &run.messages());
+    assert!(!run.summary().iter().any(|e| e.starts_with("gap")), "{:?}", run.summary());
+}
+
+/// A refresh whose fresh token the gateway refuses (a token of another user:
+/// PERMISSION_DENIED) leaves the stream alone and is tried again; it does not stop the
+/// client. Once the source gives a good token again, the refresh goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_that_fails_leaves_the_stream_alone() {
+    let (app, _creds) = secure(&[]).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let source = {
+        let calls = calls.clone();
+        move || {
+            // The second and third tokens are bob's.
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let sub = if n == 2 || n == 3 { "bob" } else { "ann" };
+            let token = device_token_expiring_at(sub, unix_now() + 8);
+            async move { Ok::<_, Infallible>(token) }
+        }
+    };
+    let (client, events) = Client::builder([app.gateway.url()])
+        .user("ann")
+        .device("phone")
+        .token_source(source)
+        .backoff(ms(20), ms(200))
+        .connect()
+        .unwrap();
+    let run = Run::start(client, events);
+    run.attached(2).await;
+    eventually(WAIT, "refreshed after two refused tokens", async || {
+        let n = calls.load(Ordering::SeqCst);
+        (n >= 5, (n, run.summary()))
+    })
+    .await;
+    let mut c = authorized(app.gateway.addr, "k-admin").await;
+    c.push_to_users(to_users(&["ann"], "still-here")).await.unwrap();
+    eventually(WAIT, "ann still receives", async || {
+        (run.summary().contains(&"message still-here".into()), run.summary())
+    })
+    .await;
+    assert_eq!(run.stopped(), None, "{:?}", run.summary());
+    assert_eq!((run.connected(), run.disconnects()), (vec![0], vec![]), "{:?}", run.summary());
+}
+
+/// A gateway that keeps one stream per device: the stream a refresh opens replaces the
+/// old one, which ends ABORTED while its successor opens. ABORTED stops the client,
+/// whatever the successor does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_aborted_while_its_successor_opens_stops_the_client() {
+    let (app, _creds) = secure(&["--max-streams-per-device", "1"]).await;
+    let tokens = Tokens::default();
+    let (client, events) = Client::builder([app.gateway.url()])
+        .device("phone")
+        .token_source(tokens.source("ann", 7))
+        .backoff(ms(20), ms(200))
+        .connect()
+        .unwrap();
+    let run = Run::start(client, events);
+    run.ended().await;
+    assert_eq!(run.stopped(), Some((Code::Aborted, None)), "{:?}", run.summary());
+    assert_eq!((run.connected(), tokens.calls()), (vec![0], 2), "one refresh, no reconnect");
+}
+
+/// Every inbox key of the user is lost (the history starts over in a new epoch).
+fn lose_the_inbox(app: &App) {
+    for key in app.redis.keys().into_iter().filter(|k| k.contains("inbox")) {
+        let _: i64 = app.redis.query(redis::cmd("DEL").arg(&key));
+    }
+}
+
+/// The inbox starts over twice, each time while the client is away (a Disconnect with
+/// leave to come back): each resume reports a gap in a new epoch, with no message in
+/// between. Both are told: the second is another loss, not the first told again.
+#[tokio::test]
+async fn a_second_gap_after_a_reconnect_is_told_too() {
+    let (app, _creds) = secure(&[]).await;
+    let mut c = authorized(app.gateway.addr, "k-admin").await;
+    let (client, events) = Client::builder([app.gateway.url()])
+        .device("phone")
+        .token_source(Tokens::default().source("ann", 600))
+        .backoff(ms(20), ms(200))
+        .connect()
+        .unwrap();
+    let run = Run::start(client, events);
+    run.attached(2).await;
+    c.push_to_users(to_users(&["ann"], "a")).await.unwrap();
+    run.received(1).await;
+    let disconnect = pb::DisconnectRequest {
+        user_id: "ann".into(),
+        device_id: String::new(),
+        reason: "test".into(),
+        reconnect: true,
+    };
+    let gaps = || run.summary().iter().filter(|e| *e == "gap inbox").count();
+    for n in 1..=2 {
+        let epoch = run.client.cursors()[0].epoch.clone();
+        lose_the_inbox(&app);
+        c.disconnect(disconnect.clone()).await.unwrap();
+        eventually(WAIT, &format!("gap {n} is told"), async || (gaps() == n, run.summary())).await;
+        assert_ne!(run.client.cursors()[0].epoch, epoch, "a new epoch");
+    }
+    assert_eq!(run.messages().len(), 1, "{:?}", run.summary());
+}
+
+/// A fresh client follows the inbox from now (a message is already there): it has
+/// handed out nothing, so an ack acknowledges nothing, and the message stays pending.
+/// Once a message is handed out, acks carry it.
+#[tokio::test]
+async fn only_messages_handed_out_are_acknowledged() {
+    let (app, _creds) = secure(&[]).await;
+    let mut c = authorized(app.gateway.addr, "k-admin").await;
+    let before = c.push_to_users(to_users(&["ann"], "before")).await.unwrap().into_inner().message_id;
+    let (client, events) = Client::builder([app.gateway.url()])
+        .device("phone")
+        .token_source(Tokens::default().source("ann", 600))
+        .connect()
+        .unwrap();
+    let run = Run::start(client, events);
+    run.attached(2).await;
+    let status = async |c: &mut AuthorizedClient, id: &str| {
+        let req = pb::GetDeliveryStatusRequest {
+            message_id: id.into(),
+            audience: pb::Audience::User as i32,
+            group_id: String::new(),
+            user_ids: vec!["ann".into()],
+        };
+        c.get_delivery_status(req).await.unwrap().into_inner().deliveries.remove(0).state()
+    };
+    assert_eq!(run.client.delivered(), []);
+    run.client.ack_all().await.unwrap();
+    assert_eq!(status(&mut c, &before).await, DeliveryState::Pending, "a position from a state is not acked");
+
+    let one = c.push_to_users(to_users(&["ann"], "one")).await.unwrap().into_inner().message_id;
+    run.received(1).await;
+    run.client.ack_all().await.unwrap();
+    assert_eq!(status(&mut c, &one).await, DeliveryState::Delivered);
+}
+
+/// The gateway refuses an ack's cursors for groups that are not the user's (a group
+/// left while connected), naming one per answer: with two of them, the client leaves
+/// out each in turn and acknowledges the rest.
+#[tokio::test]
+async fn acks_leave_out_every_refused_group() {
+    let (app, _creds) = secure(&[]).await;
+    let mut c = authorized(app.gateway.addr, "k-admin").await;
+    let (client, events) = Client::builder([app.gateway.url()])
+        .device("phone")
+        .token_source(Tokens::default().source("ann", 600))
+        .connect()
+        .unwrap();
+    let run = Run::start(client, events);
+    run.attached(2).await;
+    let one = c.push_to_users(to_users(&["ann"], "one")).await.unwrap().into_inner().message_id;
+    run.received(1).await;
+    let mut cursors = run.client.delivered();
+    for g in ["not-hers", "nor-this"] {
+        cursors.push(History::Group(g.into()).cursor(&cursors[0].epoch, "1-0"));
+    }
+    run.client.ack(cursors.clone()).await.unwrap();
+    let req = pb::GetDeliveryStatusRequest {
+        message_id: one,
+        audience: pb::Audience::User as i32,
+        group_id: String::new(),
+        user_ids: vec!["ann".into()],
+    };
+    let d = c.get_delivery_status(req).await.unwrap().into_inner().deliveries.remove(0);
+    assert_eq!((d.state(), d.device_ids), (DeliveryState::Delivered, vec!["phone".to_string()]));
+    run.client.ack(cursors).await.unwrap(); // settled, refused ones included: nothing sent
 }
