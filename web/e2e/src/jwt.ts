@@ -11,6 +11,8 @@ export interface DeviceClaims {
   iat?: number;
   aud?: string;
   iss?: string;
+  /** A unique id: two tokens minted in the same second differ. */
+  jti?: string;
 }
 
 /** A JWT signed with HS256 under `kid`. */

@@ -272,16 +272,21 @@ export class System {
     return gatewayClient({ baseUrl: this.gateways[i]!.url, credential: key });
   }
 
-  /** A device token for `user` (key hs1), valid for `ttlSeconds`. */
+  /**
+   * A device token for `user` (key hs1), valid for `ttlSeconds`; each one new (a `jti`),
+   * as an auth service mints them.
+   */
   deviceToken(user: string, ttlSeconds = 600): string {
     const now = Math.floor(Date.now() / 1000);
-    return signHs256({ sub: user, iat: now, exp: now + ttlSeconds, aud: "push", iss: "auth.example" }, HS_SECRET, "hs1");
+    const claims = { sub: user, iat: now, exp: now + ttlSeconds, aud: "push", iss: "auth.example", jti: randomBytes(8).toString("hex") };
+    return signHs256(claims, HS_SECRET, "hs1");
   }
 
-  /** A token signed with a key the gateway does not know (always UNAUTHENTICATED). */
+  /** A token signed with a key the gateway does not know (always UNAUTHENTICATED); each one new. */
   forgedToken(user: string): string {
     const now = Math.floor(Date.now() / 1000);
-    return signHs256({ sub: user, iat: now, exp: now + 600, aud: "push", iss: "auth.example" }, "not-the-secret-not-the-secret-0000", "hs1");
+    const claims = { sub: user, iat: now, exp: now + 600, aud: "push", iss: "auth.example", jti: randomBytes(8).toString("hex") };
+    return signHs256(claims, "not-the-secret-not-the-secret-0000", "hs1");
   }
 
   /** Stops everything (gateways first, Redis last) and removes the temporary files. */
