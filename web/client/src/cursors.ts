@@ -1,7 +1,7 @@
 // Per-history positions: what the device has processed, where it resumes.
 import { create } from "@bufbuild/protobuf";
 import { Audience, CursorSchema, type Cursor } from "./gen/push/v1/push_pb.js";
-import { compareEpochs, compareIds, NO_MESSAGE } from "./ids.js";
+import { compareIds, formatMessageId, NO_MESSAGE, parseMessageId } from "./ids.js";
 
 /** Which history: a user's inbox, a group's history or the broadcast history. */
 export type AudienceName = "user" | "group" | "all";
@@ -22,7 +22,7 @@ export interface HistoryRef {
 export interface CursorSnapshot extends HistoryRef {
   /** The history's epoch; "" while the stream has not told it. */
   epoch: string;
-  /** The last message processed, "<ms>-<seq>"; "0-0" for none. */
+  /** The last message processed, "<ms>-<seq>" ("<ms>" is read as "<ms>-0"); "0-0" for none. */
   messageId: string;
 }
 
@@ -50,24 +50,29 @@ export function historyKey(h: HistoryRef): string {
   return h.audience === "group" ? `group:${h.groupId}` : h.audience;
 }
 
-/** A snapshot as the proto Cursor. */
+/** A snapshot as the proto Cursor (its id spelt `<ms>-<seq>`, as the gateway wants it). */
 export function toCursor(c: CursorSnapshot): Cursor {
+  const id = parseMessageId(c.messageId);
   return create(CursorSchema, {
     audience: audienceOf(c.audience),
     groupId: c.audience === "group" ? c.groupId : "",
     epoch: c.epoch,
-    messageId: c.messageId,
+    messageId: id ? formatMessageId(id) : c.messageId,
   });
 }
 
+const DECIMAL = /^\d+$/;
+
 /**
- * Whether position `a` is after `b` in the sense of Ack: a newer epoch, or the same
- * epoch and a later message id.
+ * Whether position `a` is after `b` as the gateway orders acks: in the same epoch (the
+ * same string), a later message id; in another epoch, a newer one when both are
+ * numbers (made from Redis's clock); epochs that are not both numbers are taken as
+ * newer and left to the gateway to judge.
  */
 export function isAfter(a: CursorSnapshot, b: CursorSnapshot): boolean {
-  const e = compareEpochs(a.epoch, b.epoch);
-  if (e !== 0) return e > 0;
-  return compareIds(a.messageId, b.messageId) > 0;
+  if (a.epoch === b.epoch) return compareIds(a.messageId, b.messageId) > 0;
+  if (DECIMAL.test(a.epoch) && DECIMAL.test(b.epoch)) return BigInt(a.epoch) > BigInt(b.epoch);
+  return true;
 }
 
 /** Checks a snapshot read back from storage; throws on a malformed one. */
@@ -76,10 +81,12 @@ export function checkSnapshot(c: CursorSnapshot): CursorSnapshot {
     throw new TypeError(`cursor: unknown audience ${JSON.stringify(c.audience)}`);
   }
   if (c.audience === "group" && !c.groupId) throw new TypeError("cursor: a group cursor needs groupId");
+  const messageId = String(c.messageId || NO_MESSAGE);
+  if (!parseMessageId(messageId)) throw new TypeError(`cursor: not a message id: ${JSON.stringify(messageId)}`);
   return {
     audience: c.audience,
     groupId: c.audience === "group" ? String(c.groupId) : "",
     epoch: String(c.epoch ?? ""),
-    messageId: String(c.messageId || NO_MESSAGE),
+    messageId,
   };
 }

@@ -12,9 +12,9 @@ export {
 } from "./client.js";
 export { gatewayClient, type GatewayClientOptions } from "./gateway.js";
 export { type AudienceName, type CursorSnapshot, type HistoryRef, audienceName, audienceOf } from "./cursors.js";
-export { compareIds, compareEpochs, NO_MESSAGE } from "./ids.js";
-export { codeName, isRetryable, type Status } from "./status.js";
-export { refreshAt, tokenTimes, type TokenTimes } from "./token.js";
+export { compareIds, compareEpochs, parseMessageId, NO_MESSAGE, type MessageIdParts } from "./ids.js";
+export { codeName, isRetryable, isStop, type Status } from "./status.js";
+export { refreshAfter, tokenLifetime, tokenTimes, MIN_REFRESH_LEAD_MS, type TokenTimes } from "./token.js";
 export { Emitter, type Listener } from "./emitter.js";
 export { Code, ConnectError } from "@connectrpc/connect";
 export { Audience, Continuity, type Message } from "./gen/push/v1/push_pb.js";

@@ -48,23 +48,36 @@ export function statusOf(err: unknown): Status {
 export const ENDED: Status = { code: 0, codeName: "OK", message: "the stream ended" };
 
 /**
- * Whether a stream that ended with `code` is worth opening again (after a backoff):
- * the replica is unavailable or draining, overloaded or cut off a slow reader,
- * failed internally, the network failed, or the stream ended cleanly.
+ * Whether a stream that ended with `code` stops the client for good: ABORTED (a newer
+ * stream of the device replaced it), PERMISSION_DENIED (e.g. a ban by Disconnect),
+ * INVALID_ARGUMENT, and FAILED_PRECONDITION under `strictResume` (a strict resume the
+ * gateway could not honour). UNAUTHENTICATED stops it only when the token was fetched
+ * after a previous UNAUTHENTICATED (the client decides that, not the code alone).
  */
-export function isRetryable(code: number): boolean {
+export function isStop(code: number, strictResume = false): boolean {
   switch (code) {
-    case 0:
-    case Code.Canceled: // not by us: a proxy or the network ended the request
-    case Code.Unknown:
-    case Code.DeadlineExceeded:
-    case Code.ResourceExhausted:
-    case Code.Internal:
-    case Code.Unavailable:
+    case Code.Aborted:
+    case Code.PermissionDenied:
+    case Code.InvalidArgument:
       return true;
+    case Code.FailedPrecondition:
+      return strictResume;
     default:
       return false;
   }
+}
+
+/**
+ * Whether a stream that ended with `code` is opened again: every status but those of
+ * `isStop`. UNAUTHENTICATED is retried at once with a fresh token; the others after a
+ * backoff: the stream ended cleanly, UNAVAILABLE (a replica down or draining),
+ * RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN (network errors), DEADLINE_EXCEEDED, CANCELLED
+ * (by something else), and also UNIMPLEMENTED (e.g. an ingress answering 404 during a
+ * deploy), NOT_FOUND, DATA_LOSS, OUT_OF_RANGE, ALREADY_EXISTS, FAILED_PRECONDITION
+ * without strict resume.
+ */
+export function isRetryable(code: number, strictResume = false): boolean {
+  return !isStop(code, strictResume);
 }
 
 /** The encoded details of type `type` ("google.rpc.X") an error carries. */
@@ -95,8 +108,9 @@ export function resyncHistory(err: unknown): HistoryRef | undefined {
 
 /**
  * The indexes of the request's `cursors` an INVALID_ARGUMENT names in its
- * google.rpc.BadRequest (field "cursors[3]", ...): an Ack's cursors for groups the user
- * is no longer in.
+ * google.rpc.BadRequest as groups the user is not in (field "cursors[3].group_id"): an
+ * Ack's cursors for groups the user left. Violations of other fields are not refusals
+ * of a group.
  */
 export function refusedCursors(err: unknown): number[] {
   if (ConnectError.from(err).code !== Code.InvalidArgument) return [];
@@ -104,7 +118,7 @@ export function refusedCursors(err: unknown): number[] {
   for (const value of details(err, "google.rpc.BadRequest")) {
     // FieldViolation { string field = 1; string description = 2; }
     for (const [field] of pairs(value)) {
-      const m = /^cursors\[(\d+)\]/.exec(field);
+      const m = /^cursors\[(\d+)\]\.group_id$/.exec(field);
       if (m) out.add(Number(m[1]));
     }
   }

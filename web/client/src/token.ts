@@ -37,20 +37,26 @@ export function tokenTimes(token: string): TokenTimes {
   }
 }
 
-/** The least time before `exp` at which a token is refreshed. */
+/** The least time before a token's end at which it is refreshed. */
 export const MIN_REFRESH_LEAD_MS = 5_000;
 
 /**
- * When to refresh `token` (milliseconds since the epoch): 10% of its lifetime before
- * its `exp`, and at least 5 s before. The lifetime runs from `iat`, or from when the
- * token was obtained when it has none. `undefined` for a credential without `exp`,
- * which is never refreshed on a timer.
+ * How long `token` lives from when it was received, in milliseconds: `exp - iat` when
+ * it has `iat` (the device's clock plays no part: it may be wrong), else `exp` minus
+ * the device's clock (`nowMs`). `undefined` for a credential without `exp` (an API
+ * key), which never expires on the client's side. Zero or less: it has already expired.
  */
-export function refreshAt(token: string, obtainedAtMs: number): number | undefined {
+export function tokenLifetime(token: string, nowMs: number = Date.now()): number | undefined {
   const { exp, iat } = tokenTimes(token);
   if (exp === undefined) return undefined;
-  const expMs = exp * 1000;
-  const startMs = iat !== undefined ? iat * 1000 : obtainedAtMs;
-  const lifetime = Math.max(0, expMs - startMs);
-  return expMs - Math.max(lifetime / 10, MIN_REFRESH_LEAD_MS);
+  return iat !== undefined ? (exp - iat) * 1000 : exp * 1000 - nowMs;
+}
+
+/**
+ * When to refresh a token that lives `lifetimeMs` from its receipt: that many
+ * milliseconds after it was received, 10% of its lifetime before its end and at least
+ * 5 s before (zero or less: at once).
+ */
+export function refreshAfter(lifetimeMs: number): number {
+  return lifetimeMs - Math.max(lifetimeMs / 10, MIN_REFRESH_LEAD_MS);
 }

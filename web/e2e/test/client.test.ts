@@ -154,7 +154,7 @@ describe("@push/client against a real gateway", () => {
     assert.ok(gapAt < firstMessageAt, "the gap is told before the messages after it");
   });
 
-  test("ack sends the cursors, never backwards, and a later stream without cursors starts there", async () => {
+  test("ack sends what was handed to the app, never backwards, and a later stream without cursors starts there", async () => {
     const user = uid("eve");
     const { client, rec } = device(user, { deviceId: "acker" });
     client.start();
@@ -206,6 +206,59 @@ describe("@push/client against a real gateway", () => {
     const status = await admin.getDeliveryStatus({ messageId: inboxId, audience: Audience.USER, userIds: [user] });
     assert.equal(status.deliveries[0]!.state, DeliveryState.DELIVERED);
     assert.deepEqual(await client.ack(), [], "the refused cursor is not sent again");
+  });
+
+  test("ack() acknowledges only messages handed to the app: not where a new device starts from now", async () => {
+    const user = uid("gil");
+    const before = await push(user, "old"); // the inbox has a last id: FROM_NOW starts there
+    const { client, rec } = device(user, { deviceId: "fresh" });
+    client.start();
+    await rec.nth("connected");
+    const inbox = client.cursors().find((c) => c.audience === "user");
+    assert.equal(inbox?.messageId, before, "the FROM_NOW position");
+    assert.deepEqual(await client.ack(), [], "nothing was handed to the app");
+    const status = await sys.backend().getDeliveryStatus({ messageId: before, audience: Audience.USER, userIds: [user] });
+    assert.equal(status.deliveries[0]!.state, DeliveryState.PENDING, "the message before the stream is not acknowledged");
+
+    const id = await push(user, "new");
+    await rec.text("new");
+    assert.deepEqual(
+      (await client.ack()).map((c) => `${c.audience} ${c.messageId}`),
+      [`user ${id}`],
+    );
+  });
+
+  test("two groups left: ack leaves each refused cursor out, in turn (one per answer), and acknowledges the rest", async () => {
+    const user = uid("hob");
+    const [g1, g2] = [uid("one"), uid("two")];
+    const admin = sys.backend();
+    await admin.joinGroup({ groupId: g1, userIds: [user] });
+    await admin.joinGroup({ groupId: g2, userIds: [user] });
+    const a = device(user, { deviceId: "acker" });
+    a.client.start();
+    await a.rec.nth("connected");
+    await admin.pushToGroup({ groupId: g1, topic: "g", payload: enc("x1") });
+    await admin.pushToGroup({ groupId: g2, topic: "g", payload: enc("y1") });
+    const inboxId = await push(user, "i1");
+    for (const t of ["x1", "y1", "i1"]) await a.rec.text(t);
+    // Positions saved by the app, acknowledged later from a client that has not heard of
+    // the leaves (a stream may tell them as LEFT first, and the client then sends nothing).
+    const saved = a.client.cursors().filter((c) => c.audience !== "all");
+    assert.equal(saved.length, 3);
+    a.client.stop();
+    await admin.leaveGroup({ groupId: g1, userIds: [user] });
+    await admin.leaveGroup({ groupId: g2, userIds: [user] });
+
+    const later = device(user, { deviceId: "acker" }).client;
+    const sent = await later.ack(saved);
+    assert.deepEqual(
+      sent.map((c) => c.audience),
+      ["user"],
+      "the gateway refuses one group per answer: both are left out, the inbox acknowledged",
+    );
+    const status = await admin.getDeliveryStatus({ messageId: inboxId, audience: Audience.USER, userIds: [user] });
+    assert.equal(status.deliveries[0]!.state, DeliveryState.DELIVERED);
+    assert.deepEqual(await later.ack(saved), [], "the refused cursors are not sent again");
   });
 
   test("a group left while away: its messages up to the leave, then a left event and the cursor is forgotten", async () => {
@@ -295,6 +348,63 @@ describe("@push/client against a real gateway", () => {
     const ds = rec.of("disconnected");
     assert.equal(ds.length, 2);
     assert.ok(ds.every((d) => d.status.codeName === "UNAVAILABLE" && /auth service down/.test(d.status.message)));
+    await push(user, "in");
+    await rec.text("in");
+  });
+
+  test("a getToken that does not answer is given up on after tokenTimeoutMs: UNAVAILABLE, then a retry", async () => {
+    const user = uid("ike");
+    let calls = 0;
+    const { client, rec } = device(user, {
+      tokenTimeoutMs: 300,
+      getToken: () => (++calls === 1 ? new Promise<string>(() => {}) : Promise.resolve(sys.deviceToken(user))),
+    });
+    client.start();
+    await rec.nth("connected");
+    const [d] = rec.of("disconnected");
+    assert.equal(d?.status.codeName, "UNAVAILABLE");
+    assert.match(d.status.message, /getToken/);
+    await push(user, "in");
+    await rec.text("in");
+  });
+
+  test("a Subscribe that does not answer is given up on after openTimeoutMs: UNAVAILABLE, then a retry", async () => {
+    const user = uid("jay");
+    let subscribes = 0;
+    // The first Subscribe goes nowhere (a connection that hangs), as a broken proxy would.
+    const hanging: typeof fetch = (input, init) => {
+      if (String(input instanceof Request ? input.url : input).endsWith("/Subscribe") && ++subscribes === 1) {
+        return new Promise((_, reject) => init?.signal?.addEventListener("abort", () => reject(init.signal!.reason)));
+      }
+      return fetch(input, init);
+    };
+    const { client, rec } = device(user, { openTimeoutMs: 500, fetch: hanging });
+    client.start();
+    await rec.nth("connected");
+    const [d] = rec.of("disconnected");
+    assert.equal(d?.status.codeName, "UNAVAILABLE");
+    assert.match(d.status.message, /Subscribe did not answer/);
+    await push(user, "in");
+    await rec.text("in");
+  });
+
+  test("an ingress answering 404 during a deploy (UNIMPLEMENTED) is retried until the gateway is back", async () => {
+    const user = uid("kai");
+    let subscribes = 0;
+    const ingress: typeof fetch = (input, init) => {
+      if (String(input instanceof Request ? input.url : input).endsWith("/Subscribe") && ++subscribes <= 2) {
+        return Promise.resolve(new Response("404 page not found", { status: 404, headers: { "content-type": "text/plain" } }));
+      }
+      return fetch(input, init);
+    };
+    const { client, rec } = device(user, { fetch: ingress });
+    client.start();
+    await rec.nth("connected");
+    assert.deepEqual(
+      rec.of("disconnected").map((d) => d.status.codeName),
+      ["UNIMPLEMENTED", "UNIMPLEMENTED"],
+    );
+    assert.equal(rec.of("stopped").length, 0);
     await push(user, "in");
     await rec.text("in");
   });
