@@ -4,6 +4,7 @@
 // this module's memory only (never in storage or cookies).
 import { ConnectError, PushClient, codeName, gatewayClient, type Message } from "@push/client";
 import { PresenceEvent_Kind, PresenceEvent_Reason, type PresenceEvent } from "@push/client/gen";
+import { SentTimes } from "./sent.js";
 
 type Gateway = ReturnType<typeof gatewayClient>;
 
@@ -229,12 +230,15 @@ async function loadGroup(s: Session, group: string, token: string): Promise<void
 
 /** How long the console's stream waits for a test push before it gives up. */
 const ARRIVAL_TIMEOUT_MS = 15_000;
+/** How long the console waits for its stream to open before it gives up (and pushes nothing). */
+const READY_TIMEOUT_MS = 15_000;
 
 /**
  * Opens a stream as `userId` (with the admin key, under this page's own device id), for
  * one test push: resolves once the gateway has attached it, so a push made afterwards
  * arrives on it. It is a presence session of the user while it is open, so it is closed
- * as soon as the push arrived.
+ * as soon as the push arrived, and when it did not open within READY_TIMEOUT_MS (the
+ * rejection says why).
  */
 async function openReceiver(s: Session, userId: string): Promise<PushClient> {
   s.receiver?.stop();
@@ -248,20 +252,40 @@ async function openReceiver(s: Session, userId: string): Promise<PushClient> {
   s.receiver = client;
   const state = $("receiver-state");
   client.on("connected", () => (state.textContent = `(open as ${userId}, device ${consoleDevice})`));
-  client.on("disconnected", (e) => (state.textContent = `(reconnecting: ${e.status.codeName})`));
+  let last = "";
+  client.on("disconnected", (e) => {
+    last = `${e.status.codeName}: ${e.status.message}`;
+    state.textContent = `(reconnecting: ${e.status.codeName})`;
+  });
   client.on("stopped", (e) => (state.textContent = e.status ? `(failed: ${e.status.codeName} ${e.status.message})` : "(closed)"));
   client.on("message", (m) => showArrival(userId, m));
   const ready = new Promise<void>((resolve, reject) => {
-    client.once("connected", () => resolve());
-    client.once("stopped", (e) => reject(new Error(e.status ? `${e.status.codeName}: ${e.status.message}` : "stopped")));
+    const timer = setTimeout(() => {
+      const why = last ? ` (last: ${last})` : "";
+      reject(new Error(`the stream as ${userId} did not open within ${READY_TIMEOUT_MS / 1000} s${why}; nothing was pushed`));
+    }, READY_TIMEOUT_MS);
+    client.once("connected", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    client.once("stopped", (e) => {
+      clearTimeout(timer);
+      reject(new Error(e.status ? `${e.status.codeName}: ${e.status.message}` : "stopped"));
+    });
   });
   client.start();
-  await ready;
+  try {
+    await ready;
+  } catch (err) {
+    client.stop();
+    if (s.receiver === client) s.receiver = undefined;
+    throw err;
+  }
   return client;
 }
 
-/** Message id → when the console pushed it (performance.now()). */
-const sentAt = new Map<string, number>();
+/** When the console pushed each message it still waits for (bounded). */
+const sentAt = new SentTimes();
 /** Message id → resolves when it arrives on the console's stream. */
 const waiting = new Map<string, () => void>();
 
@@ -269,7 +293,7 @@ function showArrival(userId: string, m: Message): void {
   const list = $("push-received");
   list.querySelector("li.empty")?.remove();
   const text = new TextDecoder().decode(m.payload);
-  const sent = sentAt.get(m.id);
+  const sent = sentAt.take(m.id);
   list.prepend(
     item(
       "",
@@ -312,10 +336,10 @@ async function sendPush(s: Session): Promise<void> {
     if (kind === "users") id = (await s.gw.pushToUsers({ ...common, userIds: users })).messageId;
     else if (kind === "group") id = (await s.gw.pushToGroup({ ...common, groupId: target })).messageId;
     else id = (await s.gw.pushToAll(common)).messageId;
-    sentAt.set(id, started);
     result.setAttribute("data-message-id", id);
     const arrived = document.querySelector(`[data-testid=received-message][data-message-id="${CSS.escape(id)}"]`);
     if (!arrived) {
+      sentAt.add(id, started);
       result.textContent = `pushed ${id}; waiting for it on ${who}'s stream…`;
       const came = await new Promise<boolean>((resolve) => {
         const timer = setTimeout(() => resolve(false), ARRIVAL_TIMEOUT_MS);
@@ -325,6 +349,7 @@ async function sendPush(s: Session): Promise<void> {
         });
       }).finally(() => waiting.delete(id));
       if (!came) {
+        sentAt.take(id);
         result.textContent = `pushed ${id}; it did not arrive on ${who}'s stream within ${ARRIVAL_TIMEOUT_MS / 1000} s`;
         return;
       }

@@ -110,6 +110,37 @@ describe("the operator console in chromium", () => {
     await ops.close();
   });
 
+  test("a test push whose stream does not open gives up after 15 s: the stream is stopped, Send works again, and the page says why", async () => {
+    const user = uid("bea");
+    const ops = await browser.newContext();
+    await ops.clock.install(); // the page's timers run when the test says
+    const console = await openConsole(ops, sys.gateways[0]!.consoleUrl, sys.adminKey);
+    await console.waitForSelector("#dashboard", { state: "visible" });
+    // The console's stream fails at the network (a proxy in the way); its other calls work.
+    let subscribes = 0;
+    await console.route("**/push.v1.PushGateway/Subscribe", (route) => {
+      subscribes++;
+      return route.abort();
+    });
+    await console.selectOption("#push-kind", "users");
+    await console.fill("#push-target", user);
+    await console.fill("#push-text", "never sent");
+    await console.click("#push-send");
+    await textIs(console, "#push-result", `opening a stream as ${user}…`);
+    assert.equal(await console.isDisabled("#push-send"), true);
+    await eventually("a Subscribe tried", () => subscribes >= 1);
+    await console.clock.runFor(16_000);
+    await eventually("the console gave up", async () =>
+      /did not open within 15 s.*nothing was pushed/.test((await console.textContent("#push-result")) ?? ""),
+    );
+    assert.equal(await console.isDisabled("#push-send"), false, "Send is enabled again");
+    await textIs(console, "#receiver-state", "(closed)");
+    const tried = subscribes;
+    await console.clock.runFor(10_000);
+    assert.equal(subscribes, tried, "no more attempts: the stream was stopped");
+    await ops.close();
+  });
+
   test("shows a group's members, page by page, and a push to the group arrives", async () => {
     const group = uid("team");
     const members = Array.from({ length: 60 }, (_, i) => `m${String(i).padStart(2, "0")}-${group}`);
