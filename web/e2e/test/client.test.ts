@@ -378,7 +378,7 @@ describe("@push/client against a real gateway", () => {
       }
       return fetch(input, init);
     };
-    const { client, rec } = device(user, { openTimeoutMs: 500, fetch: hanging });
+    const { client, rec } = device(user, { openTimeoutMs: 2000, fetch: hanging }); // ample for a loaded debug gateway
     client.start();
     await rec.nth("connected");
     const [d] = rec.of("disconnected");
