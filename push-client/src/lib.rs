@@ -14,7 +14,7 @@
 //!   Names: [`History`] and [`MessageId`] (`history.rs`).
 //! - [`Subscription`] (`subscription.rs`): one `Subscribe` stream, opened once with a
 //!   token and cursors, read item by item.
-//! - [`Client`] and [`Events`] (`client.rs`): the long-running client built on both:
+//! - [`Client`] and [`Events`] (`client/`): the long-running client built on both:
 //!   [`Client::builder`] → [`Builder::connect`] gives the handle (cursors, acks, close)
 //!   and the events ([`Event`]), whose [`Events::recv`] drives everything. Helpers:
 //!   `token.rs` ([`TokenSource`], reading a JWT's `exp`), `backoff.rs`, `error.rs`.
