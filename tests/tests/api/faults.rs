@@ -329,6 +329,11 @@ async fn acks_are_bounded_to_what_the_user_can_read() {
     assert!(fields.contains(&"phone|a".to_string()), "{fields:?}");
 }
 
+/// True once `d` was told (a CONTINUITY_LEFT state) that its user left `group`.
+fn told_left(d: &Device, group: &str) -> bool {
+    d.states().iter().any(|s| s.cursor.as_ref().unwrap().group_id == group && s.continuity == Continuity::Left as i32)
+}
+
 /// Defect 12: a message pushed to a group while the user was a member is theirs, even
 /// if they left before their device came back; the device is then told it left.
 #[tokio::test]
@@ -349,13 +354,8 @@ async fn a_group_message_pushed_while_a_member_reaches_it_after_it_left() {
 
     let mut d = Device::options().cursors(cursors).connect(app.gateway.addr, "ann", "phone").await.unwrap();
     assert_eq!(d.next().await.topic, "while-member");
-    let left = |d: &Device| {
-        d.states().iter().any(|s| {
-            let c = s.cursor.as_ref().unwrap();
-            c.group_id == "team" && s.continuity == Continuity::Left as i32
-        })
-    };
-    eventually(Duration::from_secs(5), "the device is told its user left the group", async || left(&d)).await;
+    eventually(Duration::from_secs(5), "the device is told its user left the group", async || told_left(&d, "team"))
+        .await;
     c.push_to_users(to_users(&["ann"], "marker")).await.unwrap();
     assert_eq!(d.next().await.topic, "marker");
     assert_eq!(d.topics(), ["while-member", "marker"]);
@@ -375,13 +375,10 @@ async fn a_live_stream_is_told_when_its_user_leaves_a_group() {
     c.push_to_group(to_group("team", "before-leave")).await.unwrap();
     assert_eq!(d.next().await.topic, "before-leave");
     leave(&mut c, "team", &["ann"]).await;
-    let left = |d: &Device| {
-        d.states().iter().any(|s| {
-            let c = s.cursor.as_ref().unwrap();
-            c.group_id == "team" && s.continuity == Continuity::Left as i32
-        })
-    };
-    eventually(Duration::from_secs(5), "the open stream is told its user left the group", async || left(&d)).await;
+    eventually(Duration::from_secs(5), "the open stream is told its user left the group", async || {
+        told_left(&d, "team")
+    })
+    .await;
     assert!(d.cursors().iter().all(|c| c.group_id != "team"), "{:?}", d.cursors());
     c.push_to_group(to_group("team", "after-leave")).await.unwrap();
     c.push_to_users(to_users(&["ann"], "marker")).await.unwrap();
