@@ -17,8 +17,8 @@ old_tree=$(mktemp -d)
 dir=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # The services first (the gateway logs its streams out), Redis last.
+  for ((i=${#pids[@]}-1; i>=0; i--)); do kill "${pids[i]}" 2>/dev/null || true; wait "${pids[i]}" 2>/dev/null || true; done
   git worktree remove --force "$old_tree" 2>/dev/null || true
   rm -rf "$dir"
 }
